@@ -1,0 +1,148 @@
+"""Shared I/O helpers: atomic writes, user-facing errors, image and mask reading.
+
+Conventions used across the package:
+- Images on disk are 8-bit RGB PNGs; in memory ``uint8`` HxWx3 arrays or float tensors in [0, 1].
+- Mask files: white (255) = HOLE, black (0) = known. In memory ``mask`` is 1 on KNOWN pixels.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class UserError(Exception):
+    """An error caused by the user's input (file, key, value). Printed as one line by the CLI."""
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path in the same folder as ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed, so ``path`` is never half-written.
+    ``suffix`` defaults to the target's suffix so that writers that dispatch on the extension work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_csv_atomic(df, path) -> None:
+    """Write a pandas DataFrame as CSV atomically (no index)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def save_png_atomic(path, array: np.ndarray) -> None:
+    """Save a uint8 (HxW or HxWx3) or uint16 (HxW) array as PNG atomically."""
+    from PIL import Image
+
+    array = np.asarray(array)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"save_png_atomic expects uint8/uint16, got {array.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def read_image_rgb(path) -> np.ndarray:
+    """Decode any PIL-readable image to uint8 RGB (grayscale/RGBA/palette/16-bit/CMYK converted).
+
+    Raises UserError naming the file when it cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(_to_rgb(im))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc}); "
+                        "replace or remove the file, or set skip_bad_files: true") from None
+
+
+def _to_rgb(im):
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im)
+        arr = np.clip(np.round(arr * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def read_mask(path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask file (white = hole) and return ``mask`` as float32 HxW, 1 = known, 0 = hole.
+
+    ``size`` = (H, W): when given, the file must already have that size (a mismatch is an error
+    naming both sizes). Binarised at 128 after grayscale conversion.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            gray = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path}: cannot decode mask ({exc.__class__.__name__}); replace the file") from None
+    if size is not None and gray.shape != tuple(size):
+        raise UserError(f"{path}: mask is {gray.shape[1]}x{gray.shape[0]} but the image is "
+                        f"{size[1]}x{size[0]}; resize the mask (NEAREST) to the image size")
+    return (gray < 128).astype(np.float32)
+
+
+def bin_label(lo: float, hi: float) -> str:
+    """Hole-ratio bin label, e.g. (0.1, 0.2) -> '10-20'."""
+    return f"{round(lo * 100)}-{round(hi * 100)}"
+
+
+def parse_bins(text: str) -> list[tuple[float, float]]:
+    """Parse '0.1:0.2,0.2:0.3' into [(0.1, 0.2), (0.2, 0.3)], checking 0 <= lo < hi <= 1."""
+    bins = []
+    for part in text.split(","):
+        try:
+            lo, hi = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise UserError(f"hole-ratio bin '{part}' is not of the form lo:hi (e.g. 0.1:0.2)") from None
+        if not (0.0 <= lo < hi <= 1.0):
+            raise UserError(f"hole-ratio bin {lo}:{hi} must satisfy 0 <= lo < hi <= 1")
+        bins.append((lo, hi))
+    return bins
+
+
+def seed_for(*parts) -> int:
+    """A stable 63-bit seed derived from any printable parts (global seed, image id, ...).
+
+    Independent of PYTHONHASHSEED, so per-image noise does not depend on the process.
+    """
+    import hashlib
+
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
