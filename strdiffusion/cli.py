@@ -1,0 +1,62 @@
+"""Command line: ``strdiffusion <stage> ...`` (also ``python -m strdiffusion <stage> ...``).
+
+Each stage is a module with ``main(argv)``. User errors (bad files, keys, values) are printed as
+one line, ``error: ...``, with exit status 2; no traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+STAGES = {
+    "data": ("data", "prepare a data set (builtin photographs or a folder) into train/test crops"),
+    "structure": ("structure", "grayscale and Canny edge maps of a folder of images"),
+    "masks": ("masks", "generate or import hole masks per hole-ratio bin; pair them with test images"),
+    "train": ("train", "train the structure, texture, critic or IR-SDE network"),
+    "inpaint": ("inpaint", "inpaint images: a pipeline shard, or your own image and mask"),
+    "metrics": ("metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
+    "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
+    "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
+    "check-config": ("config", "validate a config file against the schema"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: strdiffusion <stage> [options]   (strdiffusion <stage> --help for a stage)", "", "stages:"]
+    lines += [f"  {name:<13} {text}" for name, (_, text) in STAGES.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"error: unknown stage '{stage}'\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("STRDIFFUSION_LOG", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    from .utils import UserError
+
+    module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
+    try:
+        return int(module.main(rest) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

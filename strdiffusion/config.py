@@ -1,0 +1,134 @@
+"""Configuration loading and validation against workflow/schemas/config.schema.yaml.
+
+Errors are one line and name the offending key, e.g.
+``config key 'datasets.builtin.n_tset': unknown key (allowed: source, path, ...)``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from .utils import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _schema():
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _fill_defaults(instance, schema, root):
+    """Fill `default` values of object properties (recursively, following local $refs)."""
+    if "$ref" in schema:
+        ref = schema["$ref"].split("/")[1:]
+        target = root
+        for part in ref:
+            target = target[part]
+        schema = target
+    if isinstance(instance, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in instance and isinstance(sub, dict) and "default" in sub:
+                instance[name] = copy.deepcopy(sub["default"])
+            if name in instance:
+                _fill_defaults(instance[name], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for name, value in instance.items():
+                if name not in schema.get("properties", {}):
+                    _fill_defaults(value, extra, root)
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` and return a copy with schema defaults filled in.
+
+    Raises UserError naming the first offending key and what is wrong.
+    """
+    import jsonschema
+
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        path = list(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+            key = _key(path + extra[:1])
+            hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+            raise UserError(f"{source}: config key '{key}': unknown key{hint}; fix or remove it")
+        if err.validator == "required":
+            raise UserError(f"{source}: config key '{_key(path)}': {err.message}")
+        raise UserError(f"{source}: config key '{_key(path)}': {err.message}; see workflow/schemas/config.schema.yaml")
+    config = copy.deepcopy(config)
+    _fill_defaults(config, schema, schema)
+    _check_semantics(config, source)
+    return config
+
+
+def _check_semantics(config: dict, source: str) -> None:
+    size, depth = config["image_size"], config["model"].get("depth", 4)
+    if size % (2 ** (depth - 1)):
+        raise UserError(f"{source}: config key 'image_size': {size} is not divisible by 2**(model.depth-1) = "
+                        f"{2 ** (depth - 1)}; choose another size or depth")
+    for name, ds in config["datasets"].items():
+        if ds["source"] == "folder" and not ds.get("path"):
+            raise UserError(f"{source}: config key 'datasets.{name}.path' is required for source: folder")
+        for i, (lo, hi) in enumerate(ds["masks"]["bins"]):
+            if not lo < hi:
+                raise UserError(f"{source}: config key 'datasets.{name}.masks.bins[{i}]': [{lo}, {hi}] must have lo < hi")
+        if ds["masks"]["protocol"] == "nvidia" and not ds["masks"].get("nvidia_source"):
+            raise UserError(f"{source}: config key 'datasets.{name}.masks.nvidia_source' must point at the NVIDIA "
+                            "irregular mask test set (folder or .zip) when protocol is nvidia")
+    smp = config["sampling"]
+    if smp.get("u_min", 1) > smp.get("u_max", 1):
+        raise UserError(f"{source}: config key 'sampling.u_min' ({smp['u_min']}) must not exceed sampling.u_max ({smp['u_max']})")
+
+
+def load(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of keys to values")
+    return validate(data, source=str(path))
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="strdiffusion check-config", description="validate a config file")
+    p.add_argument("config", nargs="+", help="YAML files; later files override earlier ones (deep merge)")
+    a = p.parse_args(argv)
+    merged: dict = {}
+    for f in a.config:
+        path = Path(f)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        with open(path) as fh:
+            merge(merged, yaml.safe_load(fh) or {})
+    validate(merged, source=" + ".join(a.config))
+    print(f"{' + '.join(a.config)}: valid")
+    return 0
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep-merge ``update`` into ``base`` in place (Snakemake's --configfile semantics)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base

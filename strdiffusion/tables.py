@@ -1,0 +1,251 @@
+"""Paper-style result tables: rows = methods, column groups = hole-ratio bins, columns = metrics.
+
+Per-image metrics (PSNR, SSIM, L1, LPIPS) are averaged per (method, bin) with a 95 % percentile
+bootstrap confidence interval; each method is compared with StrDiffusion by a paired bootstrap
+test over the same images (two-sided p; † marks p < 0.05). Set metrics (FID, KID) come from the
+per-set CSVs. A metric whose backend weights were missing shows "n/a" and a footnote saying what
+to install where. Written as Markdown, LaTeX (booktabs) and a long-format CSV, each atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .utils import UserError, seed_for, write_csv_atomic, write_text_atomic
+
+log = logging.getLogger("strdiffusion.tables")
+
+# name -> (label, higher is better, decimals)
+METRICS = {
+    "psnr": ("PSNR", True, 2),
+    "ssim": ("SSIM", True, 3),
+    "l1": ("L1", False, 4),
+    "lpips": ("LPIPS", False, 3),
+    "fid": ("FID", False, 2),
+    "kid": ("KID", False, 4),
+}
+PER_IMAGE = ("psnr", "ssim", "l1", "lpips")
+METHOD_NAMES = {
+    "telea": "Telea (OpenCV)",
+    "navier_stokes": "Navier-Stokes (OpenCV)",
+    "biharmonic": "Biharmonic (scikit-image)",
+    "strdiffusion": "StrDiffusion",
+    "strdiffusion_noresample": "StrDiffusion w/o resampling",
+    "irsde": "IR-SDE (no structure)",
+}
+# Published numbers (spec §6): StrDiffusion on Paris StreetView, NVIDIA masks.
+REFERENCE_ROWS = {
+    "paris_streetview": ("StrDiffusion (paper)", {
+        "10-20": {"psnr": 33.17, "ssim": 0.960, "fid": 11.38},
+        "20-30": {"psnr": 29.94, "ssim": 0.936, "fid": 22.04},
+        "30-40": {"psnr": 27.63, "ssim": 0.899, "fid": 34.41},
+        "40-50": {"psnr": 25.71, "ssim": 0.851, "fid": 44.31},
+    }),
+}
+PSNR_CAP = 100.0  # dB; identical images have infinite PSNR
+N_BOOT = 1000
+
+
+def bootstrap_ci(values: np.ndarray, seed: int, n_boot: int = N_BOOT, level: float = 0.95) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_bootstrap_p(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = N_BOOT) -> float:
+    """Two-sided bootstrap p-value for mean(a - b) == 0 over paired samples."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) < 2:
+        return math.nan
+    if np.all(diff == 0):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    p = 2 * min((means <= 0).mean(), (means >= 0).mean())
+    return float(min(1.0, max(p, 1.0 / n_boot)))
+
+
+def _status(csv_path: Path) -> dict:
+    for cand in (Path(str(csv_path) + ".status.json"), csv_path.with_suffix(".status.json")):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    return {}
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: metrics file not found; run the metrics stage first")
+    return pd.read_csv(path, dtype={"bin": str, "image_id": str})
+
+
+def summarise(per_image_files, set_files, methods, bins, seed: int = 0):
+    """Return (long DataFrame of results, {metric: reason} for unavailable metrics)."""
+    per_image = pd.concat([_read_csv(Path(f)) for f in per_image_files], ignore_index=True) if per_image_files else pd.DataFrame()
+    sets = pd.concat([_read_csv(Path(f)) for f in set_files], ignore_index=True) if set_files else pd.DataFrame()
+    unavailable = {}
+    for f in list(per_image_files) + list(set_files):
+        for metric, st in _status(Path(f)).items():
+            if isinstance(st, dict) and not st.get("available", True):
+                unavailable[metric] = st.get("reason", "weights missing")
+    rows = []
+    for method in methods:
+        for b in bins:
+            sel = per_image[(per_image["method"] == method) & (per_image["bin"] == b)] if len(per_image) else per_image
+            ref = per_image[(per_image["method"] == "strdiffusion") & (per_image["bin"] == b)] if len(per_image) else per_image
+            for metric in PER_IMAGE:
+                if metric not in sel.columns or sel.empty:
+                    continue
+                vals = sel.set_index("image_id")[metric].astype(float)
+                if metric == "psnr":
+                    vals = vals.clip(upper=PSNR_CAP)
+                if vals.isna().all():
+                    rows.append(dict(method=method, bin=b, metric=metric, value=math.nan, n=len(vals)))
+                    continue
+                vals = vals.dropna()
+                lo, hi = bootstrap_ci(vals.to_numpy(), seed_for(seed, "ci", method, b, metric))
+                p = math.nan
+                if method != "strdiffusion" and not ref.empty and metric in ref.columns:
+                    rv = ref.set_index("image_id")[metric].astype(float)
+                    common = vals.index.intersection(rv.dropna().index)
+                    if len(common) >= 2:
+                        rvals = rv.loc[common].clip(upper=PSNR_CAP) if metric == "psnr" else rv.loc[common]
+                        p = paired_bootstrap_p(vals.loc[common].to_numpy(), rvals.to_numpy(),
+                                               seed_for(seed, "paired", method, b, metric))
+                rows.append(dict(method=method, bin=b, metric=metric, value=float(vals.mean()), ci_low=lo,
+                                 ci_high=hi, n=len(vals), p_vs_strdiffusion=p))
+            if len(sets):
+                srow = sets[(sets["method"] == method) & (sets["bin"] == b)]
+                if not srow.empty:
+                    r = srow.iloc[0]
+                    n = int(r.get("n_images", 0))
+                    if "fid" in srow.columns:
+                        rows.append(dict(method=method, bin=b, metric="fid", value=float(r["fid"]), n=n))
+                    if "kid_mean" in srow.columns:
+                        rows.append(dict(method=method, bin=b, metric="kid", value=float(r["kid_mean"]),
+                                         ci_low=float(r["kid_mean"] - r.get("kid_std", math.nan)),
+                                         ci_high=float(r["kid_mean"] + r.get("kid_std", math.nan)), n=n))
+    cols = ["method", "bin", "metric", "value", "ci_low", "ci_high", "n", "p_vs_strdiffusion"]
+    return pd.DataFrame(rows).reindex(columns=cols), unavailable
+
+
+def _fmt(value, metric) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{METRICS[metric][2]}f}"
+
+
+def _best(long: pd.DataFrame, metric: str, b: str):
+    sel = long[(long.metric == metric) & (long.bin == b)].dropna(subset=["value"])
+    if sel.empty:
+        return None
+    higher = METRICS[metric][1]
+    return sel.value.max() if higher else sel.value.min()
+
+
+def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, dataset: str,
+           reference: str = "") -> tuple[str, str]:
+    """Return (markdown, latex) for the paper-style table."""
+    ref = REFERENCE_ROWS.get(reference)
+    header = [f"{b}% {METRICS[m][0]}{'↑' if METRICS[m][1] else '↓'}" for b in bins for m in columns]
+    md = [f"### {dataset}: inpainting results by hole ratio", "",
+          "| Method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    tex_rows = []
+    footnotes = []
+    for method in methods:
+        cells, tcells = [], []
+        for b in bins:
+            for m in columns:
+                r = long[(long.method == method) & (long.bin == b) & (long.metric == m)]
+                value = float(r.value.iloc[0]) if len(r) else math.nan
+                text = _fmt(value, m)
+                best = _best(long, m, b)
+                p = r.p_vs_strdiffusion.iloc[0] if len(r) and "p_vs_strdiffusion" in r else math.nan
+                dagger = "†" if isinstance(p, float) and not math.isnan(p) and p < 0.05 else ""
+                is_best = best is not None and not math.isnan(value) and value == best
+                cells.append((f"**{text}**" if is_best else text) + dagger)
+                ttext = text.replace("n/a", "--")
+                tcells.append((f"\\textbf{{{ttext}}}" if is_best else ttext) + ("$^\\dagger$" if dagger else ""))
+        name = METHOD_NAMES.get(method, method)
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+        tex_rows.append(f"{name} & " + " & ".join(tcells) + r" \\")
+    if ref:
+        name, numbers = ref
+        cells = [_fmt(numbers.get(b, {}).get(m, math.nan), m) for b in bins for m in columns]
+        md.append(f"| *{name}* | " + " | ".join(cells) + " |")
+        tex_rows.append(r"\midrule" + "\n" + f"\\textit{{{name}}} & " + " & ".join(c.replace("n/a", "--") for c in cells) + r" \\")
+        footnotes.append(f"*{name}*: numbers published by the authors (not computed here).")
+    footnotes.append("Bold: best per column. †: differs from StrDiffusion (paired bootstrap over the same images, p < 0.05).")
+    ns = long[long.metric == "fid"].n.dropna()
+    if len(ns):
+        footnotes.append(f"FID: pytorch-fid 0.3.0 (2048-d pool3), {int(ns.min())}–{int(ns.max())} images per set; "
+                         "below 2048 images the covariance is regularised, so compare FID only between rows of this table.")
+    for metric, reason in sorted(unavailable.items()):
+        footnotes.append(f"{METRICS.get(metric, (metric.upper(),))[0]} n/a: {reason}")
+    md += [""] + [f"- {f}" for f in footnotes]
+    # Confidence intervals
+    md += ["", "95 % bootstrap confidence intervals (per-image metrics):", "",
+           "| Method | Bin | " + " | ".join(METRICS[m][0] for m in PER_IMAGE) + " |", "|---|---|" + "---|" * len(PER_IMAGE)]
+    for method in methods:
+        for b in bins:
+            cells = []
+            for m in PER_IMAGE:
+                r = long[(long.method == method) & (long.bin == b) & (long.metric == m)]
+                if len(r) and not math.isnan(r.value.iloc[0]):
+                    cells.append(f"{_fmt(r.value.iloc[0], m)} [{_fmt(r.ci_low.iloc[0], m)}, {_fmt(r.ci_high.iloc[0], m)}]")
+                else:
+                    cells.append("n/a")
+            md.append(f"| {METHOD_NAMES.get(method, method)} | {b} | " + " | ".join(cells) + " |")
+    colspec = "l" + ("c" * len(columns)) * len(bins)
+    groups = " & ".join(f"\\multicolumn{{{len(columns)}}}{{c}}{{{b}\\%}}" for b in bins)
+    rules = " ".join(f"\\cmidrule(lr){{{2 + i * len(columns)}-{1 + (i + 1) * len(columns)}}}" for i in range(len(bins)))
+    sub = " & ".join(f"{METRICS[m][0]}$\\{'uparrow' if METRICS[m][1] else 'downarrow'}$" for _ in bins for m in columns)
+    tex = "\n".join([
+        "% Generated by strdiffusion tables; requires \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+        f"\\caption{{Inpainting results on {dataset.replace('_', ' ')} by hole ratio.}}", f"\\begin{{tabular}}{{{colspec}}}",
+        r"\toprule", f" & {groups} \\\\", rules, f"Method & {sub} \\\\", r"\midrule", *tex_rows, r"\bottomrule",
+        r"\end{tabular}", r"\end{table}", ""])
+    return "\n".join(md) + "\n", tex
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="strdiffusion tables", description=__doc__.splitlines()[0])
+    p.add_argument("--per-image", nargs="*", default=[], help="per-image metric CSVs")
+    p.add_argument("--sets", nargs="*", default=[], help="per-set metric CSVs (FID, KID)")
+    p.add_argument("--methods", required=True, help="comma-separated, in row order")
+    p.add_argument("--bins", required=True, help="comma-separated bin labels, e.g. 10-20,20-30")
+    p.add_argument("--columns", default="psnr,ssim,lpips,fid", help="metrics shown in the main table")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--reference", default="", help="published reference row, e.g. paris_streetview")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output prefix; writes PREFIX.md, PREFIX.tex, PREFIX.csv")
+    a = p.parse_args(argv)
+    methods, bins = a.methods.split(","), a.bins.split(",")
+    columns = [c for c in a.columns.split(",") if c]
+    for c in columns:
+        if c not in METRICS:
+            raise UserError(f"unknown table column '{c}'; choose from {', '.join(METRICS)}")
+    long, unavailable = summarise(a.per_image, a.sets, methods, bins, a.seed)
+    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, a.reference)
+    long.insert(0, "dataset", a.dataset)
+    write_csv_atomic(long, a.out + ".csv")
+    write_text_atomic(a.out + ".md", md)
+    write_text_atomic(a.out + ".tex", tex)
+    for metric, reason in unavailable.items():
+        log.warning("%s n/a: %s", metric, reason)
+    log.info("table for %s -> %s.{md,tex,csv}", a.dataset, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

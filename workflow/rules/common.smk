@@ -1,0 +1,163 @@
+# Config validation, wildcard constraints and input functions shared by the rule files.
+import math
+import sys
+
+from strdiffusion.config import validate
+from strdiffusion.utils import UserError, bin_label
+
+try:
+    config.update(validate(config))
+except UserError as exc:
+    sys.exit(f"error: {exc}")
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_]+",
+    split=r"train|test",
+    method=r"[a-z_]+",
+    bin=r"\d+-\d+",
+    shard=r"\d+",
+    net=r"structure|texture|critic|irsde",
+
+
+CLASSICAL = ["telea", "navier_stokes", "biharmonic"]
+# networks each method needs at sampling time
+METHOD_NETS = {
+    "strdiffusion": ["structure", "texture", "critic"],
+    "strdiffusion_noresample": ["structure", "texture"],
+    "irsde": ["irsde"],
+}
+
+
+def dataset_cfg(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def bins(dataset):
+    return [bin_label(lo, hi) for lo, hi in config["datasets"][dataset]["masks"]["bins"]]
+
+
+def bins_arg(dataset):
+    return ",".join(f"{lo}:{hi}" for lo, hi in config["datasets"][dataset]["masks"]["bins"])
+
+
+def n_shards(dataset):
+    return math.ceil(config["datasets"][dataset]["n_test"] / config["sampling"]["shard_size"])
+
+
+def model_path(dataset, net):
+    given = config["checkpoints"].get(net, "")
+    return given if given else f"results/{dataset}/models/{net}.pt"
+
+
+def method_models(wildcards):
+    return {net: model_path(wildcards.dataset, net) for net in METHOD_NETS.get(wildcards.method, [])}
+
+
+def shard_dirs(wildcards):
+    return expand(
+        "results/{dataset}/inpaint/{method}/{bin}/shard_{shard}",
+        dataset=wildcards.dataset,
+        method=wildcards.method,
+        bin=wildcards.bin,
+        shard=range(n_shards(wildcards.dataset)),
+    )
+
+
+def table_inputs(wildcards):
+    ds = wildcards.dataset
+    return {
+        "per_image": expand(
+            "results/{dataset}/metrics/{method}/{bin}/per_image.csv",
+            dataset=ds,
+            method=config["methods"],
+            bin=bins(ds),
+        ),
+        "sets": expand(
+            "results/{dataset}/metrics/{method}/{bin}/set.csv",
+            dataset=ds,
+            method=config["methods"],
+            bin=bins(ds),
+        ),
+    }
+
+
+def all_targets():
+    return expand(
+        "results/tables/{dataset}.{ext}", dataset=list(config["datasets"]), ext=["md", "tex", "csv"]
+    )
+
+
+def data_args(wildcards):
+    """Command-line options of the data stage for one data set (from config)."""
+    ds = dataset_cfg(wildcards)
+    args = ["--source", ds["source"], "--size", config["image_size"], "--seed", config["seed"]]
+    if ds["source"] == "folder":
+        args += ["--path", ds["path"], "--test-fraction", ds["test_fraction"], "--resize", ds["resize"]]
+        args += ["--max-train", ds["max_train"]]
+        for key in ("train_list", "test_list"):
+            if ds.get(key):
+                args += [f"--{key.replace('_', '-')}", ds[key]]
+        if ds["skip_bad_files"]:
+            args.append("--skip-bad-files")
+    return " ".join(f"'{a}'" if " " in str(a) else str(a) for a in args)
+
+
+def structure_sigma(wildcards):
+    return config["structure"][f"sigma_{wildcards.split}"]
+
+
+def mask_args(wildcards):
+    """Options of `masks generate` for the test masks of one data set."""
+    m = dataset_cfg(wildcards)["masks"]
+    args = [
+        "--protocol", m["protocol"], "--size", config["image_size"], "--bins", bins_arg(wildcards.dataset),
+        "--count", m["per_bin"], "--seed", config["seed"],
+    ]
+    if m["protocol"] == "nvidia":
+        args += ["--nvidia-source", m["nvidia_source"], "--nvidia-binning", m["nvidia_binning"]]
+        args += ["--nvidia-border", m["nvidia_border"]]
+    return " ".join(str(a) for a in args)
+
+
+def pool_args(wildcards):
+    m = dataset_cfg(wildcards)["masks"]
+    args = ["--protocol", m["train_protocol"], "--size", config["image_size"], "--count", m["train_pool"]]
+    args += ["--seed", config["seed"]]
+    if m["train_protocol"] == "nvidia":
+        args += ["--nvidia-source", m["nvidia_source"]]
+    return " ".join(str(a) for a in args)
+
+
+def pairs_args(wildcards):
+    return f"--bins {bins_arg(wildcards.dataset)} --n-test {dataset_cfg(wildcards)['n_test']} --seed {config['seed']}"
+
+
+def sampling_args(wildcards):
+    """Sampler options of the inpaint stage (diffusion methods only)."""
+    if wildcards.method in CLASSICAL:
+        return ""
+    s = config["sampling"]
+    args = [f"--seed {config['seed']}", f"--batch-size {s['batch_size']}"]
+    args += [f"--{k.replace('_', '-')} {s[k]}" for k in ("u_max", "u_min", "jump", "re", "switch", "accept", "late_guidance", "hole_fill")]
+    args += [f"--T {config['sde']['T']}"]
+    args += [f"--{net}-checkpoint {path}" for net, path in method_models(wildcards).items()]
+    return " ".join(args)
+
+
+def metric_list(kind):
+    return ",".join(config["metrics"][kind])
+
+
+def metric_weights_args(kind):
+    key, flag = {"per_image": ("alexnet_weights", "--alexnet-weights"), "per_set": ("inception_weights", "--inception-weights")}[kind]
+    return f"{flag} {config['metrics'][key]}" if config["metrics"][key] else ""
+
+
+def table_args(wildcards):
+    ds = wildcards.dataset
+    args = [f"--dataset {ds}", f"--methods {','.join(config['methods'])}", f"--bins {','.join(bins(ds))}"]
+    args.append(f"--seed {config['seed']}")
+    if config["datasets"][ds].get("reference_row"):
+        args.append(f"--reference {config['datasets'][ds]['reference_row']}")
+    return " ".join(args)

@@ -1,0 +1,21 @@
+rule inpaint_shard:
+    input:
+        unpack(method_models),
+        pairs="results/{dataset}/masks/pairs.csv",
+        gt="results/{dataset}/data/test",
+        structure="results/{dataset}/structure/test",
+    output:
+        directory("results/{dataset}/inpaint/{method}/{bin}/shard_{shard}"),
+    params:
+        shard_size=config["sampling"]["shard_size"],
+        sampling=sampling_args,
+    log:
+        "logs/{dataset}/inpaint/{method}_{bin}_{shard}.log",
+    benchmark:
+        "benchmarks/rules/{dataset}/inpaint/{method}_{bin}_{shard}.tsv"
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "python -m strdiffusion inpaint --method {wildcards.method} --pairs {input.pairs} --bin {wildcards.bin} "
+        "--gt-dir {input.gt} --structure-dir {input.structure} --shard {wildcards.shard} "
+        "--shard-size {params.shard_size} {params.sampling} --out {output} > {log} 2>&1"

@@ -1,0 +1,13 @@
+rule extract_structure:
+    input:
+        images="results/{dataset}/data/{split}",
+    output:
+        directory("results/{dataset}/structure/{split}"),
+    params:
+        sigma=structure_sigma,
+    log:
+        "logs/{dataset}/structure_{split}.log",
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "python -m strdiffusion structure --images {input.images} --out {output} --sigma {params.sigma} > {log} 2>&1"

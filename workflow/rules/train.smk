@@ -1,0 +1,1 @@
+# Training rules are added with the trainer (issue 4).
