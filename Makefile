@@ -1,0 +1,34 @@
+# Two commands for a new user (see README.md):
+#   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
+#   make test        # build .venv if missing, then run the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+CORES ?= all
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: reproduce test lint dryrun report benchmark clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+reproduce: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint
+
+dryrun: $(VENV)/.installed
+	$(BIN)/snakemake -n --cores $(CORES)
+
+benchmark: $(VENV)/.installed
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf results/builtin results/tables logs .snakemake
