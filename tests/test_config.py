@@ -1,0 +1,51 @@
+import copy
+
+import pytest
+import yaml
+
+from strdiffusion import config as cfg
+from strdiffusion.utils import UserError
+
+
+@pytest.fixture(scope="module")
+def default(repo_root):
+    return yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults(default):
+    full = cfg.validate(default)
+    assert full["datasets"]["builtin"]["masks"]["nvidia_binning"] == "index"
+    assert "nvidia_binning" not in default["datasets"]["builtin"]["masks"]  # input not mutated
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c.update(unknwon=1), "'unknwon'"),
+    (lambda c: c["datasets"]["builtin"].update(n_tset=3), "datasets.builtin.n_tset"),
+    (lambda c: c["sampling"].update(jump="five"), "sampling.jump"),
+    (lambda c: c.update(image_size=0), "image_size"),
+    (lambda c: c["datasets"]["builtin"]["masks"].update(bins=[[0.5, 1.5]]), "datasets.builtin.masks.bins.0.1"),
+    (lambda c: c["datasets"]["builtin"]["masks"].update(bins=[[0.4, 0.2]]), "datasets.builtin.masks.bins[0]"),
+    (lambda c: c.update(image_size=62), "image_size"),
+    (lambda c: c["methods"].append("lama"), "methods.6"),
+])
+def test_bad_config_names_the_key(default, edit, key):
+    bad = copy.deepcopy(default)
+    edit(bad)
+    with pytest.raises(UserError) as info:
+        cfg.validate(bad)
+    message = str(info.value)
+    assert key in message and "\n" not in message
+
+
+def test_folder_source_requires_a_path(default):
+    bad = copy.deepcopy(default)
+    bad["datasets"]["builtin"]["source"] = "folder"
+    with pytest.raises(UserError, match="datasets.builtin.path"):
+        cfg.validate(bad)
+
+
+def test_paper_configs_are_valid(repo_root):
+    base = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    for path in sorted((repo_root / "config" / "paper").glob("*.yaml")):
+        merged = {k: v for k, v in copy.deepcopy(base).items() if k != "datasets"}
+        cfg.validate(cfg.merge(merged, yaml.safe_load(path.read_text())), source=str(path))
