@@ -87,6 +87,10 @@ def _check_semantics(config: dict, source: str) -> None:
         if ds["masks"]["protocol"] == "nvidia" and not ds["masks"].get("nvidia_source"):
             raise UserError(f"{source}: config key 'datasets.{name}.masks.nvidia_source' must point at the NVIDIA "
                             "irregular mask test set (folder or .zip) when protocol is nvidia")
+    for name in config.get("run_datasets", []):
+        if name not in config["datasets"]:
+            raise UserError(f"{source}: config key 'run_datasets': '{name}' is not defined under datasets "
+                            f"(defined: {', '.join(config['datasets'])})")
     smp = config["sampling"]
     if smp.get("u_min", 1) > smp.get("u_max", 1):
         raise UserError(f"{source}: config key 'sampling.u_min' ({smp['u_min']}) must not exceed sampling.u_max ({smp['u_max']})")

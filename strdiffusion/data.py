@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -111,8 +112,10 @@ def fit_to_size(img: np.ndarray, size: int, policy: str, rng: np.random.Generato
 
 
 def _safe_id(rel: Path) -> str:
-    stem = rel.with_suffix("").as_posix()
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem.replace("/", "__"))
+    """A file-name-safe, unique-per-path image id: 'sub/dir/img.jpg' -> 'sub__dir__img'."""
+    parts = [p for p in rel.with_suffix("").parts if p not in ("..", ".")]
+    stem = "__".join(parts)
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem).lstrip(".")
 
 
 def _read_list(list_path: Path, root: Path) -> list[Path]:
@@ -133,8 +136,28 @@ def _read_list(list_path: Path, root: Path) -> list[Path]:
     return rels
 
 
-def folder_files(root: Path, seed: int, test_fraction: float, train_list: str = "", test_list: str = ""):
-    """Return [(relative path, split)] for a folder source, sorted by path."""
+def _images_under(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def folder_files(root: Path, seed: int, test_fraction: float, train_list: str = "", test_list: str = "",
+                 test_root: Path | None = None):
+    """Return [(relative path, split)] for a folder source, sorted by path.
+
+    With ``test_root`` every image under ``root`` is training and every image under ``test_root``
+    is test (paths relative to ``root``, so test paths may start with ``..``: they are checked
+    against ``test_root`` instead).
+    """
+    if test_root is not None:
+        if not test_root.is_dir():
+            raise UserError(f"{test_root}: test folder not found; fix the dataset's 'test_path' key")
+        train = folder_files(root, seed, test_fraction)
+        test = _images_under(test_root)
+        if not test:
+            raise UserError(f"{test_root}: no images found; point the dataset's 'test_path' key at a folder of images")
+        return [(rel, "train") for rel, _ in train] + [(Path(os.path.relpath(test_root / rel, root)), "test")
+                                                       for rel in test]
     if not root.is_dir():
         raise UserError(f"{root}: data folder not found; set the dataset's 'path' key to an existing folder")
     if train_list or test_list:
@@ -146,8 +169,7 @@ def folder_files(root: Path, seed: int, test_fraction: float, train_list: str = 
             if not (root / rel).is_file():
                 raise UserError(f"{root / rel}: listed in a file list but missing; fix the list or the folder")
         return sorted(items, key=lambda item: item[0].as_posix())
-    files = sorted(p.relative_to(root) for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files = _images_under(root)
     if not files:
         raise UserError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
                         "point the dataset's 'path' key at a folder of images")
@@ -158,7 +180,7 @@ def folder_files(root: Path, seed: int, test_fraction: float, train_list: str = 
 
 def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_list: str = "",
             test_list: str = "", test_fraction: float = 0.1, resize: str = "center_crop",
-            skip_bad_files: bool = False, max_train: int = 0) -> pd.DataFrame:
+            skip_bad_files: bool = False, max_train: int = 0, test_path: str = "") -> pd.DataFrame:
     """Prepare the data set into ``out`` (see module docstring). Returns the manifest."""
     from .utils import save_png_atomic
 
@@ -178,7 +200,8 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
                                  height=crop.shape[0], status="ok"))
         elif source == "folder":
             root = Path(path)
-            files = folder_files(root, seed, test_fraction, train_list, test_list)
+            files = folder_files(root, seed, test_fraction, train_list, test_list,
+                                 Path(test_path) if test_path else None)
             n_train = 0
             seen = set()
             for rel, split in files:
@@ -234,13 +257,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-list", default="")
     p.add_argument("--test-list", default="")
+    p.add_argument("--test-path", default="", help="folder of test images (then all of --path is training)")
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--resize", choices=["center_crop", "resize", "random_crop"], default="center_crop")
     p.add_argument("--max-train", type=int, default=0, help="cap on training images (0 = all)")
     p.add_argument("--skip-bad-files", action="store_true", help="list undecodable files instead of stopping")
     a = p.parse_args(argv)
     prepare(Path(a.out), a.source, a.size, a.seed, a.path, a.train_list, a.test_list, a.test_fraction,
-            a.resize, a.skip_bad_files, a.max_train)
+            a.resize, a.skip_bad_files, a.max_train, a.test_path)
     return 0
 
 

@@ -46,6 +46,13 @@ def test_folder_source_requires_a_path(default):
 
 def test_paper_configs_are_valid(repo_root):
     base = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-    for path in sorted((repo_root / "config" / "paper").glob("*.yaml")):
-        merged = {k: v for k, v in copy.deepcopy(base).items() if k != "datasets"}
-        cfg.validate(cfg.merge(merged, yaml.safe_load(path.read_text())), source=str(path))
+    paper = [repo_root / "config" / "paper" / f"{n}.yaml" for n in ("psv", "celebahq", "places2")]
+    assert {p.stem for p in paper} >= {"psv", "celebahq", "places2"}
+    for path in paper:
+        merged = cfg.merge(copy.deepcopy(base), yaml.safe_load(path.read_text()))
+        full = cfg.validate(merged, source=str(path))
+        assert full["image_size"] == 256 and full["model"]["nf"] == 64
+        for name in full["run_datasets"]:
+            assert full["datasets"][name]["masks"]["protocol"] == "nvidia"
+        for overlay in (repo_root / "config" / "paper").glob(f"authors_{path.stem}.yaml"):
+            cfg.validate(cfg.merge(copy.deepcopy(merged), yaml.safe_load(overlay.read_text())), source=str(overlay))

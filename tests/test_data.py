@@ -120,3 +120,14 @@ def test_fit_to_size_policies():
         assert out.shape == (32, 32, 3)
     small = data.fit_to_size(img[:10, :10], 32, "center_crop")
     assert small.shape == (32, 32, 3)
+
+
+def test_separate_test_folder(tmp_path):
+    for sub, n in (("train", 3), ("eval", 2)):
+        (tmp_path / sub).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((20, 20, 3), i * 40, np.uint8)).save(tmp_path / sub / f"{i}.png")
+    manifest = data.prepare(tmp_path / "out", "folder", 16, 0, path=str(tmp_path / "train"),
+                            test_path=str(tmp_path / "eval"))
+    assert manifest.split.value_counts().to_dict() == {"train": 3, "test": 2}
+    assert all(not i.startswith(".") for i in manifest.id)

@@ -82,10 +82,12 @@ def table_inputs(wildcards):
     }
 
 
+def run_datasets():
+    return config["run_datasets"] or list(config["datasets"])
+
+
 def all_targets():
-    return expand(
-        "results/tables/{dataset}.{ext}", dataset=list(config["datasets"]), ext=["md", "tex", "csv"]
-    )
+    return expand("results/tables/{dataset}.{ext}", dataset=run_datasets(), ext=["md", "tex", "csv"])
 
 
 def data_args(wildcards):
@@ -93,6 +95,8 @@ def data_args(wildcards):
     ds = dataset_cfg(wildcards)
     args = ["--source", ds["source"], "--size", config["image_size"], "--seed", config["seed"]]
     if ds["source"] == "folder":
+        if ds["test_path"]:
+            args += ["--test-path", ds["test_path"]]
         args += ["--path", ds["path"], "--test-fraction", ds["test_fraction"], "--resize", ds["resize"]]
         args += ["--max-train", ds["max_train"]]
         for key in ("train_list", "test_list"):
