@@ -20,6 +20,7 @@ STAGES = {
     "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
     "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
     "check-config": ("config", "validate a config file against the schema"),
+    "env": ("gpu", "print devices, versions and the job's GPU slot"),
 }
 
 
@@ -45,8 +46,10 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=os.environ.get("STRDIFFUSION_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    from .gpu import claim_from_env
     from .utils import UserError
 
+    claim_from_env()  # before anything initialises CUDA
     module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
     try:
         return int(module.main(rest) or 0)

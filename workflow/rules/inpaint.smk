@@ -11,11 +11,13 @@ rule inpaint_shard:
         sampling=sampling_args,
     log:
         "logs/{dataset}/inpaint/{method}_{bin}_{shard}.log",
+    resources:
+        gpu=0,
     benchmark:
         "benchmarks/rules/{dataset}/inpaint/{method}_{bin}_{shard}.tsv"
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "python -m strdiffusion inpaint --method {wildcards.method} --pairs {input.pairs} --bin {wildcards.bin} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion inpaint --method {wildcards.method} --pairs {input.pairs} --bin {wildcards.bin} "
         "--gt-dir {input.gt} --structure-dir {input.structure} --shard {wildcards.shard} "
         "--shard-size {params.shard_size} {params.sampling} --out {output} > {log} 2>&1"

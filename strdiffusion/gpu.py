@@ -1,0 +1,92 @@
+"""GPU slots for several GPU jobs on one machine (profiles/local-gpu).
+
+Snakemake limits how many GPU jobs run at once (``--resources gpu=N``) but does not say WHICH
+GPU a job gets. A job whose rule requests GPUs runs as ``STRDIFFUSION_JOB_GPUS={resources.gpu}
+python -m strdiffusion ...``; before torch touches CUDA, :func:`claim` takes that many free slots
+from the pool with exclusive ``flock`` locks (released by the kernel when the process exits, even
+on ``kill -9``) and sets ``CUDA_VISIBLE_DEVICES``. When ``CUDA_VISIBLE_DEVICES`` is already set
+(SLURM does this for ``--gres=gpu``), nothing changes.
+
+Environment: ``STRDIFFUSION_GPU_POOL`` (e.g. ``0,1,2,3``; default: the GPUs ``nvidia-smi -L``
+lists) and ``STRDIFFUSION_GPU_LOCK_DIR`` (default: a per-user folder under the temp dir).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+_held = []  # open lock files, kept for the life of the process
+
+
+def pool() -> list[str]:
+    env = os.environ.get("STRDIFFUSION_GPU_POOL", "").strip()
+    if env:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def lock_dir() -> Path:
+    default = Path(tempfile.gettempdir()) / f"strdiffusion-gpu-locks-{os.getuid()}"
+    path = Path(os.environ.get("STRDIFFUSION_GPU_LOCK_DIR", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def claim(n: int, timeout: float = 600.0) -> list[str]:
+    """Hold ``n`` free GPU slots and set CUDA_VISIBLE_DEVICES to them; returns the slot ids."""
+    if n <= 0 or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return []
+    slots = pool()
+    if not slots:
+        return []
+    if n > len(slots):
+        raise RuntimeError(f"job asks for {n} GPUs but the pool has {len(slots)} ({','.join(slots)})")
+    deadline = time.monotonic() + timeout
+    got: list[str] = []
+    while True:
+        for slot in slots:
+            if slot in got:
+                continue
+            fh = open(lock_dir() / f"gpu{slot}.lock", "w")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            _held.append(fh)
+            got.append(slot)
+            if len(got) == n:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(got)
+                return got
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU slot after {timeout:.0f} s; is --resources gpu larger than the pool?")
+        time.sleep(0.5)
+
+
+def claim_from_env() -> list[str]:
+    return claim(int(os.environ.get("STRDIFFUSION_JOB_GPUS", "0") or 0))
+
+
+def main(argv=None) -> int:
+    """``strdiffusion env``: print the job's view of devices (for debugging profiles)."""
+    import argparse
+    import platform
+
+    p = argparse.ArgumentParser(prog="strdiffusion env", description="print devices, versions and GPU slot")
+    p.add_argument("--hold", type=float, default=0.0, help="keep the GPU slot this many seconds")
+    a = p.parse_args(argv)
+    import torch
+
+    print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
+    print(f"python={platform.python_version()} torch={torch.__version__} cuda_available={torch.cuda.is_available()} "
+          f"threads={torch.get_num_threads()}", flush=True)
+    time.sleep(a.hold)
+    return 0
