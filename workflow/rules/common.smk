@@ -86,8 +86,30 @@ def run_datasets():
     return config["run_datasets"] or list(config["datasets"])
 
 
+def figure_inputs(wildcards):
+    ds = wildcards.dataset
+    return {
+        "per_image": table_inputs(wildcards)["per_image"],
+        "shards": expand(
+            "results/{dataset}/inpaint/{method}/{bin}/shard_0", dataset=ds, method=config["methods"], bin=bins(ds)
+        ),
+    }
+
+
+def figure_args(wildcards):
+    ds = wildcards.dataset
+    return f"--methods {','.join(config['methods'])} --bins {','.join(bins(ds))}"
+
+
 def all_targets():
-    return expand("results/tables/{dataset}.{ext}", dataset=run_datasets(), ext=["md", "tex", "csv"])
+    tables = expand("results/tables/{dataset}.{ext}", dataset=run_datasets(), ext=["md", "tex", "csv"])
+    figures = expand(
+        "results/figures/{dataset}/{name}.{ext}",
+        dataset=run_datasets(),
+        name=["qualitative", "metrics_vs_hole_ratio"],
+        ext=["png", "pdf"],
+    )
+    return tables + figures
 
 
 def data_args(wildcards):

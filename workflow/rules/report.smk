@@ -4,7 +4,12 @@ rule table:
     output:
         md="results/tables/{dataset}.md",
         tex="results/tables/{dataset}.tex",
-        csv="results/tables/{dataset}.csv",
+        csv=report(
+            "results/tables/{dataset}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"dataset": "{dataset}"},
+        ),
     params:
         prefix="results/tables/{dataset}",
         args=table_args,
@@ -15,3 +20,36 @@ rule table:
     shell:
         "python -m strdiffusion tables --per-image {input.per_image} --sets {input.sets} {params.args} "
         "--out {params.prefix} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        unpack(figure_inputs),
+        pairs="results/{dataset}/masks/pairs.csv",
+        gt="results/{dataset}/data/test",
+        structure="results/{dataset}/structure/test",
+    output:
+        qualitative=report(
+            "results/figures/{dataset}/qualitative.png",
+            caption="../report/qualitative.rst",
+            category="Figures",
+            labels={"dataset": "{dataset}", "figure": "qualitative"},
+        ),
+        qualitative_pdf="results/figures/{dataset}/qualitative.pdf",
+        curves=report(
+            "results/figures/{dataset}/metrics_vs_hole_ratio.png",
+            caption="../report/curves.rst",
+            category="Figures",
+            labels={"dataset": "{dataset}", "figure": "metric vs hole ratio"},
+        ),
+        curves_pdf="results/figures/{dataset}/metrics_vs_hole_ratio.pdf",
+    params:
+        args=figure_args,
+    log:
+        "logs/{dataset}/figures.log",
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "python -m strdiffusion figures --pairs {input.pairs} --gt-dir {input.gt} --structure-dir {input.structure} "
+        "--inpaint-dir results/{wildcards.dataset}/inpaint --per-image {input.per_image} {params.args} "
+        "--qualitative {output.qualitative} --curves {output.curves} > {log} 2>&1"

@@ -1,0 +1,119 @@
+"""Figures: a qualitative grid and metric-vs-hole-ratio plots (PNG and PDF, matplotlib Agg).
+
+Qualitative grid: for the first ``--per-bin`` test pairs of each bin (fixed: pair order is seeded),
+one row each with the masked input (holes grey), the test structure (Canny edges), each method's
+output and the ground truth.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .tables import METHOD_NAMES, METRICS, PER_IMAGE
+from .utils import UserError, atomic_path, read_image_rgb, read_mask
+
+log = logging.getLogger("strdiffusion.figures")
+
+
+def _find_output(method_dir: Path, image_id: str) -> Path:
+    hits = sorted(method_dir.glob(f"shard_*/{image_id}.png"))
+    if not hits:
+        raise UserError(f"{method_dir}: no output for image '{image_id}'; run the inpainting stage first")
+    return hits[0]
+
+
+def _save(fig, out_png: Path):
+    for path in (out_png, out_png.with_suffix(".pdf")):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+
+
+def qualitative(pairs: pd.DataFrame, gt_dir: Path, structure_dir: Path, inpaint_dir: Path, methods, bins,
+                per_bin: int, out_png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = pd.concat([pairs[pairs["bin"] == b].head(per_bin) for b in bins])
+    cols = ["Input", "Structure"] + [METHOD_NAMES.get(m, m) for m in methods] + ["Ground truth"]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.3 * len(cols), 1.3 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows.itertuples()):
+        gt = read_image_rgb(gt_dir / f"{row.image_id}.png")
+        mask = read_mask(row.mask, size=gt.shape[:2])[..., None]
+        masked = (gt * mask + 128 * (1 - mask)).astype(np.uint8)
+        edge_path = structure_dir / "edge" / f"{row.image_id}.png"
+        edge = read_image_rgb(edge_path) if edge_path.is_file() else np.zeros_like(gt)
+        panels = [masked, edge] + [read_image_rgb(_find_output(inpaint_dir / m / row.bin, row.image_id))
+                                   for m in methods] + [gt]
+        for j, img in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=6)
+            if j == 0:
+                ax.set_ylabel(f"{row.bin}%", fontsize=6)
+    fig.tight_layout(pad=0.2)
+    _save(fig, out_png)
+    plt.close(fig)
+
+
+def metric_curves(per_image_files, methods, bins, out_png: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = [pd.read_csv(f, dtype={"bin": str, "image_id": str}) for f in per_image_files]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    metrics = [m for m in PER_IMAGE if m in df.columns and df[m].notna().any()]
+    if not metrics:
+        raise UserError("no per-image metric values to plot; run the metrics stage first")
+    centres = [np.mean([int(v) for v in b.split("-")]) for b in bins]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method in methods:
+            sel = df[df.method == method]
+            means = [sel[sel.bin == b][metric].astype(float).clip(upper=100).mean() for b in bins]
+            ax.plot(centres, means, marker="o", label=METHOD_NAMES.get(method, method))
+        label, higher, _ = METRICS[metric]
+        ax.set_xlabel("hole ratio (%)")
+        ax.set_ylabel(f"{label} {'↑' if higher else '↓'}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, out_png)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="strdiffusion figures", description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--gt-dir", required=True)
+    p.add_argument("--structure-dir", required=True)
+    p.add_argument("--inpaint-dir", required=True, help="results/<dataset>/inpaint")
+    p.add_argument("--per-image", nargs="+", required=True)
+    p.add_argument("--methods", required=True)
+    p.add_argument("--bins", required=True)
+    p.add_argument("--per-bin", type=int, default=2, help="example rows per bin in the qualitative grid")
+    p.add_argument("--qualitative", required=True, help="output PNG (a PDF is written beside it)")
+    p.add_argument("--curves", required=True, help="output PNG (a PDF is written beside it)")
+    a = p.parse_args(argv)
+    methods, bins = a.methods.split(","), a.bins.split(",")
+    pairs = pd.read_csv(a.pairs, dtype={"bin": str, "image_id": str})
+    qualitative(pairs, Path(a.gt_dir), Path(a.structure_dir), Path(a.inpaint_dir), methods, bins, a.per_bin,
+                Path(a.qualitative))
+    metric_curves(a.per_image, methods, bins, Path(a.curves))
+    log.info("figures -> %s, %s", a.qualitative, a.curves)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
