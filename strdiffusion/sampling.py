@@ -1,0 +1,385 @@
+"""Sampling: the StrDiffusion reverse process (spec §5), its variants, and the inpaint-stage glue.
+
+Samplers are plain functions of model callables and tensors (no files, no global RNG):
+
+- ``structure_fn(s, mu_s, t) -> eps_hat``          (B, 1, H, W)
+- ``texture_fn(x, mu, t, guidance) -> eps_hat``    (B, 3, H, W); ``guidance`` is None for IR-SDE
+- ``critic_fn(t, x, s) -> scores``                 (B,)
+
+``t`` is a python int shared by the batch. :func:`net_callables` turns networks into these.
+
+Conventions: images are float32 NCHW in [0, 1]; ``mask`` is (B, 1, H, W), 1 = KNOWN pixel,
+0 = hole (mask FILES are white = hole, see :mod:`strdiffusion.utils`); ``gray`` and ``edge`` are
+(B, 1, H, W) structure maps of the image (only their known part is used).
+
+Randomness: image b draws every Gaussian from ``generators[b]`` (a CPU ``torch.Generator``), in
+the order the reference draws them for that image alone (texture start, structure start, then per
+step: known-structure marginal, structure step, texture step, and for each resampling trial its
+``re`` forward and ``re`` reverse structure steps and one texture step). Images that stopped
+trialling draw nothing, so a batch gives the same result as sampling its images one by one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .sde import IRSDE, randn_like_per_sample
+from .utils import UserError, read_image_rgb, read_mask, save_png_atomic, seed_for
+
+log = logging.getLogger("strdiffusion.sampling")
+
+ACCEPT = ("lower", "higher")
+LATE_GUIDANCE = ("rgb_mean", "gray")
+SAMPLERS = ("strdiffusion", "strdiffusion_noresample", "irsde")
+# skimage.color.rgb2gray weights (ITU-R BT.709), for late_guidance="gray"
+_GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
+# the critic halves the resolution three times
+_CRITIC_MULTIPLE = 8
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    """Constants of the StrDiffusion reverse process; defaults reproduce the reference sampler.
+
+    u_max: trials per resampling step are at most ``u_max - 1``. u_min: from trial ``u_min`` on,
+    a rejected trial stops the resampling (earlier rejected trials are averaged in).
+    jump: resample at steps t with ``t % jump == 0`` (early stage only). re: forward re-noising
+    steps of the structure per trial (clipped at T). switch: the early stage (structure network,
+    critic) runs for t = T .. floor(switch * T). accept: ``lower`` keeps a trial when its critic
+    score D_p < D_n (the reference), ``higher`` when D_p > D_n. late_guidance: guidance map of the
+    late stage, ``rgb_mean`` (the reference: mean over RGB of the texture state) or ``gray``
+    (BT.709 luma). hole_fill: value of hole pixels in the texture mean ``mu`` (reference 0).
+    resample: False gives ``strdiffusion_noresample`` (no trials, no critic).
+    """
+
+    u_max: int = 6
+    u_min: int = 3
+    jump: int = 5
+    re: int = 5
+    switch: float = 0.4
+    accept: str = "lower"
+    late_guidance: str = "rgb_mean"
+    hole_fill: float = 0.0
+    resample: bool = True
+
+    def __post_init__(self):
+        for name in ("u_max", "u_min", "jump", "re"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise UserError(f"sampling.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.switch <= 1.0:
+            raise UserError(f"sampling.switch must be in [0, 1], got {self.switch}")
+        if self.accept not in ACCEPT:
+            raise UserError(f"sampling.accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
+        if self.late_guidance not in LATE_GUIDANCE:
+            raise UserError(f"sampling.late_guidance must be one of {', '.join(LATE_GUIDANCE)}, "
+                            f"got {self.late_guidance!r}")
+
+    def switch_step(self, T: int) -> int:
+        """First t of the late stage plus one: the early stage is t = T .. int(switch * T)."""
+        return int(self.switch * T)  # the reference's int(0.4 * T)
+
+    def trial_steps(self, t: int, T: int) -> int:
+        """Forward re-noising steps of a trial at step t (0: no resampling at this t)."""
+        if not self.resample or self.u_max <= 1 or t % self.jump != 0:
+            return 0
+        return min(self.re, T - t + 1)
+
+
+def make_generators(seed, image_ids, bin_name="") -> list[torch.Generator]:
+    """One CPU generator per image, seeded from (seed, image_id, bin) so noise follows the image."""
+    gens = []
+    for image_id in image_ids:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(seed_for(seed, image_id, bin_name))
+        gens.append(g)
+    return gens
+
+
+def _new_stats(B: int, device) -> dict:
+    z = lambda: torch.zeros(B, dtype=torch.long)  # noqa: E731
+    return {"structure_calls": z(), "texture_calls": z(), "critic_calls": z(), "trials": z(), "accepted": z()}
+
+
+def _gray_of(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _late_guidance(x: torch.Tensor, how: str) -> torch.Tensor:
+    return torch.mean(x, dim=1, keepdim=True) if how == "rgb_mean" else _gray_of(x)
+
+
+def _check_inputs(image, mask, generators):
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if mask.shape != (image.shape[0], 1, *image.shape[2:]):
+        raise ValueError(f"mask must be (B, 1, H, W) = {(image.shape[0], 1, *image.shape[2:])}, got {tuple(mask.shape)}")
+    if len(generators) != image.shape[0]:
+        raise ValueError(f"need one generator per image: {image.shape[0]} images, {len(generators)} generators")
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# batched samplers
+
+
+@torch.inference_mode()
+def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, mask, gray, edge,
+                        generators, config: SamplerConfig | None = None, progress: bool = False):
+    """StrDiffusion inpainting of a batch; every resampling decision is made per image.
+
+    Args:
+        sde: the IR-SDE both networks were trained with.
+        structure_fn, texture_fn, critic_fn: model callables (module docstring); ``critic_fn`` may
+            be None when ``config.resample`` is False.
+        image: (B, 3, H, W) in [0, 1]; only ``image * mask`` is used. mask: (B, 1, H, W), 1 = known.
+        gray, edge: (B, 1, H, W) structure maps of the image. generators: one per image.
+    Returns:
+        (result, stats): result (B, 3, H, W) = image*m + x0_hat*(1-m) clamped to [0, 1]; stats holds
+        per-image (B,) long tensors ``structure_calls``, ``texture_calls``, ``critic_calls``,
+        ``trials`` and ``accepted`` (trials kept because the critic preferred them).
+    """
+    config = config or SamplerConfig()
+    _check_inputs(image, mask, generators)
+    if config.resample and config.u_max > 1 and critic_fn is None:
+        raise ValueError("resampling needs a critic; pass critic_fn or set config.resample=False")
+    B, T = image.shape[0], sde.T
+    m = mask.to(image.dtype)
+    hole = 1 - m
+    gens = list(generators)
+    stats = _new_stats(B, image.device)
+    all_idx = torch.arange(B)
+
+    def noise(like, idx):
+        return randn_like_per_sample(like, [gens[i] for i in idx.tolist()])
+
+    mu = image * m + config.hole_fill * hole
+    mu_s = edge * m
+    x0_s = gray * m
+    mu_s_known = mu_s * m
+
+    x = sde.start_state(mu, noise(mu, all_idx))
+    s = sde.start_state(mu_s, noise(mu_s, all_idx))
+
+    def texture_step(x_, mu_, t, guidance, idx):
+        eps = texture_fn(x_, mu_, t, guidance)
+        stats["texture_calls"][idx] += 1
+        return sde.reverse_sde_step(x_, mu_, sde.score_from_noise(eps, t), t, noise(x_, idx))
+
+    def structure_step(s_, t, idx, s_known_, m_, hole_):
+        # paste the known structure, then one reverse step
+        s_ = s_known_ * m_ + s_ * hole_
+        mu_ = mu_s if len(idx) == B else mu_s[idx.to(mu_s.device)]
+        eps = structure_fn(s_, mu_, t)
+        stats["structure_calls"][idx] += 1
+        return sde.reverse_sde_step(s_, mu_, sde.score_from_noise(eps, t), t, noise(s_, idx))
+
+    def critic(t, x_, s_, idx):
+        stats["critic_calls"][idx] += 1
+        return critic_fn(t, x_, s_).reshape(-1).float()
+
+    t_switch = config.switch_step(T)
+    bar = _progress(T, progress, "sampling")
+    try:
+        for t in range(T, t_switch - 1, -1):
+            if t < 1:
+                break
+            s_known = sde.forward_marginal(x0_s, mu_s_known, t - 1, noise(x0_s, all_idx))
+            s = structure_step(s, t, all_idx, s_known, m, hole)
+            x_cand = texture_step(x, mu, t, s, all_idx)
+            s_cand = s
+            steps = config.trial_steps(t, T)
+            if steps:
+                x_cand, s_cand = _resample(sde, config, t, steps, x, mu, x_cand, s_cand, s_known, m, hole,
+                                           mu_s, all_idx, noise, structure_step, texture_step, critic, stats)
+            x = x_cand
+            s = s_known * m + s_cand * hole
+            bar.update(1)
+        for t in range(min(t_switch - 1, T), 0, -1):
+            x = texture_step(x, mu, t, _late_guidance(x, config.late_guidance), all_idx)
+            bar.update(1)
+    finally:
+        bar.close()
+    return (image * m + x * hole).clamp(0, 1), stats
+
+
+def _resample(sde, config, t, steps, x, mu, x_cand, s_cand, s_known, m, hole, mu_s, all_idx, noise,
+              structure_step, texture_step, critic, stats):
+    """Adaptive resampling at step t; returns the (possibly replaced or averaged) candidates."""
+    B = x.shape[0]
+    d_n = critic(t, x_cand * m, s_cand, all_idx)
+    x_cand, s_cand = x_cand.clone(), s_cand.clone()
+    active = all_idx  # images still trialling, as CPU indices
+    for i in range(1, config.u_max):
+        full = len(active) == B
+        sel = (lambda v: v) if full else (lambda v: v[active.to(v.device)])
+        m_a, hole_a, s_known_a = sel(m), sel(hole), sel(s_known)
+        mu_s_a = sel(mu_s)
+        s1 = sel(s_cand)
+        for j in range(steps):
+            s1 = sde.forward_step(s1, mu_s_a, t - 1 + j, noise(s1, active))
+        for z in range(steps - 1, -1, -1):
+            s1 = structure_step(s1, t + z, active, s_known_a, m_a, hole_a)
+        x_tmp = texture_step(sel(x), sel(mu), t, s1, active)
+        d_p = critic(t, x_tmp * m_a, s1, active)
+        stats["trials"][active] += 1
+        d_n_a = sel(d_n) if full else d_n[active.to(d_n.device)]
+        better = (d_p < d_n_a) if config.accept == "lower" else (d_p > d_n_a)
+        better_cpu = better.cpu()
+        stats["accepted"][active[better_cpu]] += 1
+        dev_active = active.to(x_cand.device)
+        better_b = better.view(-1, 1, 1, 1)
+        if i >= config.u_min:
+            new_x, new_s = x_tmp, s1
+        else:
+            new_x = torch.where(better_b, x_tmp, (sel(x_cand) + x_tmp) / 2)
+            new_s = torch.where(better_b, s1, (s1 + sel(s_cand)) / 2)
+            better_b = torch.ones_like(better_b)
+        if full:
+            x_cand = torch.where(better_b, new_x, x_cand)
+            s_cand = torch.where(better_b, new_s, s_cand)
+        else:
+            x_cand[dev_active] = torch.where(better_b, new_x, x_cand[dev_active])
+            s_cand[dev_active] = torch.where(better_b, new_s, s_cand[dev_active])
+        if i >= config.u_min:
+            active = active[better_cpu]
+            if len(active) == 0:
+                break
+    return x_cand, s_cand
+
+
+@torch.inference_mode()
+def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: float = 0.0, progress: bool = False):
+    """Plain IR-SDE inpainting: reverse SDE from x_T = mu + lambda N with an unguided texture net.
+
+    ``texture_fn(x, mu, t, None)``; mu = image*m + hole_fill*(1-m). Returns (result, stats) as
+    :func:`sample_strdiffusion` (known pixels pasted back, clamped to [0, 1]).
+    """
+    _check_inputs(image, mask, generators)
+    B, T = image.shape[0], sde.T
+    m = mask.to(image.dtype)
+    hole = 1 - m
+    gens = list(generators)
+    stats = _new_stats(B, image.device)
+    mu = image * m + hole_fill * hole
+    x = sde.start_state(mu, randn_like_per_sample(mu, gens))
+    bar = _progress(T, progress, "sampling")
+    try:
+        for t in range(T, 0, -1):
+            eps = texture_fn(x, mu, t, None)
+            stats["texture_calls"] += 1
+            x = sde.reverse_sde_step(x, mu, sde.score_from_noise(eps, t), t, randn_like_per_sample(x, gens))
+            bar.update(1)
+    finally:
+        bar.close()
+    return (image * m + x * hole).clamp(0, 1), stats
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference's loop order, one image at a time (for benchmarks and as a cross-check)
+
+
+@torch.inference_mode()
+def sample_reference_order(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, mask, gray, edge,
+                           generators, config: SamplerConfig | None = None, progress: bool = False):
+    """:func:`sample_strdiffusion` computed image by image in the reference's exact loop order.
+
+    Written separately from the batched sampler, following the reference's variables (x_original,
+    x_updated, xs, xs_t, D_n, D_p), so that the two cross-check each other. Same arguments and
+    returns. The only departure: the critic score D_n is not computed at steps without trials
+    (the reference computes and discards it; the critic draws no noise, so results are equal).
+    """
+    config = config or SamplerConfig()
+    _check_inputs(image, mask, generators)
+    outs, all_stats = [], []
+    for b in range(image.shape[0]):
+        out, st = _reference_one(sde, structure_fn, texture_fn, critic_fn, image[b:b + 1], mask[b:b + 1],
+                                 gray[b:b + 1], edge[b:b + 1], generators[b], config, progress)
+        outs.append(out)
+        all_stats.append(st)
+    stats = {k: torch.cat([st[k] for st in all_stats]) for k in all_stats[0]}
+    return torch.cat(outs), stats
+
+
+def _reference_one(sde, structure_fn, texture_fn, critic_fn, gt, mask, s_gt, edge, gen, config, progress):
+    T = sde.T
+    stats = _new_stats(1, gt.device)
+
+    def randn(like):
+        return torch.randn(tuple(like.shape), generator=gen, dtype=torch.float32).to(like.device)
+
+    def s_score(x, t):
+        stats["structure_calls"] += 1
+        return sde.score_from_noise(structure_fn(x, s_mu, t), t)
+
+    def x_score(x, t, guidance):
+        stats["texture_calls"] += 1
+        return sde.score_from_noise(texture_fn(x, x_mu, t, guidance), t)
+
+    def dis(t, x, s):
+        stats["critic_calls"] += 1
+        return critic_fn(t, x, s).reshape(-1).float()
+
+    x_mu = gt * mask + config.hole_fill * (1 - mask)
+    s_mu = edge * mask
+    x_original = x_mu + randn(x_mu) * sde.lam
+    xs = s_mu + randn(s_mu) * sde.lam
+    bar = _progress(T, progress, "sampling (reference order)")
+    t_switch = config.switch_step(T)
+    for t in reversed(range(max(t_switch, 1), T + 1)):
+        xs_optimum = sde.forward_marginal(s_gt * mask, s_mu * mask, t - 1, randn(s_mu))
+        xs = xs_optimum * mask + xs * (1 - mask)
+        xs = sde.reverse_sde_step(xs, s_mu, s_score(xs, t), t, randn(xs))
+        xs_t = xs
+        x_updated = sde.reverse_sde_step(x_original, x_mu, x_score(x_original, t, xs), t, randn(x_original))
+        step = 0
+        if config.resample and t % config.jump == 0:
+            step = config.re
+        if step + t > T:
+            step = T - t + 1
+        if step and config.u_max > 1:
+            d_n = dis(t, x_updated * mask, xs)
+        for i in range(1, config.u_max):
+            if step == 0:
+                break
+            xs1 = xs_t
+            for j in range(step):
+                xs1 = sde.forward_step(xs1, s_mu, t - 1 + j, randn(xs1))
+            for z in reversed(range(step)):
+                xs1 = xs_optimum * mask + xs1 * (1 - mask)
+                xs1 = sde.reverse_sde_step(xs1, s_mu, s_score(xs1, t + z), t + z, randn(xs1))
+            x_tmp = sde.reverse_sde_step(x_original, x_mu, x_score(x_original, t, xs1), t, randn(x_original))
+            d_p = dis(t, x_tmp * mask, xs1)
+            stats["trials"] += 1
+            keep = bool(d_p < d_n) if config.accept == "lower" else bool(d_p > d_n)
+            if keep:
+                stats["accepted"] += 1
+                x_updated, xs_t = x_tmp, xs1
+            elif i >= config.u_min:
+                break
+            else:
+                x_updated = (x_updated + x_tmp) / 2
+                xs_t = (xs1 + xs_t) / 2
+        x_original = x_updated
+        xs = xs_optimum * mask + xs_t * (1 - mask)
+        bar.update(1)
+    for t in reversed(range(1, min(t_switch, T + 1))):
+        guidance = _late_guidance(x_original, config.late_guidance)
+        x_original = sde.reverse_sde_step(x_original, x_mu, x_score(x_original, t, guidance), t, randn(x_original))
+        bar.update(1)
+    bar.close()
+    return (gt * mask + x_original * (1 - mask)).clamp(0, 1), stats
