@@ -1,0 +1,871 @@
+"""Hole masks: generate or import them per hole-ratio bin, build a training pool, pair them with test images.
+
+Conventions:
+- In memory a generator returns ``hole``: uint8 HxW, 1 = HOLE, 0 = known. ``hole_ratio`` is
+  ``hole.mean()``, a fraction in [0, 1].
+- Mask FILES are 8-bit grayscale PNGs, white (255) = HOLE, black (0) = known.
+- A hole-ratio bin ``(lo, hi)`` holds masks with ``lo < hole_ratio <= hi``; its folder is
+  ``utils.bin_label`` ('10-20').
+
+Protocols (see shared/spec/PROTOCOLS.md for the published parameters):
+- ``lama_thin``, ``lama_medium``, ``lama_thick`` (256-px presets) and ``lama_thick_512`` (512-px
+  preset): LaMa's irregular strokes and boxes. Every length, width, margin and box size of a preset
+  is multiplied by ``min(H, W) / base`` (base = 256 or 512), so a mask has the same shape relative
+  to the image at any size (at 64 px a thick stroke is at most ~26 px wide, not 104). At the base
+  size the parameters and distributions are LaMa's (the random stream is numpy's Generator). One
+  generator (strokes or boxes) is picked per mask with the normalised probabilities, and masks
+  with hole ratio > 0.5 are redrawn (``max_tamper_area``).
+- ``deepfill``: DeepFill v2 free-form brush strokes. The step length already scales with the image
+  diagonal; the brush width U(12, 40) is for 256 px and is multiplied by ``min(H, W) / 256``.
+- ``repaint_half``, ``repaint_expand``, ``repaint_lines``, ``repaint_sr2``: RePaint's fixed masks
+  (hole ratios 0.5, 0.9375, 0.5, 0.75 at 256 px); they ignore bins and form one bin named after the
+  mask ('half', 'expand', 'lines', 'sr2') holding a single file.
+- ``box_center`` (a centred square whose side hits a target ratio) and ``box_random`` (one
+  rectangle, aspect ratio log-uniform in [1/2, 2], at a uniformly random position).
+- ``nvidia``: the NVIDIA irregular mask test set, imported from a folder or .zip of PNGs.
+
+How a bin is filled (``fill``), recorded per bin in ``stats.csv``:
+- ``natural``: draw masks from the protocol's own generator and keep those whose hole ratio lies
+  in the bin (rejection sampling). This keeps the protocol's distribution conditioned on the bin.
+- ``adaptive``: for stroke protocols, start from an empty mask and add one unit of the protocol's
+  kind at a time (a LaMa stroke of 1-5 segments or a LaMa box, after picking the kind as LaMa
+  does; a DeepFill brush stroke) until the ratio exceeds ``lo``; keep the mask when it is <= ``hi``,
+  otherwise discard it and start again. Only the NUMBER of strokes differs from the protocol
+  (DeepFill v2's 1-3 strokes never reach 40-50 %, LaMa medium rarely does at 256 px). For box
+  protocols the target ratio is drawn uniformly in the bin ('targeted').
+- ``auto`` (default): natural, unless the first 200 natural draws show that filling the bin would
+  take more than max(20 x count, 200) draws (or that budget runs out); then the bin is filled
+  adaptively instead, from its own seed. Box protocols are always 'targeted'.
+Each bin has its own random stream seeded by ``seed_for(seed, protocol, bin_label)``, so adding a
+bin does not change the others, and the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .utils import UserError, bin_label, parse_bins, read_mask, save_png_atomic, seed_for, write_csv_atomic
+
+log = logging.getLogger("strdiffusion.masks")
+
+MAX_TAMPER_AREA = 0.5          # LaMa discards masks whose hole ratio exceeds this
+NVIDIA_EDGES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+NVIDIA_PER_BIN = 2000
+HIST_BINS = 20                 # histogram of hole ratios in stats: 20 bins of 5 % over [0, 1]
+_PROBE_DRAWS = 200             # auto fill: natural draws used to estimate a bin's acceptance rate
+_NATURAL_DRAWS_PER_MASK = 20   # auto fill: above this expected cost per mask, fill adaptively
+_MAX_UNITS = 400               # adaptive fill: strokes/boxes added before a candidate is given up
+
+
+def hole_ratio(hole: np.ndarray) -> float:
+    """Fraction of hole pixels (nonzero entries) of an HxW array."""
+    return np.count_nonzero(hole) / hole.size
+
+
+def _in_bin(ratio: float, lo: float, hi: float) -> bool:
+    return lo < ratio <= hi
+
+
+def _scaled(value: float, scale: float, minimum: int = 0) -> int:
+    return max(minimum, int(value * scale + 0.5))
+
+
+# ----------------------------------------------------------------------------------------------
+# LaMa (advimman/lama, saicinpainting/training/data/masks.py)
+
+@dataclass(frozen=True)
+class LamaPreset:
+    """One LaMa evaluation preset; lengths in px at ``base`` px (see module docstring)."""
+    base: int
+    min_times: int
+    max_times: int
+    max_width: int
+    max_angle: int
+    max_len: int
+    box_proba: float = 0.0
+    margin: int = 0
+    box_min: int = 0
+    box_max: int = 0
+    box_min_times: int = 0
+    box_max_times: int = 0
+
+
+LAMA_PRESETS = {
+    "lama_thin": LamaPreset(256, 4, 50, 10, 4, 40),
+    "lama_medium": LamaPreset(256, 4, 5, 50, 4, 100, 0.3, 0, 10, 50, 1, 5),
+    "lama_thick": LamaPreset(256, 1, 5, 100, 4, 200, 0.3, 10, 30, 150, 1, 3),
+    "lama_thick_512": LamaPreset(512, 1, 5, 250, 4, 450, 0.3, 10, 30, 300, 1, 4),
+}
+
+
+_STROKE_DRAWS = 3 + 3 * 5     # uniforms per LaMa stroke: start x, y, segment count; 3 per segment
+_BOX_DRAWS = 4
+
+
+def _lama_stroke(hole: np.ndarray, i: int, u: list, p: LamaPreset, s: float) -> None:
+    """Draw LaMa's i-th irregular stroke (1-5 line segments) into ``hole`` (in place).
+
+    ``u`` holds ``_STROKE_DRAWS`` uniforms in [0, 1); ``int(u * n)`` is LaMa's ``randint(n)`` (one
+    bulk draw per mask is much faster than a Generator call per number).
+    """
+    h, w = hole.shape
+    x, y = int(u[0] * w), int(u[1] * h)
+    for j in range(1 + int(u[2] * 5)):
+        angle = 0.01 + int(u[3 + 3 * j] * p.max_angle)        # integer radians, as in LaMa
+        if i % 2 == 0:
+            angle = 2 * 3.1415926 - angle
+        length = (10 + int(u[4 + 3 * j] * p.max_len)) * s
+        width = _scaled(5 + int(u[5 + 3 * j] * p.max_width), s, 1)
+        ex = min(max(int(x + length * math.sin(angle)), 0), w)
+        ey = min(max(int(y + length * math.cos(angle)), 0), h)
+        cv2.line(hole, (x, y), (ex, ey), 1, width)
+        x, y = ex, ey
+
+
+def _lama_box(hole: np.ndarray, u: list, p: LamaPreset, s: float) -> None:
+    """Draw one LaMa rectangle into ``hole`` (in place); ``u`` holds ``_BOX_DRAWS`` uniforms."""
+    h, w = hole.shape
+    margin = _scaled(p.margin, s)
+    if h - 2 * margin < 2 or w - 2 * margin < 2:
+        margin = 0
+    lo = min(_scaled(p.box_min, s, 1), min(h, w) - 1)
+    hi = max(lo + 1, min(_scaled(p.box_max, s, 1), h - 2 * margin, w - 2 * margin))
+    bw, bh = lo + int(u[0] * (hi - lo)), lo + int(u[1] * (hi - lo))
+    x = margin + int(u[2] * max(1, w - 2 * margin - bw + 1))
+    y = margin + int(u[3] * max(1, h - 2 * margin - bh + 1))
+    hole[y:y + bh, x:x + bw] = 1
+
+
+def _lama_pick_boxes(rng: np.random.Generator, p: LamaPreset) -> bool:
+    # MixedMaskGenerator: ONE generator per mask, probabilities (1 for strokes, box_proba) normalised
+    return p.box_proba > 0 and rng.random() < p.box_proba / (1.0 + p.box_proba)
+
+
+def _lama_once(h: int, w: int, rng: np.random.Generator, p: LamaPreset) -> np.ndarray:
+    s = min(h, w) / p.base
+    hole = np.zeros((h, w), np.uint8)
+    if _lama_pick_boxes(rng, p):
+        times = int(rng.integers(p.box_min_times, p.box_max_times + 1))
+        for u in rng.random((times, _BOX_DRAWS)).tolist():
+            _lama_box(hole, u, p, s)
+    else:
+        times = int(rng.integers(p.min_times, p.max_times + 1))
+        for i, u in enumerate(rng.random((times, _STROKE_DRAWS)).tolist()):
+            _lama_stroke(hole, i, u, p, s)
+    return hole
+
+
+def lama(h: int, w: int, rng: np.random.Generator, preset: str | LamaPreset = "lama_medium") -> np.ndarray:
+    """A LaMa mask (1 = hole); masks with hole ratio > 0.5 are redrawn (LaMa's max_tamper_area)."""
+    p = LAMA_PRESETS[preset] if isinstance(preset, str) else preset
+    while True:
+        hole = _lama_once(h, w, rng, p)
+        if hole_ratio(hole) <= MAX_TAMPER_AREA:
+            return hole
+
+
+def lama_thin(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """LaMa thin 256 preset (strokes only), lengths and widths scaled by min(h, w)/256."""
+    return lama(h, w, rng, "lama_thin")
+
+
+def lama_medium(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """LaMa medium 256 preset (strokes or boxes), lengths, widths and box sizes scaled by min(h, w)/256."""
+    return lama(h, w, rng, "lama_medium")
+
+
+def lama_thick(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """LaMa thick 256 preset (strokes or boxes), lengths, widths and box sizes scaled by min(h, w)/256."""
+    return lama(h, w, rng, "lama_thick")
+
+
+def lama_thick_512(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """LaMa thick 512 preset, lengths, widths and box sizes scaled by min(h, w)/512."""
+    return lama(h, w, rng, "lama_thick_512")
+
+
+def _lama_adaptive(preset: str) -> Callable:
+    p = LAMA_PRESETS[preset]
+
+    def grow(h, w, rng, lo, hi):
+        s = min(h, w) / p.base
+        hole = np.zeros((h, w), np.uint8)
+        boxes = _lama_pick_boxes(rng, p)
+        hi = min(hi, MAX_TAMPER_AREA)
+        for i in range(_MAX_UNITS):
+            if boxes:
+                _lama_box(hole, rng.random(_BOX_DRAWS).tolist(), p, s)
+            else:
+                _lama_stroke(hole, i, rng.random(_STROKE_DRAWS).tolist(), p, s)
+            r = hole_ratio(hole)
+            if r > lo:
+                return hole if r <= hi else None
+        return None
+
+    return grow
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepFill v2 (JiahuiYu/generative_inpainting, inpaint_ops.py::brush_stroke_mask)
+
+def _deepfill_stroke(draw, h: int, w: int, rng: np.random.Generator) -> None:
+    """Draw one DeepFill v2 brush stroke with PIL ``draw`` (fill 1)."""
+    mean_angle, angle_range = 2 * math.pi / 5, 2 * math.pi / 15
+    avg_r = math.sqrt(h * h + w * w) / 8
+    num_vertex = int(rng.integers(4, 12))
+    angle_min = mean_angle - rng.uniform(0, angle_range)
+    angle_max = mean_angle + rng.uniform(0, angle_range)
+    angles = [2 * math.pi - rng.uniform(angle_min, angle_max) if i % 2 == 0 else rng.uniform(angle_min, angle_max)
+              for i in range(num_vertex)]
+    # the reference unpacks PIL's (W, H) size as (h, w); identical for square images
+    vertex = [(int(rng.integers(0, w)), int(rng.integers(0, h)))]
+    for i in range(num_vertex):
+        r = float(np.clip(rng.normal(avg_r, avg_r // 2), 0, 2 * avg_r))
+        nx = np.clip(vertex[-1][0] + r * math.cos(angles[i]), 0, w)
+        ny = np.clip(vertex[-1][1] + r * math.sin(angles[i]), 0, h)
+        vertex.append((int(nx), int(ny)))
+    width = max(1, int(rng.uniform(12, 40) * min(h, w) / 256))
+    draw.line(vertex, fill=1, width=width)
+    for vx, vy in vertex:
+        draw.ellipse((vx - width // 2, vy - width // 2, vx + width // 2, vy + width // 2), fill=1)
+
+
+def deepfill(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """DeepFill v2 free-form mask (1 = hole): 1-3 brush strokes, width U(12, 40) * min(h, w)/256."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 4))):
+        _deepfill_stroke(draw, h, w, rng)
+    # the reference's random flips discard their result: nothing to do
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _deepfill_adaptive(h, w, rng, lo, hi):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    for _ in range(_MAX_UNITS):
+        _deepfill_stroke(draw, h, w, rng)
+        hole = np.asarray(img, dtype=np.uint8)
+        r = hole_ratio(hole)
+        if r > lo:
+            return hole.copy() if r <= hi else None
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# RePaint fixed masks (andreas128/RePaint): 1 = hole here, the PNGs there have 255 = known
+
+def repaint_half(h: int, w: int, rng=None) -> np.ndarray:
+    """'genhalf': the left half is known, the right half is the hole (ratio 0.5 for even w)."""
+    hole = np.ones((h, w), np.uint8)
+    hole[:, : w // 2] = 0
+    return hole
+
+
+def repaint_expand(h: int, w: int, rng=None) -> np.ndarray:
+    """'ex64': only the centre (h/4 x w/4; 64x64 at 256) is known (ratio 0.9375)."""
+    hole = np.ones((h, w), np.uint8)
+    kh, kw = h // 4, w // 4
+    top, left = (h - kh) // 2, (w - kw) // 2
+    hole[top:top + kh, left:left + kw] = 0
+    return hole
+
+
+def repaint_lines(h: int, w: int, rng=None) -> np.ndarray:
+    """'ev2li': odd rows (0-based) are known, even rows are the hole (ratio 0.5)."""
+    hole = np.ones((h, w), np.uint8)
+    hole[1::2, :] = 0
+    return hole
+
+
+def repaint_sr2(h: int, w: int, rng=None) -> np.ndarray:
+    """'nn2' (2x super-resolution): pixels with odd row and odd column are known (ratio 0.75)."""
+    hole = np.ones((h, w), np.uint8)
+    hole[1::2, 1::2] = 0
+    return hole
+
+
+FIXED = {"repaint_half": ("half", repaint_half), "repaint_expand": ("expand", repaint_expand),
+         "repaint_lines": ("lines", repaint_lines), "repaint_sr2": ("sr2", repaint_sr2)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Boxes
+
+def box_center(h: int, w: int, rng=None, ratio: float = 0.25) -> np.ndarray:
+    """A centred square (1 = hole) whose side is the integer closest to sqrt(ratio * h * w)."""
+    side = int(min(max(round(math.sqrt(ratio * h * w)), 1), min(h, w)))
+    return _centred_square(h, w, side)
+
+
+def _centred_square(h: int, w: int, side: int) -> np.ndarray:
+    hole = np.zeros((h, w), np.uint8)
+    top, left = (h - side) // 2, (w - side) // 2
+    hole[top:top + side, left:left + side] = 1
+    return hole
+
+
+def box_random(h: int, w: int, rng: np.random.Generator, ratio: float | None = None) -> np.ndarray:
+    """One rectangle (1 = hole) of area ``ratio`` (default U(0.05, 0.5)), aspect log-uniform in
+    [1/2, 2], at a uniformly random position inside the image."""
+    if ratio is None:
+        ratio = rng.uniform(0.05, 0.5)
+    aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+    bh = int(min(max(round(math.sqrt(ratio * h * w / aspect)), 1), h))
+    bw = int(min(max(round(ratio * h * w / bh), 1), w))
+    y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    hole = np.zeros((h, w), np.uint8)
+    hole[y:y + bh, x:x + bw] = 1
+    return hole
+
+
+def _box_random_targeted(h, w, rng, lo, hi):
+    return box_random(h, w, rng, ratio=rng.uniform(max(lo, 1.0 / (h * w)), hi))
+
+
+def _box_center_targeted(h, w, rng, lo, hi):
+    n = h * w
+    sides = [s for s in range(1, min(h, w) + 1) if _in_bin(s * s / n, lo, hi)]
+    return _centred_square(h, w, int(rng.choice(sides))) if sides else None
+
+
+def _box_center_natural(h, w, rng):
+    return box_center(h, w, rng, ratio=rng.uniform(0.05, 0.5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocol table
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    natural: Callable           # (h, w, rng) -> hole
+    adaptive: Callable          # (h, w, rng, lo, hi) -> hole in the bin, or None (discarded)
+    auto_natural: bool = True   # auto fill may use natural rejection sampling
+    max_ratio: float = 1.0      # no mask of the protocol exceeds this hole ratio
+    adaptive_name: str = "adaptive"
+
+
+PROTOCOLS = {name: Protocol(name, (lambda n: lambda h, w, rng: lama(h, w, rng, n))(name), _lama_adaptive(name),
+                            max_ratio=MAX_TAMPER_AREA) for name in LAMA_PRESETS}
+PROTOCOLS["deepfill"] = Protocol("deepfill", deepfill, _deepfill_adaptive)
+PROTOCOLS["box_random"] = Protocol("box_random", box_random, _box_random_targeted, False, adaptive_name="targeted")
+PROTOCOLS["box_center"] = Protocol("box_center", _box_center_natural, _box_center_targeted, False,
+                                   adaptive_name="targeted")
+ALL_PROTOCOLS = sorted([*PROTOCOLS, *FIXED, "nvidia"])
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in ALL_PROTOCOLS:
+        raise UserError(f"unknown mask protocol '{protocol}'; choose one of {', '.join(ALL_PROTOCOLS)} "
+                        "(config key masks.protocol)")
+
+
+def _check_size(size) -> int:
+    if not isinstance(size, (int, np.integer)) or size <= 0:
+        raise UserError(f"mask size must be a positive number of pixels, got {size}; fix config key image_size")
+    return int(size)
+
+
+def _check_bins(bins) -> list[tuple[float, float]]:
+    out = []
+    for b in bins:
+        lo, hi = float(b[0]), float(b[1])
+        if not (0.0 <= lo < hi <= 1.0):
+            raise UserError(f"hole-ratio bin {lo}:{hi} must satisfy 0 <= lo < hi <= 1 (config key masks.bins)")
+        out.append((lo, hi))
+    if not out:
+        raise UserError("no hole-ratio bins given; set config key masks.bins (e.g. [[0.1, 0.2]])")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Binned generation
+
+@dataclass
+class MaskBin:
+    """The masks of one bin: ``masks`` are 1 = hole uint8 arrays; ``sources`` name where each came from."""
+    label: str
+    lo: float
+    hi: float
+    fill: str
+    masks: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+
+
+def _fill_natural(proto: Protocol, size: int, rng, lo: float, hi: float, count: int, auto: bool):
+    """Rejection sampling; returns the masks, or None when auto decides the bin is too rare."""
+    budget = max(_NATURAL_DRAWS_PER_MASK * count, _PROBE_DRAWS) * (1 if auto else 5)
+    kept, draws = [], 0
+    while len(kept) < count:
+        if draws >= budget:
+            if auto:
+                return None
+            raise UserError(f"protocol {proto.name} reaches hole ratio {bin_label(lo, hi)} % at {size} px in only "
+                            f"{len(kept)} of {draws} draws; use fill 'adaptive' (--fill adaptive) or another bin")
+        hole = proto.natural(size, size, rng)
+        draws += 1
+        if _in_bin(hole_ratio(hole), lo, hi):
+            kept.append(hole)
+        if auto and draws == _PROBE_DRAWS and len(kept) < count:
+            if not kept or count * _PROBE_DRAWS / len(kept) > budget:
+                return None
+    return kept
+
+
+def _fill_adaptive(proto: Protocol, size: int, rng, lo: float, hi: float, count: int):
+    budget = 50 * count + 200
+    kept, tries = [], 0
+    reach = lo < proto.max_ratio
+    while reach and len(kept) < count and tries < budget:
+        hole = proto.adaptive(size, size, rng, lo, hi)
+        tries += 1
+        if hole is not None and _in_bin(hole_ratio(hole), lo, hi):
+            kept.append(hole)
+        elif tries == 200 and not kept:   # hopeless: no hit in 200 tries
+            break
+    if len(kept) < count:
+        why = (f" (LaMa discards masks with hole ratio above {MAX_TAMPER_AREA}, max_tamper_area)"
+               if proto.max_ratio < 1 and lo >= proto.max_ratio else "")
+        raise UserError(f"protocol {proto.name} cannot reach hole ratio {lo:g}-{hi:g} at {size} px{why}; "
+                        "choose another protocol or bin (config keys masks.protocol, masks.bins)")
+    return kept
+
+
+def generate_binned(protocol: str, size: int, bins, count: int, seed: int, *, fill: str = "auto",
+                    nvidia_source=None, nvidia_binning: str = "index", nvidia_border: str = "both",
+                    nvidia_per_bin: int = NVIDIA_PER_BIN) -> list[MaskBin]:
+    """``count`` masks per bin ``(lo, hi]`` whose MEASURED hole ratio lies in the bin.
+
+    ``fill`` is 'auto', 'natural' or 'adaptive' (module docstring). Fixed RePaint protocols ignore
+    ``bins`` and ``count`` and return one bin named after the mask with its single mask. ``nvidia``
+    imports from ``nvidia_source`` (see :func:`import_nvidia`).
+    """
+    _check_protocol(protocol)
+    size = _check_size(size)
+    if count < 1:
+        raise UserError(f"mask count per bin must be >= 1, got {count}; fix config key masks.per_bin")
+    if protocol in FIXED:
+        name, fn = FIXED[protocol]
+        hole = fn(size, size)
+        r = hole_ratio(hole)
+        return [MaskBin(name, r, r, "fixed", [hole], [protocol])]
+    bins = _check_bins(bins)
+    if protocol == "nvidia":
+        return import_nvidia(nvidia_source, size, bins, count, seed, binning=nvidia_binning, border=nvidia_border,
+                             per_bin=nvidia_per_bin)
+    if fill not in ("auto", "natural", "adaptive"):
+        raise UserError(f"mask fill must be auto, natural or adaptive, got '{fill}'")
+    proto = PROTOCOLS[protocol]
+    out = []
+    for lo, hi in bins:
+        label = bin_label(lo, hi)
+        masks, how = None, proto.adaptive_name
+        if fill == "natural" or (fill == "auto" and proto.auto_natural):
+            rng = np.random.default_rng(seed_for(seed, protocol, label))
+            masks = _fill_natural(proto, size, rng, lo, hi, count, auto=fill == "auto")
+            how = "natural"
+        if masks is None:
+            rng = np.random.default_rng(seed_for(seed, protocol, label, "adaptive"))
+            masks, how = _fill_adaptive(proto, size, rng, lo, hi, count), proto.adaptive_name
+        log.info("%s %s %%: %d masks at %d px (%s)", protocol, label, len(masks), size, how)
+        out.append(MaskBin(label, lo, hi, how, masks, [protocol] * len(masks)))
+    return out
+
+
+def generate_pool(protocol: str, size: int, count: int, seed: int, **opts) -> list[np.ndarray]:
+    """``count`` training masks (1 = hole) of mixed hole ratios: the protocol's natural distribution
+    (box protocols: area U(0.05, 0.5); nvidia: a seeded random choice of the source's files, with
+    ``nvidia_source`` and ``nvidia_border`` in ``opts``). Masks without any hole are redrawn."""
+    _check_protocol(protocol)
+    size = _check_size(size)
+    if count < 1:
+        raise UserError(f"training mask pool size must be >= 1, got {count}; fix config key masks.train_pool")
+    if protocol in FIXED:
+        return [FIXED[protocol][1](size, size)] * count
+    if protocol == "nvidia":
+        with _NvidiaSource(opts.get("nvidia_source")) as src:
+            idx = _border_filter(range(len(src)), opts.get("nvidia_border", "both"),
+                                 opts.get("nvidia_per_bin", NVIDIA_PER_BIN))
+            rng = np.random.default_rng(seed_for(seed, "nvidia", "pool"))
+            perm = [idx[i] for i in rng.permutation(len(idx))]
+            return [src.load(perm[k % len(perm)], size) for k in range(count)]
+    proto = PROTOCOLS[protocol]
+    rng = np.random.default_rng(seed_for(seed, protocol, "pool"))
+    pool = []
+    while len(pool) < count:
+        hole = proto.natural(size, size, rng)
+        if hole.any():
+            pool.append(hole)
+    return pool
+
+
+# ----------------------------------------------------------------------------------------------
+# NVIDIA irregular masks
+
+class _NvidiaSource:
+    """The PNGs of a folder (recursively) or a .zip, sorted by path (the test set is numbered)."""
+
+    def __init__(self, source):
+        if not source:
+            raise UserError("protocol nvidia needs the NVIDIA irregular mask test set: set config key "
+                            "masks.nvidia_source (--nvidia-source) to its folder or .zip")
+        self.path = Path(source)
+        self.zip = None
+        if not self.path.exists():
+            raise UserError(f"{self.path}: NVIDIA mask source not found; download the NVIDIA irregular mask "
+                            "test set and point masks.nvidia_source (--nvidia-source) at its folder or .zip")
+        if self.path.is_dir():
+            self.names = sorted((p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
+                                 if p.suffix.lower() == ".png" and p.is_file()))
+        else:
+            try:
+                self.zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise UserError(f"{self.path}: not a folder or a readable .zip ({exc}); "
+                                "fix masks.nvidia_source (--nvidia-source)") from None
+            self.names = sorted(n for n in self.zip.namelist() if n.lower().endswith(".png")
+                                and not n.endswith("/") and not n.startswith("__MACOSX/"))
+        if not self.names:
+            raise UserError(f"{self.path}: no PNG masks found; point masks.nvidia_source (--nvidia-source) at "
+                            "the folder or .zip holding the NVIDIA test masks")
+
+    def __len__(self):
+        return len(self.names)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.zip is not None:
+            self.zip.close()
+
+    def load(self, i: int, size: int) -> np.ndarray:
+        """Mask ``i`` as 1 = hole (white >= 128 is hole), resized NEAREST to size x size."""
+        from PIL import Image, UnidentifiedImageError
+
+        name = self.names[i]
+        where = f"{self.path}/{name}"
+        try:
+            data = self.zip.read(name) if self.zip is not None else (self.path / name).read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
+                gray = np.asarray(im.convert("L"))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile) as exc:
+            raise UserError(f"{where}: cannot read mask ({exc.__class__.__name__}); replace or remove the file") \
+                from None
+        hole = (gray >= 128).astype(np.uint8) * 255
+        if hole.shape != (size, size):
+            hole = np.asarray(Image.fromarray(hole).resize((size, size), Image.NEAREST))
+        return (hole >= 128).astype(np.uint8)
+
+
+def _border_filter(indices, border: str, per_bin: int) -> list[int]:
+    """NVIDIA order: within each group of ``per_bin`` files the first half has the border constraint."""
+    if border not in ("both", "with", "without"):
+        raise UserError(f"nvidia_border must be both, with or without, got '{border}'")
+    if per_bin < 2:
+        raise UserError(f"nvidia_per_bin must be >= 2, got {per_bin}")
+    half = per_bin // 2
+    return [i for i in indices if border == "both" or ((i % per_bin < half) == (border == "with"))]
+
+
+def _nvidia_group(lo: float, hi: float) -> int:
+    for k in range(len(NVIDIA_EDGES) - 1):
+        if abs(hi - NVIDIA_EDGES[k + 1]) < 1e-9 and (abs(lo - NVIDIA_EDGES[k]) < 1e-9 or (k == 0 and lo == 0)):
+            return k
+    names = ", ".join(f"{a:g}:{b:g}" for a, b in zip(NVIDIA_EDGES, NVIDIA_EDGES[1:]))
+    raise UserError(f"hole-ratio bin {lo:g}:{hi:g} is not an NVIDIA bin ({names}); use those bins or "
+                    "set masks.nvidia_binning (--nvidia-binning) to ratio")
+
+
+def import_nvidia(source, size: int, bins, count: int, seed: int, *, binning: str = "index",
+                  border: str = "both", per_bin: int = NVIDIA_PER_BIN) -> list[MaskBin]:
+    """Import NVIDIA masks into bins, ``count`` per bin chosen by a permutation seeded by (seed, bin).
+
+    ``binning='index'``: file k (sorted by name) belongs to NVIDIA bin ``k // per_bin``
+    ((0.01, 0.1], (0.1, 0.2], ..., (0.5, 0.6]; a bin may also be written 0:0.1); requested bins must
+    be NVIDIA bins. ``binning='ratio'``: a file belongs to the requested bin holding its hole ratio
+    measured after resizing. ``border`` keeps the masks with ('with') or without ('without') the
+    border constraint (by position within each group of ``per_bin``), or 'both'. A bin with fewer
+    candidates than ``count`` keeps them all (logged).
+    """
+    size = _check_size(size)
+    bins = _check_bins(bins)
+    if binning not in ("index", "ratio"):
+        raise UserError(f"nvidia_binning must be index or ratio, got '{binning}'")
+    with _NvidiaSource(source) as src:
+        kept = _border_filter(range(len(src)), border, per_bin)
+        loaded = {}
+        if binning == "ratio":
+            loaded = {i: src.load(i, size) for i in kept}
+        out = []
+        for lo, hi in bins:
+            label = bin_label(lo, hi)
+            if binning == "index":
+                k = _nvidia_group(lo, hi)
+                cand = [i for i in kept if i // per_bin == k]
+            else:
+                cand = [i for i in kept if _in_bin(hole_ratio(loaded[i]), lo, hi)]
+            if not cand:
+                raise UserError(f"{src.path}: no NVIDIA mask for bin {label} % ({len(src)} files, {binning} "
+                                f"binning, nvidia_per_bin {per_bin}, border {border}); check masks.nvidia_source")
+            rng = np.random.default_rng(seed_for(seed, "nvidia", label))
+            chosen = [cand[j] for j in rng.permutation(len(cand))[:count]]
+            if len(chosen) < count:
+                log.warning("nvidia %s %%: only %d masks available, %d requested", label, len(chosen), count)
+            masks = [loaded[i] if i in loaded else src.load(i, size) for i in chosen]
+            out.append(MaskBin(label, lo, hi, f"imported-{binning}", masks, [src.names[i] for i in chosen]))
+            log.info("nvidia %s %%: %d masks at %d px (%s binning)", label, len(masks), size, binning)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics, writing, pairing
+
+def _hist_columns() -> list[str]:
+    step = 100 // HIST_BINS
+    return [f"hist_{k * step}-{(k + 1) * step}" for k in range(HIST_BINS)]
+
+
+def ratio_stats(protocol: str, label: str, lo: float, hi: float, fill: str, ratios) -> dict:
+    """One stats row: count, min/mean/max hole ratio and a histogram (bins of 5 %, (lo, hi], 0 in the first)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    # bin index from the exact fraction, so a ratio on an edge is counted as its (lo, hi] bin says
+    idx = np.clip(np.ceil(np.round(ratios * HIST_BINS, 9)).astype(int) - 1, 0, HIST_BINS - 1)
+    hist = np.bincount(idx, minlength=HIST_BINS)
+    row = dict(protocol=protocol, bin=label, lo=lo, hi=hi, fill=fill, count=len(ratios),
+               hole_min=ratios.min(), hole_mean=ratios.mean(), hole_max=ratios.max())
+    row.update(zip(_hist_columns(), (int(v) for v in hist)))
+    return row
+
+
+def stats(protocol: str, mask_bins: list[MaskBin]):
+    """The ``stats.csv`` table: one row per bin (see :func:`ratio_stats`)."""
+    import pandas as pd
+
+    rows = [ratio_stats(protocol, b.label, b.lo, b.hi, b.fill, [hole_ratio(m) for m in b.masks]) for b in mask_bins]
+    return pd.DataFrame(rows)
+
+
+def _write_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` into a fresh ``out.tmp-XXXX`` folder, then replace ``out`` by it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _png(hole: np.ndarray) -> np.ndarray:
+    return (np.asarray(hole) != 0).astype(np.uint8) * 255
+
+
+def write_binned(out, protocol: str, mask_bins: list[MaskBin]) -> None:
+    """Write ``out/<bin>/<k:04d>.png`` (white = hole), ``out/stats.csv`` and ``out/masks.csv``."""
+    import pandas as pd
+
+    def write(tmp: Path):
+        rows = []
+        for b in mask_bins:
+            for k, (hole, src) in enumerate(zip(b.masks, b.sources)):
+                rel = f"{b.label}/{k:04d}.png"
+                save_png_atomic(tmp / rel, _png(hole))
+                rows.append(dict(bin=b.label, file=rel, hole_ratio=hole_ratio(hole), source=src))
+        write_csv_atomic(stats(protocol, mask_bins), tmp / "stats.csv")
+        write_csv_atomic(pd.DataFrame(rows, columns=["bin", "file", "hole_ratio", "source"]), tmp / "masks.csv")
+
+    _write_dir(out, write)
+
+
+def write_pool(out, protocol: str, pool: list[np.ndarray]) -> None:
+    """Write ``out/<k:05d>.png`` (white = hole) and ``out/stats.csv`` (one row, bin 'pool')."""
+    import pandas as pd
+
+    def write(tmp: Path):
+        for k, hole in enumerate(pool):
+            save_png_atomic(tmp / f"{k:05d}.png", _png(hole))
+        row = ratio_stats(protocol, "pool", 0.0, 1.0, "natural", [hole_ratio(m) for m in pool])
+        write_csv_atomic(pd.DataFrame([row]), tmp / "stats.csv")
+
+    _write_dir(out, write)
+
+
+def _bin_labels(bins, masks_dir: Path) -> list[str]:
+    if bins is None:
+        labels = sorted(p.name for p in masks_dir.iterdir() if p.is_dir() and any(p.glob("*.png"))) \
+            if masks_dir.is_dir() else []
+        if not labels:
+            raise UserError(f"{masks_dir}: no mask bins (sub-folders of PNGs); run `strdiffusion masks generate` first")
+        return labels
+    return [b if isinstance(b, str) else bin_label(*_check_bins([b])[0]) for b in bins]
+
+
+def make_pairs(test_ids, bins, masks_dir, n_test: int, seed: int):
+    """Pair the first ``n_test`` test ids (sorted) with masks, per bin.
+
+    Image i of bin b gets mask ``files_b[perm_b[i % len(files_b)]]``, where ``files_b`` are the PNGs
+    of ``masks_dir/<label>`` sorted by name and ``perm_b`` is a permutation seeded by (seed, label).
+    ``bins`` are (lo, hi) pairs, labels ('10-20', 'half') or None (every sub-folder of masks_dir).
+    Returns a DataFrame ``image_id, bin, mask, hole_ratio``; ``mask`` is ``masks_dir/<label>/<file>``
+    exactly as ``masks_dir`` was given (relative paths stay relative to the working directory).
+    """
+    import pandas as pd
+
+    masks_dir = Path(masks_dir)
+    ids = sorted({str(i) for i in test_ids})
+    if n_test < 1:
+        raise UserError(f"n_test must be >= 1, got {n_test}; fix config key n_test")
+    if len(ids) < n_test:
+        raise UserError(f"only {len(ids)} test images but n_test = {n_test}; lower config key n_test "
+                        "or add test images")
+    ids = ids[:n_test]
+    rows, ratios = [], {}
+    for label in _bin_labels(bins, masks_dir):
+        files = sorted((masks_dir / label).glob("*.png"))
+        if not files:
+            raise UserError(f"{masks_dir / label}: no mask PNGs for bin {label}; run `strdiffusion masks generate` "
+                            "with this bin first")
+        perm = np.random.default_rng(seed_for(seed, "pairs", label)).permutation(len(files))
+        for i, image_id in enumerate(ids):
+            f = files[perm[i % len(files)]]
+            if f not in ratios:
+                ratios[f] = 1.0 - float(read_mask(f).mean())
+            rows.append(dict(image_id=image_id, bin=label, mask=str(f), hole_ratio=ratios[f]))
+    return pd.DataFrame(rows, columns=["image_id", "bin", "mask", "hole_ratio"])
+
+
+def measure(masks_dir, protocol: str = ""):
+    """Stats of existing mask folders: one row per sub-folder of PNGs, or 'pool' for PNGs directly inside."""
+    import pandas as pd
+
+    masks_dir = Path(masks_dir)
+    groups = {p.name: sorted(p.glob("*.png")) for p in sorted(masks_dir.iterdir()) if p.is_dir()} \
+        if masks_dir.is_dir() else {}
+    groups = {k: v for k, v in groups.items() if v}
+    top = sorted(masks_dir.glob("*.png")) if masks_dir.is_dir() else []
+    if top:
+        groups["pool"] = top
+    if not groups:
+        raise UserError(f"{masks_dir}: no mask PNGs found; give a folder of masks (white = hole)")
+    rows = [ratio_stats(protocol, label, float("nan"), float("nan"), "measured",
+                        [1.0 - float(read_mask(f).mean()) for f in files]) for label, files in groups.items()]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def _parse_bin_arg(text: str | None):
+    if text is None or not text.strip():
+        return None
+    if ":" in text:
+        return parse_bins(text)
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="strdiffusion masks", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="masks per hole-ratio bin: OUT/<bin>/<k:04d>.png + OUT/stats.csv")
+    g.add_argument("--protocol", required=True, help=", ".join(ALL_PROTOCOLS))
+    g.add_argument("--size", type=int, required=True, help="mask size in px (square)")
+    g.add_argument("--bins", help="hole-ratio bins lo:hi,lo:hi (e.g. 0.1:0.2,0.2:0.3); ignored by repaint_*")
+    g.add_argument("--count", type=int, required=True, help="masks per bin")
+    g.add_argument("--seed", type=int, required=True)
+    g.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    g.add_argument("--fill", default="auto", choices=["auto", "natural", "adaptive"],
+                   help="how a bin is filled (see the module docstring); default auto")
+    g.add_argument("--nvidia-source", help="folder or .zip of the NVIDIA irregular mask test set")
+    g.add_argument("--nvidia-binning", default="index", choices=["index", "ratio"])
+    g.add_argument("--nvidia-border", default="both", choices=["both", "with", "without"])
+    g.add_argument("--nvidia-per-bin", type=int, default=NVIDIA_PER_BIN,
+                   help="files per NVIDIA bin in the source's order (2000 in the official test set)")
+
+    q = sub.add_parser("pool", help="training masks of mixed hole ratios: OUT/<k:05d>.png + OUT/stats.csv")
+    q.add_argument("--protocol", required=True, help=", ".join(ALL_PROTOCOLS))
+    q.add_argument("--size", type=int, required=True)
+    q.add_argument("--count", type=int, required=True)
+    q.add_argument("--seed", type=int, required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--nvidia-source")
+    q.add_argument("--nvidia-border", default="both", choices=["both", "with", "without"])
+    q.add_argument("--nvidia-per-bin", type=int, default=NVIDIA_PER_BIN)
+
+    r = sub.add_parser("pairs", help="pair test images with masks: CSV image_id, bin, mask, hole_ratio")
+    r.add_argument("--manifest", required=True, help="data manifest CSV (columns id, split, ...); split == test used")
+    r.add_argument("--masks", required=True, help="folder written by `masks generate`")
+    r.add_argument("--bins", help="bins lo:hi,... or labels (10-20,half); default every sub-folder of --masks")
+    r.add_argument("--n-test", type=int, required=True, help="test images per bin (config key n_test)")
+    r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--out", required=True, help="pairs CSV")
+
+    s = sub.add_parser("stats", help="measure existing mask folders into a stats CSV")
+    s.add_argument("--masks", required=True)
+    s.add_argument("--protocol", default="")
+    s.add_argument("--out", required=True)
+
+    a = p.parse_args(argv)
+    if a.cmd == "generate":
+        bins = _parse_bin_arg(a.bins)
+        if a.protocol not in FIXED and a.protocol in ALL_PROTOCOLS:
+            if bins is None:
+                raise UserError(f"protocol {a.protocol} needs --bins (config key masks.bins), e.g. 0.1:0.2,0.2:0.3")
+            if any(isinstance(b, str) for b in bins):
+                raise UserError(f"--bins '{a.bins}' must be lo:hi pairs, e.g. 0.1:0.2,0.2:0.3")
+        mask_bins = generate_binned(a.protocol, a.size, bins or [], a.count, a.seed, fill=a.fill,
+                                    nvidia_source=a.nvidia_source, nvidia_binning=a.nvidia_binning,
+                                    nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin)
+        write_binned(Path(a.out), a.protocol, mask_bins)
+    elif a.cmd == "pool":
+        pool = generate_pool(a.protocol, a.size, a.count, a.seed, nvidia_source=a.nvidia_source,
+                             nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin)
+        write_pool(Path(a.out), a.protocol, pool)
+        log.info("%s pool: %d masks at %d px -> %s", a.protocol, len(pool), a.size, a.out)
+    elif a.cmd == "pairs":
+        import pandas as pd
+
+        try:
+            manifest = pd.read_csv(a.manifest, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise UserError(f"{a.manifest}: cannot read the manifest CSV ({exc.__class__.__name__}); "
+                            "run `strdiffusion data` first") from None
+        missing = {"id", "split"} - set(manifest.columns)
+        if missing:
+            raise UserError(f"{a.manifest}: manifest lacks column(s) {', '.join(sorted(missing))}; "
+                            "it must be written by `strdiffusion data`")
+        test = manifest[manifest["split"] == "test"]
+        if "status" in test.columns:
+            test = test[test["status"].isin(["ok", ""])]
+        pairs = make_pairs(test["id"].tolist(), _parse_bin_arg(a.bins), Path(a.masks), a.n_test, a.seed)
+        write_csv_atomic(pairs, a.out)
+        log.info("%d pairs (%d bins x %d images) -> %s", len(pairs), pairs["bin"].nunique(), a.n_test, a.out)
+    else:
+        write_csv_atomic(measure(a.masks, a.protocol), a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
