@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from strdiffusion.nets import ConditionalUNet, Critic, default_ch_mult
+from strdiffusion.nets import ConditionalUNet, Critic, bake_spectral_norm, default_ch_mult
 from strdiffusion.nets.critic import fir_downsample_2d, fir_kernel_2d
 
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
@@ -186,6 +186,8 @@ def test_unet_tiny_config_shapes_and_gradients(guidance):
     out = net(xt, cond, torch.tensor([3, 50]), s)
     assert out.shape == xt.shape
     out.square().mean().backward()
+    with pytest.raises(ValueError, match="too small"):
+        net(xt[..., :4, :4], cond[..., :4, :4], 3, None if s is None else s[..., :4, :4])
     no_grad = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert no_grad == []
 
@@ -210,3 +212,14 @@ def test_unet_channels_last_gives_same_output(texture_ref):
         out = net(*(first[k].contiguous(memory_format=torch.channels_last) for k in ("xt", "cond")),
                   first["time"], first["S"].contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_bake_spectral_norm_keeps_eval_output(texture_ref):
+    net = _unet_from(texture_ref, guidance=True)
+    second = texture_ref["inputs"][1]
+    bake_spectral_norm(net)
+    state = net.state_dict()
+    assert "downs.0.4.conv_0.weight" in state and not any(k.endswith("weight_orig") for k in state)
+    with torch.no_grad():
+        out = net.train()(second["xt"], second["cond"], second["time_int"], second["S"])  # no power iteration left
+    torch.testing.assert_close(out, texture_ref["outputs"][1], rtol=0, atol=1e-5)

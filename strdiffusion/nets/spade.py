@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 
 def positional_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -70,3 +71,17 @@ class SPADEBlock(nn.Module):
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
         return x + dx
+
+
+def bake_spectral_norm(net: nn.Module) -> nn.Module:
+    """Replace every spectral-normalised weight by its current value ``weight_orig / sigma(u, v)``, in place.
+
+    For inference only: the result computes exactly what the eval-mode net computes, without the
+    per-forward normalisation hook, but its state dict has plain ``weight`` keys and no longer
+    matches the reference's (save checkpoints before baking).
+    """
+    for module in net.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, SpectralNorm):
+                nn.utils.remove_spectral_norm(module, hook.name)
+    return net

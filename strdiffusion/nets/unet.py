@@ -241,6 +241,9 @@ class ConditionalUNet(nn.Module):
         s = self.pad_multiple
         pad_h, pad_w = (s - H % s) % s, (s - W % s) % s
         if pad_h or pad_w:
+            if pad_h >= H or pad_w >= W:
+                raise ValueError(f"input {H}x{W} is too small to reflect-pad to a multiple of {s}; "
+                                 f"pad it to a multiple of {s} first")
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
 
         x = self.init_conv(x)
