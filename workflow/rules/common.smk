@@ -187,3 +187,42 @@ def table_args(wildcards):
     if config["datasets"][ds].get("reference_row"):
         args.append(f"--reference {config['datasets'][ds]['reference_row']}")
     return " ".join(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (workflow/rules/train.smk, issue 4): option and input functions of the train_* rules.
+
+
+def train_masks_dir(wildcards):
+    """Training masks: the user's folder (masks.train_source) or the generated pool."""
+    source = dataset_cfg(wildcards)["masks"].get("train_source", "")
+    return source if source else f"results/{wildcards.dataset}/masks/pool"
+
+
+def train_args(net):
+    """A params function giving the `strdiffusion train` options of network `net` (from config)."""
+
+    def args(wildcards):
+        t, m, s = config["train"], config["model"], config["sde"]
+        critic = net == "critic"
+        lr = t["critic_lr"] if critic else t["lr"]
+        betas = t["critic_betas"] if critic else t["betas"]
+        opts = [
+            f"--nf {m['nf']}", f"--depth {m['depth']}", f"--critic-ngf {m['critic_ngf']}",
+            f"--T {s['T']}", f"--max-sigma {s['max_sigma']}", f"--schedule {s['schedule']}", f"--eps {s['eps']}",
+            f"--iterations {t['iterations']}", f"--batch-size {t['batch_size']}", f"--lr {lr}",
+            f"--betas {betas[0]},{betas[1]}", f"--gamma {t['lr_gamma']}", f"--ema {t['ema']}",
+            f"--grad-clip {t['grad_clip']}", f"--loss {t['loss']}", f"--checkpoint-every {t['checkpoint_every']}",
+            f"--workers {t['workers']}", f"--seed {config['seed']}", f"--size {config['image_size']}",
+            f"--sigma {config['structure']['sigma_train']}",
+        ]
+        if t["lr_milestones"]:
+            opts.append(f"--milestones {','.join(str(v) for v in t['lr_milestones'])}")
+        return " ".join(opts)
+
+    return args
+
+
+def train_nproc(wildcards, resources):
+    """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
+    return max(1, int(getattr(resources, "gpu", 0) or 0))

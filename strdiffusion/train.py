@@ -1,0 +1,621 @@
+"""Training stage: the structure, texture, critic and IR-SDE networks (spec §4).
+
+One trainer for all four kinds; only the objective differs:
+
+- ``structure``: x0 = gray, mu = edge * mask (1 channel). The UNet predicts the noise of x_t; the
+  loss matches the predicted reverse-step mean p to the optimal x*_{t-1} = q.
+- ``texture``: x0 = RGB, mu = RGB * mask (holes 0); the SPADE guidance is a sample of the
+  structure process at t - 1 (x0 = gray, mu = edge * mask), as in the reference trainer
+  (``--guidance-state optimal`` uses the structure's optimal step from t instead, as the paper reads).
+- ``irsde``: the texture UNet without guidance (the IR-SDE baseline); same loss.
+- ``critic``: real = D(t, x*_{t-1}, S), fake = D(t, x_t, S), S = the structure's optimal x*_{t-1};
+  loss = mean softplus(-real) + mean softplus(fake) + TripletMargin(anchor = D(t, x*_{t-1} m + x_t (1-m), S),
+  real, fake) (margin 1, p 2, scores as (B, 1) vectors, as in the reference).
+
+Loss of the denoisers, per sample: mean(|p m - q m|) + 10 mean(|p (1-m) - q (1-m)|), batch mean
+(squared differences with ``--loss l2``). ``m`` is 1 on KNOWN pixels; mask FILES are white = hole.
+Timesteps are uniform in {2, ..., T}.
+
+Reproducibility: everything random in iteration i (which images and masks, crops, flips, t, noise)
+comes from generators seeded by (seed, kind, i, slot), so the data order needs no state, a resumed
+run ends with exactly the weights of an uninterrupted one (on CPU), and a DDP run sees the same
+global batches as a single process (rank r takes its slice of every global batch).
+
+Outputs: ``--out FILE.pt`` (final weights, the EMA when enabled, via ``checkpoints.save_checkpoint``),
+``FILE_loss.png`` (loss curve) and, in ``--state-dir``, ``state.pt`` (full training state, written
+every ``--checkpoint-every`` iterations; re-running the same command resumes from it) and
+``losses.csv`` (iteration, loss, lr, seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .utils import UserError, atomic_path, read_image_rgb, read_mask, seed_for
+
+log = logging.getLogger("strdiffusion.train")
+
+KINDS = ("structure", "texture", "critic", "irsde")
+# Data sets with more training images than this are read from disk per item instead of held in memory.
+IN_MEMORY_LIMIT = 4000
+
+
+# ---------------------------------------------------------------------- objectives
+
+def matching_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss: str = "l1") -> torch.Tensor:
+    """Reference's x_{t-1} matching loss: per sample mean|known diff| + 10 mean|hole diff|, batch mean.
+
+    ``mask`` (B, 1, H, W) is 1 on known pixels. Means run over all C*H*W entries of each sample.
+    """
+    diff = (lambda a, b: (a - b).abs()) if loss == "l1" else (lambda a, b: (a - b) ** 2)
+    known = diff(pred * mask, target * mask).flatten(1).mean(1)
+    hole = diff(pred * (1 - mask), target * (1 - mask)).flatten(1).mean(1)
+    return (known + 10 * hole).mean()
+
+
+def structure_guidance(sde, batch: dict, t: torch.Tensor, state: str = "marginal") -> torch.Tensor:
+    """The structure map S guiding the texture step at t (B, 1, H, W).
+
+    ``marginal``: a forward-marginal sample of the structure process at t - 1 (reference texture
+    trainer). ``optimal``: the optimal x*_{t-1} from a structure sample at t (reference critic trainer).
+    """
+    gray, mu_s, noise = batch["gray"], batch["edge"] * batch["mask"], batch["noise_s"]
+    if state == "marginal":
+        return sde.forward_marginal(gray, mu_s, t - 1, noise)
+    s_t = sde.forward_marginal(gray, mu_s, t, noise)
+    return sde.optimal_prev(s_t, gray, mu_s, t)
+
+
+def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "marginal"):
+    """Loss of the structure / texture / irsde UNet on one batch (dict of tensors, see TrainingSet)."""
+    mask, t = batch["mask"], batch["t"]
+    if kind == "structure":
+        x0, mu, noise = batch["gray"], batch["edge"] * mask, batch["noise_s"]
+    else:
+        x0, mu, noise = batch["image"], batch["image"] * mask, batch["noise"]
+    xt = sde.forward_marginal(x0, mu, t, noise)
+    if kind == "texture":
+        eps_hat = net(xt, mu, t, guidance=structure_guidance(sde, batch, t, guidance_state))
+    else:
+        eps_hat = net(xt, mu, t)
+    pred = sde.reverse_sde_step_mean(xt, mu, sde.score_from_noise(eps_hat, t), t)
+    target = sde.optimal_prev(xt, x0, mu, t)
+    return matching_loss(pred, target, mask, loss)
+
+
+def critic_loss(critic, sde, batch: dict) -> torch.Tensor:
+    """Critic loss on one batch: softplus(-real) + softplus(fake) + triplet(anchor, real, fake)."""
+    mask, t = batch["mask"], batch["t"]
+    x0 = batch["image"]
+    mu = x0 * mask
+    xt = sde.forward_marginal(x0, mu, t, batch["noise"])
+    x_prev = sde.optimal_prev(xt, x0, mu, t)
+    s = structure_guidance(sde, batch, t, "optimal")
+    real = critic(t, x_prev, s).view(-1, 1)
+    fake = critic(t, xt, s).view(-1, 1)
+    anchor = critic(t, x_prev * mask + xt * (1 - mask), s).view(-1, 1)
+    triplet = F.triplet_margin_loss(anchor, real, fake, margin=1.0, p=2)
+    return F.softplus(-real).mean() + F.softplus(fake).mean() + triplet
+
+
+def objective(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "marginal"):
+    if kind == "critic":
+        return critic_loss(net, sde, batch)
+    return denoiser_loss(net, sde, batch, kind, loss, guidance_state)
+
+
+# ---------------------------------------------------------------------- data
+
+class TrainingSet(torch.utils.data.Dataset):
+    """Training items addressed by global position p = iteration * batch_size + slot.
+
+    Item p draws, from a generator seeded by (seed, kind, p): a random crop of ``size``, a random
+    horizontal flip, vertical flip and transpose (the dihedral augmentation of the reference, applied
+    identically to image, gray and edge), a random horizontal flip of the mask, the timestep
+    t in {2..T} and the Gaussian noises. Images and masks are visited in seeded per-epoch
+    permutations (independent for images and masks, so the pairing is random).
+
+    Returned tensors (float32, CHW): image (3, [0,1]), gray (1), edge (1, 0/1), mask (1, 1 = known),
+    noise (3), noise_s (1); t (int64 scalar).
+    """
+
+    def __init__(self, image_files, gray_files, edge_files, masks, size: int, T: int, seed: int, kind: str,
+                 in_memory: bool = True):
+        self.image_files, self.gray_files, self.edge_files = list(image_files), list(gray_files), list(edge_files)
+        self.masks = masks  # list of float32 HxW arrays (1 = known), already at ``size``
+        self.size, self.T, self.seed, self.kind = size, T, seed, kind
+        self.cache = [self._read(i) for i in range(len(self.image_files))] if in_memory else None
+        self._perms: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.image_files)
+
+    def _read(self, i: int):
+        from .structure import load_gray
+
+        image = read_image_rgb(self.image_files[i]).astype(np.float32) / np.float32(255)
+        gray = load_gray(self.gray_files[i]).astype(np.float32)
+        edge = read_image_rgb(self.edge_files[i])[..., 0] > 127
+        if gray.shape != image.shape[:2] or edge.shape != image.shape[:2]:
+            raise UserError(f"{self.gray_files[i]} / {self.edge_files[i]}: structure maps are not the size of "
+                            f"{self.image_files[i]}; re-run the structure stage")
+        if min(image.shape[:2]) < self.size:
+            raise UserError(f"{self.image_files[i]} is {image.shape[1]}x{image.shape[0]}, smaller than the "
+                            f"working size {self.size}")
+        return image, gray, edge.astype(np.float32)
+
+    def _index(self, what: str, n: int, p: int) -> int:
+        epoch, pos = divmod(p, n)
+        key = (what, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 8:
+                self._perms.clear()
+            g = torch.Generator().manual_seed(seed_for(self.seed, self.kind, what, epoch))
+            self._perms[key] = torch.randperm(n, generator=g)
+        return int(self._perms[key][pos])
+
+    def __getitem__(self, p: int) -> dict:
+        g = torch.Generator().manual_seed(seed_for(self.seed, self.kind, "item", p))
+        i = self._index("images", len(self.image_files), p)
+        image, gray, edge = self.cache[i] if self.cache is not None else self._read(i)
+        mask = self.masks[self._index("masks", len(self.masks), p)]
+        s = self.size
+        H, W = gray.shape
+        top = int(torch.randint(0, H - s + 1, (1,), generator=g))
+        left = int(torch.randint(0, W - s + 1, (1,), generator=g))
+        hflip, vflip, transpose, mflip = (torch.rand(4, generator=g) < 0.5).tolist()
+        img = torch.from_numpy(np.ascontiguousarray(image[top:top + s, left:left + s])).permute(2, 0, 1)
+        structure = torch.from_numpy(np.stack([gray[top:top + s, left:left + s], edge[top:top + s, left:left + s]]))
+        both = torch.cat([img, structure])
+        if hflip:
+            both = both.flip(-1)
+        if vflip:
+            both = both.flip(-2)
+        if transpose:
+            both = both.transpose(-1, -2)
+        m = torch.from_numpy(mask)[None]
+        if mflip:
+            m = m.flip(-1)
+        t = torch.randint(2, self.T + 1, (), generator=g)
+        noise = torch.randn((3, s, s), generator=g)
+        noise_s = torch.randn((1, s, s), generator=g)
+        return {"image": both[:3].contiguous(), "gray": both[3:4].contiguous(), "edge": both[4:5].contiguous(),
+                "mask": m.contiguous(), "t": t, "noise": noise, "noise_s": noise_s}
+
+
+class IterationBatches(torch.utils.data.Sampler):
+    """Batches of global positions for iterations start+1 .. stop; rank r gets its slice of each."""
+
+    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.start, self.stop, self.batch_size = start, stop, batch_size
+        self.per_rank = batch_size // world_size
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):  # iteration it + 1 (1-based) uses global block it
+            base = it * self.batch_size + self.rank * self.per_rank
+            yield list(range(base, base + self.per_rank))
+
+
+def _pngs(folder: Path, what: str) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"{what} folder {folder} does not exist")
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise UserError(f"{what} folder {folder} has no PNG files")
+    return files
+
+
+def load_masks(folder: Path, size: int) -> list[np.ndarray]:
+    """Every mask PNG in ``folder`` as float32 size x size (1 = known); other sizes are resized NEAREST."""
+    from PIL import Image
+
+    masks = []
+    for f in _pngs(folder, "mask"):
+        m = read_mask(f)
+        if m.shape != (size, size):
+            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+            m = m.astype(np.float32)
+        masks.append(m)
+    return masks
+
+
+def build_dataset(images: Path, structure: Path, masks: Path, size: int, T: int, seed: int, kind: str) -> TrainingSet:
+    image_files = _pngs(images, "training image")
+    gray_files = [structure / "gray" / f.name for f in image_files]
+    edge_files = [structure / "edge" / f.name for f in image_files]
+    missing = [str(p) for p in gray_files + edge_files if not p.is_file()]
+    if missing:
+        raise UserError(f"structure maps missing for {len(missing)} training images (e.g. {missing[0]}); "
+                        f"run the structure stage on {images}")
+    if size <= 0:
+        from PIL import Image
+
+        with Image.open(image_files[0]) as im:
+            size = min(im.size)
+    return TrainingSet(image_files, gray_files, edge_files, load_masks(masks, size), size, T, seed, kind,
+                       in_memory=len(image_files) <= IN_MEMORY_LIMIT)
+
+
+# ---------------------------------------------------------------------- EMA and state
+
+class EMA:
+    """Exponential moving average of a network's parameters (buffers are copied)."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
+        self.params = {k: p.detach().clone() for k, p in net.named_parameters()}
+        self.buffers = {k: b.detach().clone() for k, b in net.named_buffers()}
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        names = list(self.params)
+        current = dict(net.named_parameters())
+        torch._foreach_lerp_([self.params[k] for k in names], [current[k].detach() for k in names], 1 - self.decay)
+        for k, b in net.named_buffers():
+            self.buffers[k].copy_(b)
+
+    def state_dict(self, net: nn.Module) -> dict:
+        """The EMA as a state dict of ``net`` (same keys, on CPU)."""
+        ema = {**self.params, **self.buffers}
+        return {k: ema[k].detach().cpu().clone() if k in ema else v.detach().cpu().clone()
+                for k, v in net.state_dict().items()}
+
+    def load(self, state: dict) -> None:
+        for k in self.params:
+            self.params[k].copy_(state[k])
+        for k in self.buffers:
+            if k in state:
+                self.buffers[k].copy_(state[k])
+
+
+def _rng_state() -> dict:
+    # The data and noise come from per-item generators; this covers any other torch randomness.
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------- command line
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="strdiffusion train", description=__doc__.splitlines()[0])
+    p.add_argument("--net", required=True, choices=KINDS, help="which network to train")
+    p.add_argument("--images", required=True, type=Path, help="folder of training images (RGB PNG)")
+    p.add_argument("--structure", required=True, type=Path, help="structure folder of the training images (gray/, edge/)")
+    p.add_argument("--masks", required=True, type=Path, help="folder of training masks (white = hole)")
+    p.add_argument("--out", required=True, type=Path, help="final checkpoint (.pt)")
+    p.add_argument("--state-dir", required=True, type=Path, help="folder of the resumable state and losses.csv")
+    p.add_argument("--size", type=int, default=0, help="working size in px (random crops); 0 = the images' size")
+    p.add_argument("--nf", type=int, default=64, help="UNet base width (paper 64)")
+    p.add_argument("--depth", type=int, default=4, help="UNet levels (paper 4)")
+    p.add_argument("--critic-ngf", type=int, default=64, help="critic base width (paper 64)")
+    p.add_argument("--T", type=int, default=100)
+    p.add_argument("--max-sigma", type=float, default=30.0)
+    p.add_argument("--schedule", default="cosine", choices=("cosine", "linear", "constant"))
+    p.add_argument("--eps", type=float, default=0.005)
+    p.add_argument("--iterations", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--betas", default="0.9,0.99", help="Adam betas, e.g. 0.9,0.99 (critic: 0.5,0.99)")
+    p.add_argument("--milestones", default="", help="comma-separated iterations where the lr is multiplied by --gamma")
+    p.add_argument("--gamma", type=float, default=0.5)
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay; 0 = off (then the raw weights are saved)")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm; 0 = off")
+    p.add_argument("--loss", default="l1", choices=("l1", "l2"))
+    p.add_argument("--guidance-state", default="marginal", choices=("marginal", "optimal"),
+                   help="texture guidance: structure sample at t-1 (reference) or its optimal step from t")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0 = main process)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision (CUDA only)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default); split over ranks")
+    p.add_argument("--sigma", type=float, default=3.0, help="Canny sigma of the structure maps (metadata)")
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs); >1 relaunches under torch.distributed.run")
+    a = p.parse_args(argv)
+    try:
+        a.betas = tuple(float(v) for v in a.betas.split(","))
+        a.milestones = [int(v) for v in a.milestones.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--betas must be two numbers like 0.9,0.99 and --milestones integers; got "
+                        f"{a.betas!r} and {a.milestones!r}") from None
+    if len(a.betas) != 2:
+        raise UserError(f"--betas needs two values, got {a.betas}")
+    for name in ("iterations", "batch_size", "checkpoint_every", "T", "nf", "depth", "critic_ngf", "nproc"):
+        if getattr(a, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if not 0 <= a.ema < 1:
+        raise UserError(f"--ema must be in [0, 1), got {a.ema}")
+    return a
+
+
+def ctor_kwargs(a) -> dict:
+    from .checkpoints import default_ctor_kwargs
+
+    kwargs = default_ctor_kwargs(a.net)
+    if a.net == "critic":
+        kwargs["ngf"] = a.critic_ngf
+    else:
+        kwargs.update(nf=a.nf, depth=a.depth)
+    return kwargs
+
+
+def run_settings(a) -> dict:
+    """Settings a resumed run must share with the saved state (iterations may grow)."""
+    return {"net": a.net, "ctor_kwargs": ctor_kwargs(a), "sde": [a.T, a.max_sigma, a.schedule, a.eps],
+            "batch_size": a.batch_size, "lr": a.lr, "betas": list(a.betas), "milestones": a.milestones,
+            "gamma": a.gamma, "ema": a.ema, "grad_clip": a.grad_clip, "loss": a.loss, "seed": a.seed,
+            "size": a.size, "guidance_state": a.guidance_state}
+
+
+def _relaunch(argv, nproc: int) -> int:
+    """Run this command under torch.distributed.run with ``nproc`` processes; returns its exit status."""
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "strdiffusion", "train", *rest]
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if a.nproc > 1 and world_size == 1:
+        return _relaunch(argv, a.nproc)
+    return train(a, world_size)
+
+
+def train(a, world_size: int = 1) -> int:
+    from tqdm import tqdm
+
+    from . import checkpoints
+    from .sde import IRSDE
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(a.device, local_rank)
+    distributed = world_size > 1
+    if distributed:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if a.batch_size % world_size:
+        raise UserError(f"--batch-size {a.batch_size} is not divisible by the {world_size} processes")
+    per_rank = a.batch_size // world_size
+    if a.net == "critic" and per_rank > 4 and per_rank % 4:
+        raise UserError(f"the critic's minibatch-stddev groups of 4 need a per-process batch divisible by 4, "
+                        f"got {per_rank}")
+    if a.threads > 0 and device.type == "cpu":
+        torch.set_num_threads(max(1, a.threads // world_size))
+    amp = a.amp if device.type == "cuda" else "none"
+    if a.amp != "none" and amp == "none":
+        log.warning("--amp %s ignored: mixed precision is used on CUDA only", a.amp)
+    lr, betas = a.lr, a.betas
+    if rank == 0:
+        log.info("training %s on %s: %d process(es), batch %d per process, effective batch %d, lr %.3g, betas %s",
+                 a.net, device, world_size, per_rank, a.batch_size, lr, betas)
+
+    sde = IRSDE(T=a.T, max_sigma=a.max_sigma, schedule=a.schedule, eps=a.eps, device=device)
+    dataset = build_dataset(a.images, a.structure, a.masks, a.size, a.T, a.seed, a.net)
+    kwargs = ctor_kwargs(a)
+    torch.manual_seed(seed_for(a.seed, a.net, "init"))
+    net = checkpoints.build_network(a.net, **kwargs).to(device)
+    net.train()
+    if rank == 0:
+        log.info("%s network %s: %.2f M parameters; %d training images, %d masks, %d px",
+                 a.net, kwargs, sum(p.numel() for p in net.parameters()) / 1e6, len(dataset), len(dataset.masks),
+                 dataset.size)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=a.milestones, gamma=a.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    ema = EMA(net, a.ema) if a.ema > 0 else None
+    history = {"iteration": [], "loss": [], "lr": [], "seconds": []}
+    start, elapsed = 0, 0.0
+
+    state_path = a.state_dir / "state.pt"
+    settings = run_settings(a)
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("settings") != settings:
+            changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
+            if rank == 0:
+                log.warning("%s was written with other settings (%s); starting from scratch", state_path,
+                            ", ".join(changed))
+        else:
+            net.load_state_dict(state["net"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.load(state["ema"])
+            _set_rng_state(state["rng"])
+            start = int(state["iteration"])
+            elapsed = float(state["seconds"])
+            history = {k: [float(v) for v in state["history"][k].tolist()] for k in history}
+            history["iteration"] = [int(v) for v in history["iteration"]]
+            if rank == 0:
+                log.info("resuming from %s at iteration %d", state_path, start)
+
+    model = net
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_state(iteration: int) -> None:
+        if rank != 0:
+            return
+        state = {"iteration": iteration, "seconds": elapsed, "settings": settings,
+                 "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                 "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()}}
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        if ema is not None:
+            state["ema"] = ema.state_dict(net)
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+        write_losses(a.state_dir / "losses.csv", history)
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=IterationBatches(start, a.iterations, a.batch_size, rank, world_size),
+        num_workers=a.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    bar = tqdm(total=a.iterations, initial=start, desc=f"train {a.net}", unit="it", file=sys.stderr,
+               disable=rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    iteration = start
+    tick = time.perf_counter()
+    for batch in loader:
+        iteration += 1
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = objective(model, sde, batch, a.net, a.loss, a.guidance_state)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if a.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        current_lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if ema is not None:
+            ema.update(net)
+        value = loss.detach().float()
+        if distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(value)
+            value /= world_size
+        now = time.perf_counter()
+        elapsed += now - tick
+        tick = now
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"the {a.net} loss became {value} at iteration {iteration}; lower --lr or set --grad-clip")
+        history["iteration"].append(iteration)
+        history["loss"].append(value)
+        history["lr"].append(current_lr)
+        history["seconds"].append(elapsed)
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+        if iteration % a.checkpoint_every == 0 or iteration == a.iterations:
+            save_state(iteration)
+            if rank == 0:
+                log.info("iteration %d/%d: loss %.4g (mean of the last %d), lr %.3g, %.1f it/s", iteration,
+                         a.iterations, float(np.mean(history["loss"][-a.checkpoint_every:])),
+                         min(a.checkpoint_every, len(history["loss"])), current_lr,
+                         len(history["loss"]) / max(history["seconds"][-1], 1e-9))
+    bar.close()
+
+    if rank == 0:
+        final_net = net
+        if ema is not None:
+            final_net = checkpoints.build_network(a.net, **kwargs)
+            final_net.load_state_dict(ema.state_dict(net))
+        extra = {"iteration": max(iteration, start), "structure_sigma": a.sigma, "ema": ema is not None,
+                 "ema_decay": a.ema, "image_size": dataset.size, "seed": a.seed, "batch_size": a.batch_size,
+                 "loss": a.loss}
+        if a.net == "texture":
+            extra["guidance_state"] = a.guidance_state
+        checkpoints.save_checkpoint(a.out, final_net, a.net, kwargs, sde.settings(), extra)
+        plot_losses(history, a.out.with_name(a.out.stem + "_loss.png"), a.net)
+        losses = history["loss"]
+        if losses:
+            w = max(1, min(50, len(losses) // 5))
+            log.info("%s loss: first %d iterations %.4g -> last %d iterations %.4g (%d iterations, %.1f s, %.2f it/s)",
+                     a.net, w, float(np.mean(losses[:w])), w, float(np.mean(losses[-w:])), len(losses),
+                     elapsed, len(losses) / max(elapsed, 1e-9))
+        log.info("wrote %s", a.out)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def write_losses(path: Path, history: dict) -> None:
+    import pandas as pd
+
+    from .utils import write_csv_atomic
+
+    write_csv_atomic(pd.DataFrame(history), path)
+
+
+def plot_losses(history: dict, path: Path, kind: str) -> None:
+    """Loss curve (raw and moving average) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its, losses = np.asarray(history["iteration"]), np.asarray(history["loss"])
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if len(losses):
+        ax.plot(its, losses, color="0.75", lw=0.7, label="loss")
+        w = max(1, len(losses) // 20)
+        if w > 1:
+            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+            ax.plot(its[w - 1:], smooth, color="C0", lw=1.5, label=f"mean of {w}")
+        ax.set_yscale("log" if kind != "critic" and losses.min() > 0 else "linear")
+        ax.legend()
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{kind} training loss")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
