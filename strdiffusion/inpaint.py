@@ -111,13 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .sampling import add_sampling_arguments
+
     p = build_parser()
-    try:
-        from .sampling import add_sampling_arguments
-    except ImportError:
-        add_sampling_arguments = None
-    if add_sampling_arguments is not None:
-        add_sampling_arguments(p)
+    add_sampling_arguments(p)
     args = p.parse_args(argv)
     if getattr(args, "image", None):
         from .sampling import inpaint_user_images
