@@ -513,8 +513,12 @@ def load_method_networks(method: str, args, device) -> tuple[dict, IRSDE]:
     settings.update(sde_settings or ({"T": int(args.T)} if expect else {}))
     sde = IRSDE(T=int(settings["T"]), max_sigma=float(settings["max_sigma"]), schedule=settings["schedule"],
                 eps=float(settings["eps"]), device=device)
+    from .nets.spade import bake_spectral_norm
+
     for kind, net in nets.items():
         net.requires_grad_(False)
+        if kind == "texture":
+            bake_spectral_norm(net)  # same weights, without the per-forward normalisation
         if getattr(args, "channels_last", False):
             net.to(memory_format=torch.channels_last)
         if getattr(args, "compile", False):
