@@ -439,11 +439,20 @@ def load_pair_ids(pairs_csv, bin_label: str) -> list[str]:
     return ids
 
 
-def load_image_pairs(ids, gt_dir, pred_dir) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Read ``GT_DIR/<id>.png`` and ``PRED_DIR/<id>.png`` for every id; sizes must match."""
+def load_image_pairs(ids, gt_dir, pred_dirs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read ``GT_DIR/<id>.png`` and ``<pred dir>/<id>.png`` for every id; sizes must match.
+
+    ``pred_dirs`` is one folder or several (the inpainting shards of a bin); each prediction is
+    looked up in them in order.
+    """
+    if isinstance(pred_dirs, (str, Path)):
+        pred_dirs = [pred_dirs]
+    pred_dirs = [Path(d) for d in pred_dirs]
     gts, preds = [], []
     for image_id in ids:
-        gt_path, pred_path = Path(gt_dir) / f"{image_id}.png", Path(pred_dir) / f"{image_id}.png"
+        gt_path = Path(gt_dir) / f"{image_id}.png"
+        pred_path = next((d / f"{image_id}.png" for d in pred_dirs if (d / f"{image_id}.png").is_file()),
+                         pred_dirs[0] / f"{image_id}.png")
         for path, what in ((gt_path, "ground-truth image"), (pred_path, "prediction")):
             if not path.is_file():
                 raise UserError(f"{path}: {what} not found for image id '{image_id}'")
@@ -468,7 +477,8 @@ def _write_status(out, status: dict) -> None:
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", required=True, help="pairs CSV (columns image_id, bin, mask)")
     p.add_argument("--gt-dir", required=True, help="folder of ground-truth images <image_id>.png")
-    p.add_argument("--pred-dir", required=True, help="folder of composited predictions <image_id>.png")
+    p.add_argument("--pred-dir", required=True, nargs="+",
+                   help="folder(s) of composited predictions <image_id>.png (e.g. every shard of a bin)")
     p.add_argument("--method", required=True, help="method name written into the output")
     p.add_argument("--bin", required=True, help="hole-ratio bin label to evaluate, e.g. 10-20")
     p.add_argument("--out", required=True, help="output CSV; status goes to <out stem>.status.json")
@@ -521,7 +531,7 @@ def _run_images(args) -> None:
     try:
         values = compute_image_metrics(gts, preds, metrics, lpips_metric, crop=args.crop)
     except ValueError as exc:
-        raise UserError(f"{args.pred_dir}: {exc}") from None
+        raise UserError(f"{' '.join(map(str, args.pred_dir))}: {exc}") from None
     log.info("%s bin %s: %d images, %s in %.1f s", args.method, args.bin, len(ids), ",".join(metrics),
              time.perf_counter() - started)
     table = pd.concat([pd.DataFrame({"method": args.method, "bin": args.bin, "image_id": ids}), values], axis=1)

@@ -188,10 +188,11 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
     footnotes.append("Bold: best per column. †: differs from StrDiffusion (paired bootstrap over the same images, p < 0.05).")
     ns = long[long.metric == "fid"].n.dropna()
     if len(ns):
-        footnotes.append(f"FID: pytorch-fid 0.3.0 (2048-d pool3), {int(ns.min())}–{int(ns.max())} images per set; "
+        footnotes.append(f"FID: pytorch-fid 0.3.0 Inception features (2048-d pool3), {int(ns.min())}–{int(ns.max())} images per set; "
                          "below 2048 images the covariance is regularised, so compare FID only between rows of this table.")
     for metric, reason in sorted(unavailable.items()):
-        footnotes.append(f"{METRICS.get(metric, (metric.upper(),))[0]} n/a: {reason}")
+        label = METRICS.get(metric, (metric.upper(),))[0]
+        footnotes.append(reason if reason.startswith(f"{label} n/a") else f"{label} n/a: {reason}")
     md += [""] + [f"- {f}" for f in footnotes]
     # Confidence intervals
     md += ["", "95 % bootstrap confidence intervals (per-image metrics):", "",

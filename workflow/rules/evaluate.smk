@@ -4,20 +4,22 @@ rule image_metrics:
         pairs="results/{dataset}/masks/pairs.csv",
         gt="results/{dataset}/data/test",
     output:
-        "results/{dataset}/metrics/{method}/{bin}/per_image.csv",
+        csv="results/{dataset}/metrics/{method}/{bin}/per_image.csv",
+        status="results/{dataset}/metrics/{method}/{bin}/per_image.status.json",
     params:
-        pred="results/{dataset}/inpaint/{method}/{bin}",
         metrics=metric_list("per_image"),
         weights=metric_weights_args("per_image"),
         crop=config["metrics"]["crop"],
     log:
         "logs/{dataset}/metrics/{method}_{bin}_images.log",
+    resources:
+        gpu=0,
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "python -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {params.pred} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
         "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} --crop {params.crop} "
-        "{params.weights} --out {output} > {log} 2>&1"
+        "{params.weights} --out {output.csv} > {log} 2>&1"
 
 
 rule set_metrics:
@@ -26,16 +28,19 @@ rule set_metrics:
         pairs="results/{dataset}/masks/pairs.csv",
         gt="results/{dataset}/data/test",
     output:
-        "results/{dataset}/metrics/{method}/{bin}/set.csv",
+        csv="results/{dataset}/metrics/{method}/{bin}/set.csv",
+        status="results/{dataset}/metrics/{method}/{bin}/set.status.json",
     params:
-        pred="results/{dataset}/inpaint/{method}/{bin}",
         metrics=metric_list("per_set"),
         weights=metric_weights_args("per_set"),
+        fid_method=config["metrics"]["fid_method"],
     log:
         "logs/{dataset}/metrics/{method}_{bin}_set.log",
+    resources:
+        gpu=0,
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "python -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {params.pred} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
         "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} {params.weights} "
-        "--out {output} > {log} 2>&1"
+        "--fid-method {params.fid_method} --out {output.csv} > {log} 2>&1"
