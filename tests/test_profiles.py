@@ -1,5 +1,6 @@
 """Cluster/GPU profiles: local-gpu slot assignment with real Snakemake runs, and SLURM dry-runs."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,98 @@ def test_gpu_claim_respects_existing_assignment_and_frees_on_exit(tmp_path, monk
     for _ in range(2):  # the slot is free again once the first process has exited
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "['3']"
+
+
+def _stand_in_data(root: Path) -> dict:
+    """Tiny stand-in folders for a paper config: a few images and NVIDIA-like masks."""
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("train", "test", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "train" / f"{i}.png")
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "test" / f"{i}.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / "00000.png")
+    return {"path": str(root / "train"), "test_path": str(root / "test"),
+            "masks": {"nvidia_source": str(root / "masks")}}
+
+
+PAPER = {  # config file, dataset, n_test used in the dry-run (Places2 reduced: its full DAG is timed in README)
+    "psv": ("paris_streetview", None),
+    "celebahq": ("celebahq", None),
+    "places2": ("places2", 2000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
+    import math
+
+    import yaml
+
+    dataset, n_test = PAPER[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(repo_root / "Snakefile", work / "Snakefile")
+    shutil.copytree(repo_root / "workflow", work / "workflow")
+    shutil.copytree(repo_root / "config", work / "config")
+    override = _stand_in_data(tmp_path / "data")
+    if name == "celebahq":
+        override.pop("test_path")
+        (tmp_path / "train.flist").write_text("0.png\n1.png\n")
+        (tmp_path / "test.flist").write_text("2.png\n")
+        override.update(train_list=str(tmp_path / "train.flist"), test_list=str(tmp_path / "test.flist"))
+    if n_test:
+        override["n_test"] = n_test
+    (work / "local.yaml").write_text(yaml.safe_dump({"datasets": {dataset: override}}))
+    env = _env()
+    res = subprocess.run([SNAKEMAKE, "-n", "--profile", str(repo_root / "profiles" / "slurm"), "--configfile",
+                          f"config/paper/{name}.yaml", "local.yaml"], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    stats = out[out.index("Job stats:"):].splitlines()
+    counts = {line.split()[0]: int(line.split()[1]) for line in stats[3:] if len(line.split()) == 2
+              and line.split()[1].isdigit()}
+    cfg = yaml.safe_load((repo_root / "config" / "paper" / f"{name}.yaml").read_text())
+    ds = cfg["datasets"][dataset]
+    shards = math.ceil((n_test or ds["n_test"]) / cfg["sampling"]["shard_size"])
+    bins, methods = len(ds["masks"]["bins"]), len(cfg["methods"])
+    assert counts["inpaint_shard"] == shards * bins * methods
+    assert counts["image_metrics"] == counts["set_metrics"] == bins * methods
+    for rule in ("train_structure", "train_texture", "train_critic", "train_irsde", "prepare_data", "table"):
+        assert counts[rule] == 1, rule
+    # GPU requests reach the training and inpainting jobs (SLURM partition and gpu resource)
+    jobs = out.split("\nrule ")[1:]
+    for rule in ("inpaint_shard", "train_texture", "train_structure"):
+        block = next(j for j in jobs if j.startswith(rule))
+        resources = next(line for line in block.splitlines() if "resources:" in line)
+        assert "gpu=1" in resources and "slurm_partition=gpu" in resources, resources
+    block = next(j for j in jobs if j.startswith("table"))
+    assert "gpu=0" in next(line for line in block.splitlines() if "resources:" in line)
+
+
+def test_dryrun_authors_checkpoints_remove_training(tmp_path, repo_root):
+    import yaml
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for item in ("Snakefile",):
+        shutil.copy(repo_root / item, work / item)
+    shutil.copytree(repo_root / "workflow", work / "workflow")
+    shutil.copytree(repo_root / "config", work / "config")
+    override = _stand_in_data(tmp_path / "data")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    paths = {}
+    for net, fname in (("structure", "structure.pth"), ("texture", "texture.pth"), ("critic", "discriminator.pth")):
+        (ck / fname).write_bytes(b"stand-in")
+        paths[net] = str(ck / fname)
+    (work / "local.yaml").write_text(yaml.safe_dump({"datasets": {"paris_streetview": override}, "checkpoints": paths}))
+    res = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--configfile", "config/paper/psv.yaml",
+                          "config/paper/authors_psv.yaml", "local.yaml"], cwd=work, env=_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "inpaint_shard" in out and "train_" not in out
