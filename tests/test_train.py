@@ -179,9 +179,7 @@ def test_resume_texture_after_kill(data, tmp_path):
     """kill -9 a texture run after its first saved state; re-running it ends with identical weights."""
     n = 12
     ref_out = tmp_path / "ref" / "texture.pt"
-    subprocess.run([sys.executable, "-m", "strdiffusion", "train",
-                    *cli_args(data, ref_out, tmp_path / "ref" / "state", "texture", n)],
-                   check=True, env=env_cpu(), capture_output=True)
+    main(cli_args(data, ref_out, tmp_path / "ref" / "state", "texture", n))
     out, state = tmp_path / "run" / "texture.pt", tmp_path / "run" / "state"
     cmd = [sys.executable, "-m", "strdiffusion", "train", *cli_args(data, out, state, "texture", n)]
     proc = subprocess.Popen(cmd, env=env_cpu(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
