@@ -186,9 +186,10 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
         tex_rows.append(r"\midrule" + "\n" + f"\\textit{{{name}}} & " + " & ".join(c.replace("n/a", "--") for c in cells) + r" \\")
         footnotes.append(f"*{name}*: numbers published by the authors (not computed here).")
     footnotes.append("Bold: best per column. †: differs from StrDiffusion (paired bootstrap over the same images, p < 0.05).")
-    ns = long[long.metric == "fid"].n.dropna()
+    ns = long[(long.metric == "fid") & long.value.notna()].n.dropna()
     if len(ns):
-        footnotes.append(f"FID: pytorch-fid 0.3.0 Inception features (2048-d pool3), {int(ns.min())}–{int(ns.max())} images per set; "
+        count = f"{int(ns.min())}" if ns.min() == ns.max() else f"{int(ns.min())}–{int(ns.max())}"
+        footnotes.append(f"FID: pytorch-fid 0.3.0 Inception features (2048-d pool3), {count} images per set; "
                          "below 2048 images the covariance is regularised, so compare FID only between rows of this table.")
     for metric, reason in sorted(unavailable.items()):
         label = METRICS.get(metric, (metric.upper(),))[0]

@@ -311,6 +311,8 @@ def parse_args(argv):
     p.add_argument("--nf", type=int, default=64, help="UNet base width (paper 64)")
     p.add_argument("--depth", type=int, default=4, help="UNet levels (paper 4)")
     p.add_argument("--critic-ngf", type=int, default=64, help="critic base width (paper 64)")
+    p.add_argument("--attn-heads", type=int, default=4, help="UNet linear-attention heads (paper 4)")
+    p.add_argument("--attn-dim-head", type=int, default=32, help="UNet channels per attention head (paper 32)")
     p.add_argument("--T", type=int, default=100)
     p.add_argument("--max-sigma", type=float, default=30.0)
     p.add_argument("--schedule", default="cosine", choices=("cosine", "linear", "constant"))
@@ -343,7 +345,8 @@ def parse_args(argv):
                         f"{a.betas!r} and {a.milestones!r}") from None
     if len(a.betas) != 2:
         raise UserError(f"--betas needs two values, got {a.betas}")
-    for name in ("iterations", "batch_size", "checkpoint_every", "T", "nf", "depth", "critic_ngf", "nproc"):
+    for name in ("iterations", "batch_size", "checkpoint_every", "T", "nf", "depth", "critic_ngf", "nproc",
+                 "attn_heads", "attn_dim_head"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if not 0 <= a.ema < 1:
@@ -359,6 +362,8 @@ def ctor_kwargs(a) -> dict:
         kwargs["ngf"] = a.critic_ngf
     else:
         kwargs.update(nf=a.nf, depth=a.depth)
+        if (a.attn_heads, a.attn_dim_head) != (4, 32):  # the paper's values stay implicit
+            kwargs.update(attn_heads=a.attn_heads, attn_dim_head=a.attn_dim_head)
     return kwargs
 
 

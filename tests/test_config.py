@@ -52,6 +52,9 @@ def test_paper_configs_are_valid(repo_root):
         merged = cfg.merge(copy.deepcopy(base), yaml.safe_load(path.read_text()))
         full = cfg.validate(merged, source=str(path))
         assert full["image_size"] == 256 and full["model"]["nf"] == 64
+        # nothing of the tiny preset leaks into the paper settings through the deep merge
+        assert (full["model"]["attn_heads"], full["model"]["attn_dim_head"], full["sde"]["T"]) == (4, 32, 400)
+        assert (full["sampling"]["u_max"], full["sampling"]["re"], full["train"]["lr"]) == (6, 5, 1e-4)
         for name in full["run_datasets"]:
             assert full["datasets"][name]["masks"]["protocol"] == "nvidia"
         for overlay in (repo_root / "config" / "paper").glob(f"authors_{path.stem}.yaml"):

@@ -11,15 +11,20 @@ import yaml
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CLASSICAL = ["telea", "navier_stokes", "biharmonic"]
+DIFFUSION = ["strdiffusion", "strdiffusion_noresample", "irsde"]
 
+# Tiny but complete: every stage, the four networks trained from scratch, all six methods.
 TINY = {
     "seed": 0,
     "image_size": 32,
     "datasets": {"builtin": {"source": "builtin", "n_test": 4, "masks": {
         "protocol": "lama_medium", "bins": [[0.1, 0.2], [0.3, 0.4]], "per_bin": 4, "train_pool": 16}}},
-    "methods": CLASSICAL,
+    "methods": CLASSICAL + DIFFUSION,
     "metrics": {"per_image": ["psnr", "ssim", "l1", "lpips"], "per_set": ["fid", "kid"]},
-    "sampling": {"shard_size": 2, "batch_size": 2},
+    "model": {"nf": 4, "depth": 2, "critic_ngf": 4},
+    "sde": {"T": 10},
+    "train": {"iterations": 8, "batch_size": 2, "checkpoint_every": 2, "lr_milestones": [6]},
+    "sampling": {"shard_size": 2, "batch_size": 2, "u_max": 3, "u_min": 2, "jump": 2, "re": 2},
 }
 
 
@@ -58,24 +63,36 @@ def classical_run(tmp_path_factory, request):
 def test_workflow_end_to_end_table(classical_run):
     work, _ = classical_run
     md = (work / "results/tables/builtin.md").read_text()
-    for name in ("Telea (OpenCV)", "Navier-Stokes (OpenCV)", "Biharmonic (scikit-image)"):
+    for name in ("Telea (OpenCV)", "Navier-Stokes (OpenCV)", "Biharmonic (scikit-image)", "StrDiffusion",
+                 "StrDiffusion w/o resampling", "IR-SDE (no structure)"):
         assert f"| {name} |" in md
     assert "10-20% PSNR↑" in md and "30-40% FID↓" in md
     # weights are missing in this TORCH_HOME: n/a with a footnote naming the file
     assert "n/a" in md and "alexnet-owt-7be5be79.pth" in md and "pt_inception-2015-12-05-6726825d.pth" in md
     table = pd.read_csv(work / "results/tables/builtin.csv", dtype={"bin": str})
     psnr = table[table.metric == "psnr"].set_index(["method", "bin"]).value
-    assert len(psnr) == 3 * 2 and psnr.between(10, 60).all()
+    assert len(psnr) == 6 * 2 and psnr.between(5, 60).all()
     # bigger holes are harder for every method
     for m in CLASSICAL:
         assert psnr[(m, "10-20")] > psnr[(m, "30-40")]
     assert (work / "results/tables/builtin.tex").read_text().count(r"\textbf{") >= 2
+    for net in ("structure", "texture", "critic", "irsde"):
+        assert (work / f"results/builtin/models/{net}.pt").is_file()
+    for fig in ("qualitative", "metrics_vs_hole_ratio"):
+        assert (work / f"results/figures/builtin/{fig}.png").stat().st_size > 1000
 
 
 def test_workflow_second_run_does_nothing(classical_run):
     work, torch_home = classical_run
     res = snakemake(work, "-n", torch_home=torch_home)
     assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_workflow_report_html(classical_run):
+    work, torch_home = classical_run
+    snakemake(work, "--report", "results/report.html", torch_home=torch_home)
+    html = (work / "results/report.html").read_text(errors="replace")
+    assert "qualitative.png" in html and "builtin.csv" in html
 
 
 def test_workflow_masks_are_in_their_bins(classical_run):
@@ -98,3 +115,72 @@ def test_workflow_bad_config_key_is_one_line(tmp_path, request):
     assert res.returncode != 0
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'metrcs'" in errors[0]
+
+
+def _outputs(work: Path) -> dict:
+    """Bytes of every mask, inpainted image and table of a run, by relative path."""
+    files = {}
+    for pattern in ("results/builtin/masks/test/*/*.png", "results/builtin/inpaint/*/*/*/*.png", "results/tables/*"):
+        for p in sorted(work.glob(pattern)):
+            files[str(p.relative_to(work))] = p.read_bytes()
+    return files
+
+
+def test_determinism_same_seed_identical_other_seed_differs(classical_run, tmp_path, request):
+    work_a, torch_home = classical_run
+    repo = Path(request.config.rootpath)
+    work_b = make_workdir(tmp_path / "b", repo, TINY)
+    snakemake(work_b, torch_home=torch_home)
+    a, b = _outputs(work_a), _outputs(work_b)
+    assert a.keys() == b.keys() and len(a) > 30
+    assert [k for k in a if a[k] != b[k]] == []
+    work_c = make_workdir(tmp_path / "c", repo, {**TINY, "seed": 1})
+    snakemake(work_c, torch_home=torch_home)
+    c = _outputs(work_c)
+    masks = [k for k in a if "/masks/" in k]
+    assert any(a[k] != c.get(k) for k in masks)
+    assert a["results/tables/builtin.csv"] != c["results/tables/builtin.csv"]
+    diffusion = [k for k in a if "/inpaint/strdiffusion/" in k]
+    assert any(a[k] != c.get(k) for k in diffusion)
+
+
+def _run_until(work: Path, torch_home: Path, pattern: str, timeout=600) -> bool:
+    """Start the workflow, kill -9 its whole process group once `pattern` exists. True if killed."""
+    import signal
+    import time
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TORCH_HOME"] = str(torch_home)
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", "tiny.yaml", "--rerun-incomplete"], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(work.glob(pattern)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.wait()
+    return False
+
+
+def test_resume_after_kill_equals_uninterrupted(classical_run, tmp_path, request):
+    """kill -9 during training, then during inpainting; the resumed run's table equals the uninterrupted one."""
+    work_a, torch_home = classical_run
+    repo = Path(request.config.rootpath)
+    work = make_workdir(tmp_path / "d", repo, TINY)
+    killed_training = _run_until(work, torch_home, "results/builtin/models/*_state/state.pt")
+    killed_inpainting = _run_until(work, torch_home, "results/builtin/inpaint/strdiffusion/*/shard_0")
+    assert killed_training or killed_inpainting
+    finished = sorted(work.glob("results/builtin/inpaint/*/*/shard_*"))
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    snakemake(work, "--rerun-incomplete", torch_home=torch_home)
+    # finished shards were kept, not redone
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in finished)
+    a = _outputs(work_a)
+    d = _outputs(work)
+    assert d["results/tables/builtin.csv"] == a["results/tables/builtin.csv"]
+    assert d["results/tables/builtin.md"] == a["results/tables/builtin.md"]
+    assert [k for k in a if a[k] != d.get(k)] == []

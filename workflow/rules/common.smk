@@ -209,6 +209,7 @@ def train_args(net):
         betas = t["critic_betas"] if critic else t["betas"]
         opts = [
             f"--nf {m['nf']}", f"--depth {m['depth']}", f"--critic-ngf {m['critic_ngf']}",
+            f"--attn-heads {m['attn_heads']}", f"--attn-dim-head {m['attn_dim_head']}",
             f"--T {s['T']}", f"--max-sigma {s['max_sigma']}", f"--schedule {s['schedule']}", f"--eps {s['eps']}",
             f"--iterations {t['iterations']}", f"--batch-size {t['batch_size']}", f"--lr {lr}",
             f"--betas {betas[0]},{betas[1]}", f"--gamma {t['lr_gamma']}", f"--ema {t['ema']}",
