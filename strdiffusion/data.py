@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from .utils import UserError, read_image_rgb, seed_for, write_csv_atomic
+from .utils import UserError, atomic_dir, read_image_rgb, seed_for, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.data")
 
@@ -187,9 +185,7 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
     if size <= 0:
         raise UserError(f"image size must be positive, got {size}; fix config key 'image_size'")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for split in ("train", "test"):
             (tmp / split).mkdir()
         rows = []
@@ -236,12 +232,6 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
                 raise UserError(f"{path or source}: the {split} split is empty; add images or change the split "
                                 "(test_fraction / train_list / test_list)")
         write_csv_atomic(manifest, tmp / "manifest.csv")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     counts = manifest[manifest.status == "ok"].split.value_counts().to_dict()
     log.info("prepared %s: %d train, %d test crops at %d px; %d skipped", out, counts.get("train", 0),
              counts.get("test", 0), size, int((manifest.status != "ok").sum()))

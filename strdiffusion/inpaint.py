@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from .utils import UserError, read_image_rgb, read_mask, save_png_atomic
+from .utils import UserError, atomic_dir, read_image_rgb, read_mask, save_png_atomic
 
 log = logging.getLogger("strdiffusion.inpaint")
 
@@ -71,9 +69,7 @@ def run_shard(args) -> None:
     pairs = pd.read_csv(args.pairs, dtype={"bin": str, "image_id": str})
     rows = shard_rows(pairs, args.bin, args.shard, args.shard_size)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if args.method in CLASSICAL:
             for row in rows.itertuples():
                 image, mask = load_pair(args.gt_dir, row)
@@ -84,12 +80,6 @@ def run_shard(args) -> None:
             inpaint_rows(args, rows, tmp)
         else:
             raise UserError(f"unknown method '{args.method}'; choose from {', '.join(CLASSICAL + DIFFUSION)}")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", args.method, len(rows), args.bin, args.shard, out)
 
 

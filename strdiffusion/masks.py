@@ -45,9 +45,7 @@ import argparse
 import io
 import logging
 import math
-import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +54,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .utils import UserError, bin_label, parse_bins, read_mask, save_png_atomic, seed_for, write_csv_atomic
+from .utils import (UserError, atomic_dir, bin_label, parse_bins, read_mask, save_png_atomic, seed_for,
+                    write_csv_atomic)
 
 log = logging.getLogger("strdiffusion.masks")
 
@@ -664,18 +663,9 @@ def stats(protocol: str, mask_bins: list[MaskBin]):
 
 
 def _write_dir(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` into a fresh ``out.tmp-XXXX`` folder, then replace ``out`` by it."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    """Run ``write(tmp)`` into a fresh temporary folder that then replaces ``out`` whole."""
+    with atomic_dir(out) as tmp:
         write(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _png(hole: np.ndarray) -> np.ndarray:

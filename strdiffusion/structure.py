@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .utils import UserError, read_image_rgb, save_png_atomic
+from .utils import UserError, atomic_dir, read_image_rgb, save_png_atomic
 
 log = logging.getLogger("strdiffusion.structure")
 
@@ -72,19 +70,11 @@ def extract(images_dir: Path, out: Path, sigma: float) -> int:
     files = sorted(images_dir.glob("*.png"))
     if not files:
         raise UserError(f"{images_dir}: no PNG images to extract structure from; run the data stage first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for f in files:
             gray, edge = image_structure(read_image_rgb(f), sigma)
             save_gray(tmp / "gray" / f.name, gray)
             save_png_atomic(tmp / "edge" / f.name, (edge * 255).astype(np.uint8))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("structure of %d images (Canny sigma %.2f) -> %s", len(files), sigma, out)
     return len(files)
 

@@ -39,6 +39,30 @@ def atomic_path(path, suffix=None):
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    On any exception the temporary folder is removed and an existing ``path`` is left as it was,
+    so a folder output is either complete or absent (never half-written).
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
