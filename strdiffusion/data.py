@@ -82,7 +82,8 @@ def builtin_crops(size: int):
                 yield f"{name}_s{k}_r{r}_c{c}", name, "train", crop
         tw = max(size, int(round(test_part.shape[1] * size / test_part.shape[0])))
         for _, c, crop in _grid_crops(_resize(test_part, tw, size), size):
-            yield f"{name}_test_c{c}", name, "test", crop
+            # column first, so that the first n_test sorted ids spread over all photographs
+            yield f"test{c:02d}_{name}", name, "test", crop
 
 
 def fit_to_size(img: np.ndarray, size: int, policy: str, rng: np.random.Generator | None = None) -> np.ndarray:
