@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -341,20 +340,9 @@ def random_inception():
 
     from pytorch_fid import inception as fid
 
-    def unweighted():
-        net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-        net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
-        net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
-        net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
-        net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
-        net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
-        net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
-        net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
-        net.Mixed_7b = fid.FIDInceptionE_1(1280)
-        net.Mixed_7c = fid.FIDInceptionE_2(2048)
-        return net
+    from strdiffusion.metrics import random_fid_inception
 
-    with mock.patch.object(fid, "fid_inception_v3", unweighted):
+    with mock.patch.object(fid, "fid_inception_v3", random_fid_inception):
         return fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
 
 

@@ -54,6 +54,25 @@ SSIM_SETTINGS = dict(data_range=255, channel_axis=-1, gaussian_weights=True, sig
 
 # ----------------------------------------------------------------------------- per-image metrics
 
+def random_fid_inception(init_weights: bool = False):
+    """pytorch-fid's FID Inception layout (the 1008-class trunk with its FID blocks) with random
+    weights: the module tree whose state dict ``pt_inception-2015-12-05-6726825d.pth`` fills.
+    For tests (stand-in weight files) and throughput benchmarks only; never for reported numbers."""
+    from pytorch_fid import inception as fid
+
+    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=init_weights)
+    net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = fid.FIDInceptionE_1(1280)
+    net.Mixed_7c = fid.FIDInceptionE_2(2048)
+    return net
+
+
 def _pair(a, b, crop: int) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:

@@ -39,19 +39,10 @@ def _noisy(img, sigma, seed):
 def _standin_inception_state_dict():
     """Random weights in pytorch-fid's FID Inception layout, with BatchNorm statistics calibrated
     on random inputs so that features are O(1) instead of vanishing."""
-    from pytorch_fid import inception as I
+    from strdiffusion.metrics import random_fid_inception
 
     torch.manual_seed(0)
-    net = I._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=True)
-    net.Mixed_5b = I.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = I.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = I.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = I.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = I.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = I.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = I.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = I.FIDInceptionE_1(1280)
-    net.Mixed_7c = I.FIDInceptionE_2(2048)
+    net = random_fid_inception(init_weights=True)
     for bn in net.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
             bn.reset_running_stats()
