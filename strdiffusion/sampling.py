@@ -310,8 +310,8 @@ def sample_reference_order(sde: IRSDE, structure_fn, texture_fn, critic_fn, imag
 
     Written separately from the batched sampler, following the reference's variables (x_original,
     x_updated, xs, xs_t, D_n, D_p), so that the two cross-check each other. Same arguments and
-    returns. The only departure: the critic score D_n is not computed at steps without trials
-    (the reference computes and discards it; the critic draws no noise, so results are equal).
+    returns. Like the reference, it scores D_n at every early step, also where no trial follows
+    (the batched sampler skips those calls; the critic draws no noise, so results are equal).
     """
     config = config or SamplerConfig()
     _check_inputs(image, mask, generators)
@@ -361,8 +361,8 @@ def _reference_one(sde, structure_fn, texture_fn, critic_fn, gt, mask, s_gt, edg
             step = config.re
         if step + t > T:
             step = T - t + 1
-        if step and config.u_max > 1:
-            d_n = dis(t, x_updated * mask, xs)
+        if config.resample and critic_fn is not None:
+            d_n = dis(t, x_updated * mask, xs)  # every early step, as the reference
         for i in range(1, config.u_max):
             if step == 0:
                 break

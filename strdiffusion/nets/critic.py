@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import Conv2d, conv2d
+
 
 def _variance_scaling_(weight: torch.Tensor, scale: float) -> None:
     """Uniform fan-avg variance scaling, the reference's init (scale 0 means 1e-10)."""
@@ -35,8 +37,8 @@ def _dense(dim_in: int, dim_out: int, init_scale: float = 1.0) -> nn.Linear:
 
 
 def _conv(dim_in: int, dim_out: int, kernel_size: int, padding: int, bias: bool = True,
-          init_scale: float = 1.0) -> nn.Conv2d:
-    conv = nn.Conv2d(dim_in, dim_out, kernel_size, padding=padding, bias=bias)
+          init_scale: float = 1.0) -> Conv2d:
+    conv = Conv2d(dim_in, dim_out, kernel_size, padding=padding, bias=bias)
     _variance_scaling_(conv.weight, init_scale)
     if bias:
         nn.init.zeros_(conv.bias)
@@ -74,7 +76,7 @@ def fir_downsample_2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     x = F.pad(x, ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
     # Correlation with the flipped kernel is the convolution upfirdn2d computes.
     weight = torch.flip(kernel, (0, 1)).to(dtype=x.dtype).expand(c, 1, k, k)
-    return F.conv2d(x, weight, stride=2, groups=c)
+    return conv2d(x, weight, stride=2, groups=c)
 
 
 class TimestepEmbedding(nn.Module):
@@ -169,4 +171,7 @@ class Critic(nn.Module):
             h = block(h, t_emb)
         h = self._minibatch_stddev(h, stddev_group or self.stddev_group)
         h = self.act(self.final_conv(h))
-        return self.end_linear(h.sum(dim=(2, 3))).view(-1)
+        # end_linear as a per-row product and sum: a GEMM's summation order depends on the batch
+        # size, this does not (the sampler's batched and one-image scores stay identical)
+        feat = h.sum(dim=(2, 3))
+        return ((feat * self.end_linear.weight).sum(dim=1) + self.end_linear.bias).view(-1)

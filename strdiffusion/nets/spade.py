@@ -11,12 +11,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.spectral_norm import SpectralNorm
 
+from .layers import Conv2d
+
 
 def positional_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Normalise each pixel over the channel axis (unbiased variance, as the reference)."""
-    mean = x.mean(dim=1, keepdim=True)
-    std = x.var(dim=1, keepdim=True).add(eps).sqrt()
-    return (x - mean) / std
+    # two-pass variance (see unet.LayerNorm: torch.var over NCHW channels is slow on CPU)
+    centred = x - x.mean(dim=1, keepdim=True)
+    var = (centred * centred).sum(dim=1, keepdim=True) / (x.shape[1] - 1)
+    return centred / var.add(eps).sqrt()
 
 
 class SPADE(nn.Module):
@@ -28,9 +31,9 @@ class SPADE(nn.Module):
     def __init__(self, norm_nc: int, label_nc: int = 1, hidden: int = 16, kernel_size: int = 3):
         super().__init__()
         pad = kernel_size // 2
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU())
-        self.mlp_gamma = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
-        self.mlp_beta = nn.Conv2d(hidden, norm_nc, kernel_size, padding=pad)
+        self.mlp_shared = nn.Sequential(Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU())
+        self.mlp_gamma = Conv2d(hidden, norm_nc, kernel_size, padding=pad)
+        self.mlp_beta = Conv2d(hidden, norm_nc, kernel_size, padding=pad)
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
         actv = self.mlp_shared(segmap)
@@ -48,8 +51,8 @@ class SPADEBlock(nn.Module):
     def __init__(self, channels: int, label_nc: int = 1, hidden: int = 16, spectral: bool = True):
         super().__init__()
         sn = nn.utils.spectral_norm if spectral else (lambda m: m)
-        self.conv_0 = sn(nn.Conv2d(channels, channels, 3, padding=1))
-        self.conv_1 = sn(nn.Conv2d(channels, channels, 3, padding=1))
+        self.conv_0 = sn(Conv2d(channels, channels, 3, padding=1))
+        self.conv_1 = sn(Conv2d(channels, channels, 3, padding=1))
         self.norm_0 = SPADE(channels, label_nc, hidden)
         self.norm_1 = SPADE(channels, label_nc, hidden)
         self.reset_parameters()

@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import Conv2d
 from .spade import SPADEBlock
 
 
-def _conv(dim_in: int, dim_out: int, kernel_size: int = 3, bias: bool = False) -> nn.Conv2d:
+def _conv(dim_in: int, dim_out: int, kernel_size: int = 3, bias: bool = False) -> Conv2d:
     """'Same' conv without bias (the reference's ``default_conv``)."""
-    return nn.Conv2d(dim_in, dim_out, kernel_size, padding=kernel_size // 2, bias=bias)
+    return Conv2d(dim_in, dim_out, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -87,9 +88,11 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         eps = 1e-5 if x.dtype == torch.float32 else 1e-3
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) * (var + eps).rsqrt() * self.g
+        # two-pass mean and variance: the same value as torch.var(unbiased=False) to float
+        # rounding, and 10-20x faster on CPU, where var over the channel dim of NCHW is strided
+        centred = x - torch.mean(x, dim=1, keepdim=True)
+        var = torch.mean(centred * centred, dim=1, keepdim=True)
+        return centred * (var + eps).rsqrt() * self.g
 
 
 class LinearAttention(nn.Module):
@@ -104,8 +107,8 @@ class LinearAttention(nn.Module):
         self.scale = dim_head**-0.5
         self.heads = heads
         hidden = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
-        self.to_out = nn.Sequential(nn.Conv2d(hidden, dim, 1), LayerNorm(dim))
+        self.to_qkv = Conv2d(dim, hidden * 3, 1, bias=False)
+        self.to_out = nn.Sequential(Conv2d(hidden, dim, 1), LayerNorm(dim))
 
     def forward(self, x):
         b, _, h, w = x.shape
@@ -142,7 +145,7 @@ def _attention(dim: int, heads: int, dim_head: int) -> nn.Module:
 
 
 def _upsample(dim_in: int, dim_out: int) -> nn.Module:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_in, dim_out, 3, padding=1))
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), Conv2d(dim_in, dim_out, 3, padding=1))
 
 
 def default_ch_mult(depth: int) -> tuple[int, ...]:
@@ -192,7 +195,7 @@ class ConditionalUNet(nn.Module):
                 ResBlock(dim_in, dim_in, time_dim),
                 ResBlock(dim_in, dim_in, time_dim),
                 _attention(dim_in, *heads),
-                _conv(dim_in, dim_out) if last else nn.Conv2d(dim_in, dim_out, 4, 2, 1),
+                _conv(dim_in, dim_out) if last else Conv2d(dim_in, dim_out, 4, 2, 1),
             ]
             if guidance:
                 level.append(SPADEBlock(dim_out, guidance_nc, spade_hidden))
@@ -210,7 +213,7 @@ class ConditionalUNet(nn.Module):
         self.mid_block2 = ResBlock(mid, mid, time_dim)
 
         self.final_res_block = ResBlock(dims[0] + nf, nf, time_dim)
-        self.final_conv = nn.Conv2d(nf, out_nc, 3, 1, 1)
+        self.final_conv = Conv2d(nf, out_nc, 3, 1, 1)
 
     @property
     def pad_multiple(self) -> int:

@@ -1,0 +1,50 @@
+"""Convolutions whose inference result does not depend on the batch size.
+
+PyTorch's CPU convolution picks its kernel per call: for a batch of one with few pixels
+(fewer than 20,480 input values and a kernel of at most 3x3) it uses its own im2col + GEMM
+(``_slow_conv2d_forward``), otherwise oneDNN (mkldnn). The two sum in different orders, so the
+same image gives outputs differing by ~1e-5 in a batch of one and in a batch of sixteen. Over a
+hundred sampler steps that grows, and a batched sampler no longer reproduces the one-image loop.
+
+oneDNN's convolution computes each image of a batch the same way whatever the batch size, so
+during inference (no autograd) on CPU in float32 every convolution here goes through it. Training,
+CUDA, other dtypes and ``torch.compile`` graphs keep ``F.conv2d``'s own choice. The module is a
+drop-in ``nn.Conv2d`` (same parameters and state-dict names).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.dim() == 4 and x.layout == torch.strided and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.compiler.is_compiling())
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` with integer zero padding; batch-size independent in CPU float32 inference."""
+    if _use_onednn(x, weight):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, _pair(padding), _pair(stride),
+                                                 _pair(dilation), groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (zero padding only) computed by :func:`conv2d`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("strdiffusion.nets.layers.Conv2d supports integer zero padding only")
+
+    def _conv_forward(self, x, weight, bias):
+        return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
