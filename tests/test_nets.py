@@ -127,7 +127,17 @@ def test_critic_stddev_group_one_scores_each_sample_alone(critic_ref):
         singles = torch.cat([net(batch["t"][b:b + 1], batch["x_t"][b:b + 1], batch["S_optimum"][b:b + 1])
                              for b in range(4)])
     torch.testing.assert_close(alone, singles, rtol=0, atol=1e-4)
+    with torch.inference_mode():  # one t for the batch, as the sampler calls it: bit-identical scores
+        x, s = batch["x_t"], batch["S_optimum"]
+        together = net(7, x, s, stddev_group=1)
+        one_by_one = torch.cat([net(7, x[b:b + 1], s[b:b + 1]) for b in range(4)])
+    assert torch.equal(together, one_by_one)  # batch-size independent on CPU (nets.layers, per-row head)
     assert (grouped - alone).abs().max() > 1e-2  # the group of 4 couples the samples
+    # the group-1 shortcut appends the channel the general formula gives: sqrt(0 + 1e-8)
+    h = torch.randn(3, 37, 9, 7)
+    general = torch.sqrt(h.reshape(1, -1, 1, 37, 9, 7).var(0, unbiased=False) + 1e-8).mean([2, 3, 4], keepdim=True)
+    expected = torch.cat([h, general.squeeze(2).repeat(1, 1, 9, 7)], dim=1)
+    assert torch.equal(net._minibatch_stddev(h, 1), expected)
     with pytest.raises(ValueError, match="not divisible"):
         net(1, batch["x_t"][:3].repeat(2, 1, 1, 1), batch["S_optimum"][:3].repeat(2, 1, 1, 1))
 

@@ -149,6 +149,9 @@ class Critic(nn.Module):
         group = min(b, group_size)
         if b % group:
             raise ValueError(f"critic batch {b} is not divisible by the minibatch-stddev group {group}")
+        if group == 1:  # the variance over one sample is 0: skip the (slow, strided) reduction
+            std = torch.sqrt(x.new_zeros(1, 1, c, h, w) + 1e-8).mean([2, 3, 4], keepdim=True).squeeze(2)
+            return torch.cat([x, std.expand(b, 1, h, w)], dim=1)
         std = torch.sqrt(x.reshape(group, -1, 1, c, h, w).var(0, unbiased=False) + 1e-8)
         std = std.mean([2, 3, 4], keepdim=True).squeeze(2)
         return torch.cat([x, std.repeat(group, 1, h, w)], dim=1)
