@@ -419,19 +419,24 @@ def net_callables(structure_net=None, texture_net=None, critic_net=None, autocas
     def fmt(x):
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
+    def tt(t, x):
+        # t as a (1,) tensor, as the nets make of a python int: a torch.compile'd net then keeps
+        # one graph for every step instead of recompiling for each value of t
+        return torch.tensor([t], device=x.device)
+
     def structure_fn(s, mu, t):
         with ctx(s):
-            return structure_net(fmt(s), fmt(mu), t).float()
+            return structure_net(fmt(s), fmt(mu), tt(t, s)).float()
 
     def texture_fn(x, mu, t, guidance):
         with ctx(x):
             if guidance is None:
-                return texture_net(fmt(x), fmt(mu), t).float()
-            return texture_net(fmt(x), fmt(mu), t, fmt(guidance)).float()
+                return texture_net(fmt(x), fmt(mu), tt(t, x)).float()
+            return texture_net(fmt(x), fmt(mu), tt(t, x), fmt(guidance)).float()
 
     def critic_fn(t, x, s):
         with ctx(x):
-            return critic_net(t, fmt(x), fmt(s), stddev_group=1).float()
+            return critic_net(tt(t, x), fmt(x), fmt(s), stddev_group=1).float()
 
     return (structure_fn if structure_net is not None else None,
             texture_fn if texture_net is not None else None,

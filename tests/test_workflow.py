@@ -197,3 +197,22 @@ def test_resume_after_kill_equals_uninterrupted(classical_run, tmp_path, request
     assert d["results/tables/builtin.csv"] == a["results/tables/builtin.csv"]
     assert d["results/tables/builtin.md"] == a["results/tables/builtin.md"]
     assert [k for k in a if a[k] != d.get(k)] == []
+
+
+def test_speed_options_reach_the_inpaint_jobs(tmp_path, request):
+    """sampling.channels_last / compile / autocast / tf32 become the inpaint stage's flags (dry run)."""
+    repo = Path(request.config.rootpath)
+    fast = {**TINY, "sampling": {**TINY["sampling"], "channels_last": True, "compile": True, "autocast": "bf16"}}
+    plain = {**TINY, "sampling": {**TINY["sampling"], "channels_last": False}}
+    for name, config in (("fast", fast), ("plain", plain)):
+        work = make_workdir(tmp_path / name, repo, config)
+        res = snakemake(work, "-n", "-p", torch_home=tmp_path)
+        inpaint = [line for line in res.stdout.splitlines() if "strdiffusion inpaint --method strdiffusion " in line]
+        assert inpaint, res.stdout[-2000:]
+        for line in inpaint:
+            flags = line.split()
+            if name == "fast":
+                assert {"--channels-last", "--compile"} <= set(flags) and "--tf32" not in flags
+                assert flags[flags.index("--autocast") + 1] == "bf16"
+            else:
+                assert not {"--channels-last", "--compile", "--autocast", "--tf32"} & set(flags)

@@ -167,6 +167,9 @@ def sampling_args(wildcards):
     args = [f"--seed {config['seed']}", f"--batch-size {s['batch_size']}"]
     args += [f"--{k.replace('_', '-')} {s[k]}" for k in ("u_max", "u_min", "jump", "re", "switch", "accept", "late_guidance", "hole_fill")]
     args += [f"--T {config['sde']['T']}"]
+    args += [f"--{k.replace('_', '-')}" for k in ("channels_last", "compile", "tf32") if s.get(k)]
+    if s.get("autocast", "none") != "none":
+        args.append(f"--autocast {s['autocast']}")
     args += [f"--{net}-checkpoint {path}" for net, path in method_models(wildcards).items()]
     return " ".join(args)
 
