@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -39,10 +40,33 @@ TARGETS = {
     "workflow_seconds": 600.0,                   # embedded default workflow, 2 cores
     "h100_paper_T100_seconds_per_256px_image": 2.0,
 }
+FORMATS = ("nchw", "cl")  # contiguous NCHW, channels_last
+
+
+def _tiny_preset() -> dict:
+    """Network and sampler settings of the embedded default (config/config.yaml, the `tiny` preset)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    m, s = cfg["model"], cfg["sampling"]
+    return {"nf": m["nf"], "depth": m["depth"], "ngf": m["critic_ngf"], "attn_heads": m["attn_heads"],
+            "attn_dim_head": m["attn_dim_head"], "T": cfg["sde"]["T"], "batch": s["batch_size"],
+            "sampler": {k: s[k] for k in ("u_max", "u_min", "jump", "re", "switch")}}
+
+
+# tiny: the default workflow's networks and sampler; paper: nf 64, depth 4, 4 x 32 attention, the
+# reference's resampling constants (u_max 6, u_min 3, jump 5, re 5)
 CONFIGS = {
-    "tiny": {"nf": 16, "depth": 3, "ngf": 16},
-    "paper": {"nf": 64, "depth": 4, "ngf": 64},
+    "tiny": _tiny_preset(),
+    "paper": {"nf": 64, "depth": 4, "ngf": 64, "attn_heads": 4, "attn_dim_head": 32, "T": 100, "batch": 1,
+              "sampler": {}},
 }
+
+
+def describe(config: str) -> str:
+    c = CONFIGS[config]
+    return (f"nf {c['nf']}, depth {c['depth']}, attention {c['attn_heads']}x{c['attn_dim_head']}, "
+            f"critic ngf {c['ngf']}")
 
 
 # ---------------------------------------------------------------------- measuring
@@ -113,23 +137,30 @@ def build(kind: str, config: str, device="cpu") -> torch.nn.Module:
     from strdiffusion.checkpoints import build_network
 
     c = CONFIGS[config]
-    kw = {"ngf": c["ngf"]} if kind == "critic" else {"nf": c["nf"], "depth": c["depth"]}
+    kw = {"ngf": c["ngf"]} if kind == "critic" else \
+        {"nf": c["nf"], "depth": c["depth"], "attn_heads": c["attn_heads"], "attn_dim_head": c["attn_dim_head"]}
     return build_network(kind, **kw).to(device)
 
 
-def inference_net(kind: str, config: str, seed: int = 0) -> torch.nn.Module:
+def inference_net(kind: str, config: str, seed: int = 0, fmt: str = "nchw") -> torch.nn.Module:
     """A random-weight network as the inpaint stage uses it: eval mode, no grads, spectral norm baked."""
     from strdiffusion.nets import bake_spectral_norm
 
     torch.manual_seed(seed)
     net = build(kind, config).eval().requires_grad_(False)
-    return bake_spectral_norm(net) if kind == "texture" else net
+    if kind == "texture":
+        bake_spectral_norm(net)
+    return net.to(memory_format=torch.channels_last) if fmt == "cl" else net
 
 
-def forward_call(kind: str, net, batch: int, px: int, device="cpu"):
+def forward_call(kind: str, net, batch: int, px: int, device="cpu", fmt: str = "nchw"):
     """A closure running one forward of ``net`` on random inputs of the inpainting shapes."""
     g = torch.Generator().manual_seed(0)
-    rand = lambda *s: torch.rand(*s, generator=g).to(device)  # noqa: E731
+
+    def rand(*shape):
+        x = torch.rand(*shape, generator=g).to(device)
+        return x.contiguous(memory_format=torch.channels_last) if fmt == "cl" else x
+
     t = torch.full((batch,), 50, dtype=torch.long, device=device)
     if kind == "critic":
         x, s = rand(batch, 3, px, px), rand(batch, 1, px, px)
@@ -153,26 +184,29 @@ def flops_on_meta(kind: str, config: str, batch: int, px: int) -> int:
 def bench_forward(quick: bool, combos: str = "") -> list[dict]:
     """Forward time and GFLOP/s; combos whose estimated time exceeds the budget are skipped.
 
-    ``combos``: "config:px:batch,..." to measure only those (full-mode budgets).
+    ``combos``: "config:px:batch,..." to measure only those (full-mode budgets). Every combo is
+    measured in both memory formats (contiguous NCHW and channels_last).
     """
     kinds = ("texture", "structure", "critic")
     if combos:
         grid = [(c, int(px), int(b)) for c, px, b in (item.split(":") for item in combos.split(",") if item)]
         per_call_budget, combo_budget, max_repeats = 90.0, 120.0, 5
     elif quick:
-        grid = [("tiny", 64, 1), ("tiny", 64, 4), ("paper", 64, 1)]
+        grid = [("tiny", 64, 1), ("tiny", 64, 16), ("paper", 64, 1)]
         per_call_budget, combo_budget, max_repeats = 5.0, 8.0, 3
     else:
-        grid = [(c, px, b) for c in ("tiny", "paper") for px in (64, 128, 256) for b in (1, 4, 16)]
-        per_call_budget, combo_budget, max_repeats = 90.0, 120.0, 5
+        grid = [("tiny", 64, 1), ("tiny", 64, 4), ("tiny", 64, 16), ("tiny", 128, 1), ("tiny", 256, 1),
+                ("paper", 64, 1), ("paper", 64, 4), ("paper", 128, 1), ("paper", 256, 1)]
+        per_call_budget, combo_budget, max_repeats = 90.0, 60.0, 5
     rows, rate = [], {}
     for kind in kinds:
         for config in ("tiny", "paper"):
-            net = inference_net(kind, config)
-            for c, px, batch in grid:
+            nets = {fmt: inference_net(kind, config, fmt=fmt) for fmt in FORMATS}
+            for (c, px, batch), fmt in ((combo, fmt) for combo in grid for fmt in FORMATS):
                 if c != config:
                     continue
-                row = {"net": kind, "config": config, "px": px, "batch": batch}
+                net = nets[fmt]
+                row = {"net": kind, "config": config, "px": px, "batch": batch, "format": fmt}
                 row["gflop"] = flops_on_meta(kind, config, batch, px) / 1e9
                 # estimate from the last measured rate of this net (conservatively 20 GFLOP/s at first)
                 est = row["gflop"] / rate.get((kind, config), 20.0)
@@ -184,7 +218,7 @@ def bench_forward(quick: bool, combos: str = "") -> list[dict]:
                 repeats = max(1, min(max_repeats, int(combo_budget / max(est, 1e-3)) - 1))
                 warmup = 1 if est < 10 else 0
                 with torch.inference_mode():
-                    row.update(measure(forward_call(kind, net, batch, px), repeats, warmup))
+                    row.update(measure(forward_call(kind, net, batch, px, fmt=fmt), repeats, warmup))
                 row["gflops"] = row["gflop"] / row["median_s"]
                 row["gflops_best"] = row["gflop"] / row["min_s"]
                 row["fraction_of_peak"] = row["gflops_best"] / CPU_PEAK_GFLOPS
@@ -195,7 +229,8 @@ def bench_forward(quick: bool, combos: str = "") -> list[dict]:
 
 
 def print_row_forward(row: dict) -> None:
-    head = f"  {row['net']:9s} {row['config']:5s} {row['px']:4d}px b{row['batch']:<3d} {row['gflop']:9.2f} GFLOP"
+    head = (f"  {row['net']:9s} {row['config']:5s} {row['px']:4d}px b{row['batch']:<3d} {row['format']:4s}"
+            f" {row['gflop']:9.2f} GFLOP")
     if "skipped" in row:
         print(f"{head}  skipped: {row['skipped']}", flush=True)
         return
@@ -227,19 +262,23 @@ def calls_per_image(stats: dict) -> dict:
 
 
 def bench_sampler(quick: bool, runs: list[tuple]) -> list[dict]:
-    """Images per second of the batched samplers; beside them the reference-order loop (tiny config).
+    """Images per second of the batched samplers; beside them the reference-order loop.
 
-    ``runs``: (config, px, T, batch, with_reference_order) tuples.
+    ``runs``: (config, px, T, batch, format, with_reference_order) tuples. The reference-order loop
+    runs in the same process, on the same weights, inputs and noise, one image at a time.
     """
     from strdiffusion import sampling
     from strdiffusion.sde import IRSDE
 
     rows = []
-    for config, px, T, batch, with_reference in runs:
+    for config, px, T, batch, fmt, with_reference in runs:
         sde = IRSDE(T=T)
-        nets = {k: inference_net(k, config, seed=i) for i, k in enumerate(("structure", "texture", "critic", "irsde"))}
-        structure_fn, texture_fn, critic_fn = sampling.net_callables(nets["structure"], nets["texture"], nets["critic"])
-        _, irsde_fn, _ = sampling.net_callables(texture_net=nets["irsde"])
+        sampler_config = sampling.SamplerConfig(**CONFIGS[config]["sampler"])
+        nets = {k: inference_net(k, config, seed=i, fmt=fmt)
+                for i, k in enumerate(("structure", "texture", "critic", "irsde"))}
+        structure_fn, texture_fn, critic_fn = sampling.net_callables(
+            nets["structure"], nets["texture"], nets["critic"], channels_last=fmt == "cl")
+        _, irsde_fn, _ = sampling.net_callables(texture_net=nets["irsde"], channels_last=fmt == "cl")
         image, mask, gray, edge = sampler_inputs(batch, px)
         ids = [f"img{b}" for b in range(batch)]
         gens = lambda: sampling.make_generators(0, ids)  # noqa: E731 fresh, identical noise every run
@@ -250,30 +289,35 @@ def bench_sampler(quick: bool, runs: list[tuple]) -> list[dict]:
             out, stats = fn()
             return out, stats, time.perf_counter() - t0, load
 
-        base = {"config": config, "px": px, "T": T, "batch": batch}
+        base = {"config": config, "px": px, "T": T, "batch": batch, "format": fmt,
+                "sampler_config": dataclasses.asdict(sampler_config)}
         out_b, st_b, sec_b, load_b = timed(lambda: sampling.sample_strdiffusion(
-            sde, structure_fn, texture_fn, critic_fn, image, mask, gray, edge, gens()))
+            sde, structure_fn, texture_fn, critic_fn, image, mask, gray, edge, gens(), sampler_config))
         row = {**base, "sampler": "strdiffusion (batched)", "seconds": sec_b, "images_per_s": batch / sec_b,
                "loadavg_before": load_b, "loadavg_after": loadavg(), **calls_per_image(st_b)}
         rows.append(row)
         print_row_sampler(row)
         if with_reference:
             out_r, st_r, sec_r, load_r = timed(lambda: sampling.sample_reference_order(
-                sde, structure_fn, texture_fn, critic_fn, image, mask, gray, edge, gens()))
+                sde, structure_fn, texture_fn, critic_fn, image, mask, gray, edge, gens(), sampler_config))
             ref = {**base, "sampler": "strdiffusion (reference order)", "seconds": sec_r,
                    "images_per_s": batch / sec_r, "loadavg_before": load_r, "loadavg_after": loadavg(),
                    **calls_per_image(st_r)}
             ref["max_abs_diff_vs_batched"] = float((out_r - out_b).abs().max())
+            ref["identical_outputs"] = bool(torch.equal(out_r, out_b))
+            # the reference also scores D_n at early steps without trials; the other counts must agree
             ref["same_call_counts"] = all(torch.equal(st_r[k], st_b[k]) for k in
-                                          ("structure_calls", "texture_calls", "critic_calls", "trials"))
+                                          ("structure_calls", "texture_calls", "trials", "accepted"))
             row["speedup_vs_reference_order"] = sec_r / sec_b
             row["max_abs_diff_vs_reference_order"] = ref["max_abs_diff_vs_batched"]
+            row["identical_to_reference_order"] = ref["identical_outputs"]
             rows.append(ref)
             print_row_sampler(ref)
             print(f"    batched / reference order: {row['speedup_vs_reference_order']:.2f}x "
                   f"(target >= {TARGETS['sampler_speedup_vs_reference_order']:g}x), max |diff| "
                   f"{ref['max_abs_diff_vs_batched']:.2e} (target <= {TARGETS['sampler_max_abs_diff']:g}), "
-                  f"same call counts: {ref['same_call_counts']}", flush=True)
+                  f"bit-identical: {ref['identical_outputs']}, same structure/texture/trial counts: "
+                  f"{ref['same_call_counts']}", flush=True)
         _, st_i, sec_i, load_i = timed(lambda: sampling.sample_irsde(sde, irsde_fn, image, mask, gens()))
         row = {**base, "sampler": "irsde (batched)", "seconds": sec_i, "images_per_s": batch / sec_i,
                "loadavg_before": load_i, "loadavg_after": loadavg(), **calls_per_image(st_i)}
@@ -283,7 +327,7 @@ def bench_sampler(quick: bool, runs: list[tuple]) -> list[dict]:
 
 
 def print_row_sampler(row: dict) -> None:
-    print(f"  {row['sampler']:31s} {row['config']:5s} {row['px']}px T={row['T']:<3d} B={row['batch']:<2d}"
+    print(f"  {row['sampler']:31s} {row['config']:5s} {row['px']}px T={row['T']:<3d} B={row['batch']:<2d} {row['format']:4s}"
           f" {row['seconds']:8.1f} s  {row['images_per_s']:.4f} img/s  {row['network_calls']:.0f} calls/img"
           f" (S {row['structure_calls']:.0f}, X {row['texture_calls']:.0f}, D {row['critic_calls']:.0f})"
           f"  load {row['loadavg_before'][0]:.1f}", flush=True)
@@ -422,16 +466,17 @@ def summary(result: dict) -> dict:
     for row in result.get("forward", []):
         if row["net"] in ("texture", "structure") and row["config"] == "paper" and row["px"] == 256 \
                 and row["batch"] == 1 and "skipped" not in row:
-            out[f"paper_{row['net']}_unet_256_fraction_of_peak"] = {
+            out[f"paper_{row['net']}_unet_256_{row['format']}_fraction_of_peak"] = {
                 "measured": row["fraction_of_peak"], "target": TARGETS["paper_unet_256_fraction_of_peak"],
                 "reference": 0.61, "seconds_per_forward": row["min_s"], "gflop": row["gflop"],
                 # the conv efficiency net of other jobs' load: against a matmul timed in the same run
                 "fraction_of_matmul_now": row["gflops_best"] / result["matmul_calibration"]["gflops_best"]}
     for row in result.get("sampler", []):
         if "speedup_vs_reference_order" in row:
-            out[f"sampler_speedup_{row['config']}_{row['px']}px_T{row['T']}_B{row['batch']}"] = {
+            out[f"sampler_speedup_{row['config']}_{row['px']}px_T{row['T']}_B{row['batch']}_{row['format']}"] = {
                 "measured": row["speedup_vs_reference_order"],
                 "target": TARGETS["sampler_speedup_vs_reference_order"],
+                "bit_identical": row["identical_to_reference_order"],
                 "max_abs_diff": row["max_abs_diff_vs_reference_order"],
                 "max_abs_diff_target": TARGETS["sampler_max_abs_diff"]}
     if "workflow" in result:
@@ -449,8 +494,10 @@ def parse_args(argv):
     p.add_argument("--only", default="", help=f"comma-separated sections of {', '.join(SECTIONS)}")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/out/latest.json", help="JSON results")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--sampler-T", type=int, default=0, help="T of the tiny-config sampler runs (default 100; 20 with --quick)")
-    p.add_argument("--sampler-batch", type=int, default=8, help="images per batched sampler run (tiny config)")
+    p.add_argument("--sampler-T", type=int, default=0,
+                   help="T of the tiny-config sampler runs (default: the tiny preset's, config/config.yaml)")
+    p.add_argument("--sampler-batch", type=int, default=0,
+                   help="images per tiny-config sampler run (default: the preset's sampling.batch_size)")
     p.add_argument("--paper-sampler-T", type=int, default=10,
                    help="T of the paper-config sampler run at 64 px (0 = skip); reduced from 100 for CPU time")
     p.add_argument("--forward-combos", default="",
@@ -474,6 +521,9 @@ def main(argv=None) -> int:
           f"{result['env']['torch']} ({result['env']['torch_threads']} threads, OMP_WAIT_POLICY="
           f"{result['env']['omp_wait_policy']}), python {result['env']['python']}, CUDA: {result['env']['cuda']},"
           f" load {result['env']['loadavg']}", flush=True)
+    result["configs"] = CONFIGS
+    for name in CONFIGS:
+        print(f"  {name}: {describe(name)}", flush=True)
     result["matmul_calibration"] = calibrate_matmul()
     print(f"  fp32 matmul 1024^3 now: {result['matmul_calibration']['gflops_best']:.1f} GFLOP/s best"
           f" (assumed peak {CPU_PEAK_GFLOPS:g})", flush=True)
@@ -491,10 +541,11 @@ def main(argv=None) -> int:
         save()
     if "sampler" in a.sections:
         print("== samplers (random weights; calls per image depend on the critic's decisions)", flush=True)
-        T = a.sampler_T or (20 if a.quick else 100)
-        runs = [("tiny", 64, T, a.sampler_batch, True)]
+        tiny = CONFIGS["tiny"]
+        T, batch = a.sampler_T or tiny["T"], a.sampler_batch or tiny["batch"]
+        runs = [("tiny", 64, T, batch, fmt, True) for fmt in FORMATS]
         if a.paper_sampler_T and not a.quick:
-            runs.append(("paper", 64, a.paper_sampler_T, 1, False))
+            runs.append(("paper", 64, a.paper_sampler_T, 1, "cl", False))
         result["sampler"] = bench_sampler(a.quick, runs)
         save()
     if "train" in a.sections:
