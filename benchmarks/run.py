@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -33,6 +34,7 @@ DEFAULT_SECTIONS = ("env", "forward", "sampler", "train", "metrics")
 
 # fp32 matmul peak of the 2-core development CPU (issue #8); the GPU target is not measurable there.
 CPU_PEAK_GFLOPS = 150.0
+PEAK = {"gflops": CPU_PEAK_GFLOPS, "what": "assumed CPU fp32 peak"}  # on CUDA: the fp32 matmul measured at start
 TARGETS = {
     "sampler_speedup_vs_reference_order": 5.0,   # tiny config, 2 CPU cores, identical outputs
     "sampler_max_abs_diff": 1e-5,
@@ -71,6 +73,13 @@ def describe(config: str) -> str:
 
 # ---------------------------------------------------------------------- measuring
 
+DEVICE = torch.device("cpu")  # set by main() from --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
 def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -80,10 +89,12 @@ def measure(fn, repeats: int, warmup: int = 1) -> dict:
     load_before = loadavg()
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
             "warmup": warmup, "loadavg_before": load_before, "loadavg_after": loadavg()}
@@ -98,12 +109,14 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def calibrate_matmul(n: int = 1024, repeats: int = 5) -> dict:
+def calibrate_matmul(n: int = 0, repeats: int = 5) -> dict:
     """Achieved fp32 GFLOP/s of an n x n matmul now: the ceiling the machine gives us at this load."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = n or (8192 if DEVICE.type == "cuda" else 1024)
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     r = measure(lambda: a @ b, repeats, warmup=2)
     r["gflops_best"] = 2 * n**3 / r["min_s"] / 1e9
     r["gflops_median"] = 2 * n**3 / r["median_s"] / 1e9
+    r["n"] = n
     return r
 
 
@@ -147,15 +160,16 @@ def inference_net(kind: str, config: str, seed: int = 0, fmt: str = "nchw") -> t
     from strdiffusion.nets import bake_spectral_norm
 
     torch.manual_seed(seed)
-    net = build(kind, config).eval().requires_grad_(False)
+    net = build(kind, config).eval().requires_grad_(False).to(DEVICE)
     if kind == "texture":
         bake_spectral_norm(net)
     return net.to(memory_format=torch.channels_last) if fmt == "cl" else net
 
 
-def forward_call(kind: str, net, batch: int, px: int, device="cpu", fmt: str = "nchw"):
+def forward_call(kind: str, net, batch: int, px: int, device=None, fmt: str = "nchw"):
     """A closure running one forward of ``net`` on random inputs of the inpainting shapes."""
     g = torch.Generator().manual_seed(0)
+    device = DEVICE if device is None else device
 
     def rand(*shape):
         x = torch.rand(*shape, generator=g).to(device)
@@ -197,6 +211,8 @@ def bench_forward(quick: bool, combos: str = "") -> list[dict]:
     else:
         grid = [("tiny", 64, 1), ("tiny", 64, 4), ("tiny", 64, 16), ("tiny", 128, 1), ("tiny", 256, 1),
                 ("paper", 64, 1), ("paper", 64, 4), ("paper", 128, 1), ("paper", 256, 1)]
+        if DEVICE.type == "cuda":
+            grid += [("paper", 256, 4), ("paper", 256, 16)]
         per_call_budget, combo_budget, max_repeats = 90.0, 60.0, 5
     rows, rate = [], {}
     for kind in kinds:
@@ -221,7 +237,7 @@ def bench_forward(quick: bool, combos: str = "") -> list[dict]:
                     row.update(measure(forward_call(kind, net, batch, px, fmt=fmt), repeats, warmup))
                 row["gflops"] = row["gflop"] / row["median_s"]
                 row["gflops_best"] = row["gflop"] / row["min_s"]
-                row["fraction_of_peak"] = row["gflops_best"] / CPU_PEAK_GFLOPS
+                row["fraction_of_peak"] = row["gflops_best"] / PEAK["gflops"]
                 rate[(kind, config)] = max(row["gflops"], 1.0)
                 rows.append(row)
                 print_row_forward(row)
@@ -272,22 +288,16 @@ def bench_sampler(quick: bool, runs: list[tuple]) -> list[dict]:
 
     rows = []
     for config, px, T, batch, fmt, with_reference in runs:
-        sde = IRSDE(T=T)
+        sde = IRSDE(T=T, device=DEVICE)
         sampler_config = sampling.SamplerConfig(**CONFIGS[config]["sampler"])
         nets = {k: inference_net(k, config, seed=i, fmt=fmt)
                 for i, k in enumerate(("structure", "texture", "critic", "irsde"))}
         structure_fn, texture_fn, critic_fn = sampling.net_callables(
             nets["structure"], nets["texture"], nets["critic"], channels_last=fmt == "cl")
         _, irsde_fn, _ = sampling.net_callables(texture_net=nets["irsde"], channels_last=fmt == "cl")
-        image, mask, gray, edge = sampler_inputs(batch, px)
+        image, mask, gray, edge = (v.to(DEVICE) for v in sampler_inputs(batch, px))
         ids = [f"img{b}" for b in range(batch)]
         gens = lambda: sampling.make_generators(0, ids)  # noqa: E731 fresh, identical noise every run
-
-        def timed(fn):
-            load = loadavg()
-            t0 = time.perf_counter()
-            out, stats = fn()
-            return out, stats, time.perf_counter() - t0, load
 
         base = {"config": config, "px": px, "T": T, "batch": batch, "format": fmt,
                 "sampler_config": dataclasses.asdict(sampler_config)}
@@ -326,6 +336,68 @@ def bench_sampler(quick: bool, runs: list[tuple]) -> list[dict]:
     return rows
 
 
+def timed(fn):
+    """(out, stats, seconds, load before) of a sampler call."""
+    load = loadavg()
+    sync()
+    t0 = time.perf_counter()
+    out, stats = fn()
+    sync()
+    return out, stats, time.perf_counter() - t0, load
+
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@contextlib.contextmanager
+def precision_flags(precision: str):
+    """TF32 on for ``tf32`` only (CUDA), restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def bench_precision(config: str, px: int, T: int, batch: int, precisions=PRECISIONS) -> list[dict]:
+    """StrDiffusion sampling (batched, channels_last) at each precision: seconds per image, and how far
+    the output moves from the fp32 output on the same weights, inputs and noise (random weights: the
+    effect on a table's metrics needs trained checkpoints, see benchmarks/README.md)."""
+    from strdiffusion import sampling
+    from strdiffusion.sde import IRSDE
+
+    sde = IRSDE(T=T, device=DEVICE)
+    sampler_config = sampling.SamplerConfig(**CONFIGS[config]["sampler"])
+    nets = {k: inference_net(k, config, seed=i, fmt="cl") for i, k in enumerate(("structure", "texture", "critic"))}
+    image, mask, gray, edge = (v.to(DEVICE) for v in sampler_inputs(batch, px))
+    ids = [f"img{b}" for b in range(batch)]
+    rows, reference = [], None
+    for precision in precisions:
+        autocast = precision if precision in ("bf16", "fp16") else None
+        fns = sampling.net_callables(nets["structure"], nets["texture"], nets["critic"], autocast=autocast,
+                                     channels_last=True)
+        with precision_flags(precision):
+            out, stats, sec, load = timed(lambda: sampling.sample_strdiffusion(
+                sde, *fns, image, mask, gray, edge, sampling.make_generators(0, ids), sampler_config))
+        row = {"config": config, "px": px, "T": T, "batch": batch, "format": "cl", "precision": precision,
+               "sampler": f"strdiffusion (batched, {precision})", "seconds": sec, "images_per_s": batch / sec,
+               "seconds_per_image": sec / batch, "loadavg_before": load, **calls_per_image(stats)}
+        if reference is None and precision == "fp32":
+            reference = out
+        if reference is not None:
+            diff = (out - reference).float()
+            row["max_abs_diff_vs_fp32"] = float(diff.abs().max())
+            mse = float((diff ** 2).mean())
+            row["psnr_vs_fp32_db"] = float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+        rows.append(row)
+        print_row_sampler(row)
+        if "max_abs_diff_vs_fp32" in row:
+            print(f"    {precision}: {row['seconds_per_image']:.2f} s per image, max |diff| to fp32 "
+                  f"{row['max_abs_diff_vs_fp32']:.2e}, PSNR to fp32 {row['psnr_vs_fp32_db']:.1f} dB", flush=True)
+    return rows
+
+
 def print_row_sampler(row: dict) -> None:
     print(f"  {row['sampler']:31s} {row['config']:5s} {row['px']}px T={row['T']:<3d} B={row['batch']:<2d} {row['format']:4s}"
           f" {row['seconds']:8.1f} s  {row['images_per_s']:.4f} img/s  {row['network_calls']:.0f} calls/img"
@@ -351,13 +423,13 @@ def bench_train(quick: bool, config: str = "tiny", batch: int = 4, px: int = 64,
     from strdiffusion import train
     from strdiffusion.sde import IRSDE
 
-    sde = IRSDE(T=T)
-    data = synthetic_batch(batch, px, T)
+    sde = IRSDE(T=T, device=DEVICE)
+    data = {k: v.to(DEVICE) for k, v in synthetic_batch(batch, px, T).items()}
     repeats = 3 if quick else 10
     rows = []
     for kind in train.KINDS:
         torch.manual_seed(0)
-        net = build(kind, config).train()
+        net = build(kind, config, DEVICE).train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
 
         def step():
@@ -404,16 +476,16 @@ def random_lpips():
 def bench_metrics(quick: bool, px: int = 256, batch: int = 16) -> list[dict]:
     repeats = 2 if quick else 5
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, px, px, generator=g)
-    y = torch.rand(batch, 3, px, px, generator=g)
+    x = torch.rand(batch, 3, px, px, generator=g).to(DEVICE)
+    y = torch.rand(batch, 3, px, px, generator=g).to(DEVICE)
     rows = []
-    inception = random_inception()
+    inception = random_inception().to(DEVICE)
     with torch.inference_mode():
         r = measure(lambda: inception(x), repeats, warmup=1)
     r.update(metric="FID Inception features (random weights, throughput only)", px=px, batch=batch,
              items_per_s=batch / r["median_s"], unit="images/s")
     rows.append(r)
-    model = random_lpips()
+    model = random_lpips().to(DEVICE)
     with torch.inference_mode():
         r = measure(lambda: model(x * 2 - 1, y * 2 - 1), repeats, warmup=1)
     r.update(metric="LPIPS AlexNet (random weights, throughput only)", px=px, batch=batch,
@@ -465,7 +537,7 @@ def summary(result: dict) -> dict:
     out = {}
     for row in result.get("forward", []):
         if row["net"] in ("texture", "structure") and row["config"] == "paper" and row["px"] == 256 \
-                and row["batch"] == 1 and "skipped" not in row:
+                and row["batch"] == 1 and "skipped" not in row and DEVICE.type == "cpu":
             out[f"paper_{row['net']}_unet_256_{row['format']}_fraction_of_peak"] = {
                 "measured": row["fraction_of_peak"], "target": TARGETS["paper_unet_256_fraction_of_peak"],
                 "reference": 0.61, "seconds_per_forward": row["min_s"], "gflop": row["gflop"],
@@ -481,9 +553,13 @@ def summary(result: dict) -> dict:
                 "max_abs_diff_target": TARGETS["sampler_max_abs_diff"]}
     if "workflow" in result:
         out["workflow_seconds"] = {"measured": result["workflow"]["seconds"], "target": TARGETS["workflow_seconds"]}
+    gpu = {r["precision"]: r for r in result.get("sampler", []) if r.get("precision") and r["px"] == 256}
     out["h100_paper_T100_seconds_per_256px_image"] = {
-        "measured": None, "target": TARGETS["h100_paper_T100_seconds_per_256px_image"],
-        "note": "not measurable: no GPU on this machine" if not torch.cuda.is_available() else "not run"}
+        "measured": gpu["fp32"]["seconds_per_image"] if "fp32" in gpu else None,
+        "target": TARGETS["h100_paper_T100_seconds_per_256px_image"],
+        **({"device": result["env"].get("gpu"), "by_precision": {p: r["seconds_per_image"] for p, r in gpu.items()},
+            "batch": gpu["fp32"]["batch"]} if gpu else
+           {"note": "not measurable: no GPU on this machine" if DEVICE.type == "cpu" else "not run"})}
     return out
 
 
@@ -503,6 +579,8 @@ def parse_args(argv):
     p.add_argument("--forward-combos", default="",
                    help="only these forward combos, e.g. tiny:64:1,paper:256:1 (config:px:batch)")
     p.add_argument("--workflow-timeout", type=int, default=3600)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    p.add_argument("--gpu-batch", type=int, default=8, help="images per batch of the CUDA paper-config sampler runs")
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.only.split(",") if s.strip()] or list(SECTIONS if a.all else DEFAULT_SECTIONS)
     unknown = [s for s in sections if s not in SECTIONS]
@@ -513,9 +591,17 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    global DEVICE
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.device == "auto":
+        DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        DEVICE = torch.device(a.device)
+        if DEVICE.type == "cuda" and not torch.cuda.is_available():
+            print(f"error: --device {a.device}: no CUDA device is available; use --device cpu", file=sys.stderr)
+            return 2
     result = {"env": env_info(), "targets": TARGETS, "quick": a.quick, "sections": a.sections}
     print(f"== environment: {result['env']['cpu']}, {result['env']['cpu_count']} cores, torch "
           f"{result['env']['torch']} ({result['env']['torch_threads']} threads, OMP_WAIT_POLICY="
@@ -524,9 +610,13 @@ def main(argv=None) -> int:
     result["configs"] = CONFIGS
     for name in CONFIGS:
         print(f"  {name}: {describe(name)}", flush=True)
-    result["matmul_calibration"] = calibrate_matmul()
-    print(f"  fp32 matmul 1024^3 now: {result['matmul_calibration']['gflops_best']:.1f} GFLOP/s best"
-          f" (assumed peak {CPU_PEAK_GFLOPS:g})", flush=True)
+    result["device"] = str(DEVICE)
+    result["matmul_calibration"] = cal = calibrate_matmul()
+    if DEVICE.type == "cuda":  # no assumed peak: % of the fp32 (non-TF32) matmul measured now
+        PEAK.update(gflops=cal["gflops_best"], what=f"fp32 matmul {cal['n']}^3 measured at start")
+    result["peak"] = dict(PEAK)
+    print(f"  fp32 matmul {cal['n']}^3 on {DEVICE} now: {cal['gflops_best']:.1f} GFLOP/s best"
+          f" (% of peak below: of {PEAK['gflops']:.0f} GFLOP/s, {PEAK['what']})", flush=True)
 
     def save():
         result["summary"] = summary(result)
@@ -544,9 +634,12 @@ def main(argv=None) -> int:
         tiny = CONFIGS["tiny"]
         T, batch = a.sampler_T or tiny["T"], a.sampler_batch or tiny["batch"]
         runs = [("tiny", 64, T, batch, fmt, True) for fmt in FORMATS]
-        if a.paper_sampler_T and not a.quick:
+        if a.paper_sampler_T and not a.quick and DEVICE.type == "cpu":
             runs.append(("paper", 64, a.paper_sampler_T, 1, "cl", False))
         result["sampler"] = bench_sampler(a.quick, runs)
+        if DEVICE.type == "cuda":  # the issue's GPU target: paper config, T=100, 256 px
+            print("== paper-config sampler on CUDA, 256 px, T=100, by precision", flush=True)
+            result["sampler"] += bench_precision("paper", 256, 100, a.gpu_batch)
         save()
     if "train" in a.sections:
         print("== training step (tiny config, synthetic batch)", flush=True)

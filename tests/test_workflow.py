@@ -200,9 +200,10 @@ def test_resume_after_kill_equals_uninterrupted(classical_run, tmp_path, request
 
 
 def test_speed_options_reach_the_inpaint_jobs(tmp_path, request):
-    """sampling.channels_last / compile / autocast / tf32 become the inpaint stage's flags (dry run)."""
+    """sampling.channels_last / compile / autocast / tf32 and train.amp become the jobs' flags (dry run)."""
     repo = Path(request.config.rootpath)
-    fast = {**TINY, "sampling": {**TINY["sampling"], "channels_last": True, "compile": True, "autocast": "bf16"}}
+    fast = {**TINY, "sampling": {**TINY["sampling"], "channels_last": True, "compile": True, "autocast": "bf16"},
+            "train": {**TINY["train"], "amp": "fp16"}}
     plain = {**TINY, "sampling": {**TINY["sampling"], "channels_last": False}}
     for name, config in (("fast", fast), ("plain", plain)):
         work = make_workdir(tmp_path / name, repo, config)
@@ -216,3 +217,6 @@ def test_speed_options_reach_the_inpaint_jobs(tmp_path, request):
                 assert flags[flags.index("--autocast") + 1] == "bf16"
             else:
                 assert not {"--channels-last", "--compile", "--autocast", "--tf32"} & set(flags)
+        train = [line.split() for line in res.stdout.splitlines() if "strdiffusion train " in line]
+        assert len(train) == 4, res.stdout[-2000:]
+        assert all(flags[flags.index("--amp") + 1] == ("fp16" if name == "fast" else "none") for flags in train)

@@ -218,7 +218,7 @@ def train_args(net):
             f"--betas {betas[0]},{betas[1]}", f"--gamma {t['lr_gamma']}", f"--ema {t['ema']}",
             f"--grad-clip {t['grad_clip']}", f"--loss {t['loss']}", f"--checkpoint-every {t['checkpoint_every']}",
             f"--workers {t['workers']}", f"--seed {config['seed']}", f"--size {config['image_size']}",
-            f"--sigma {config['structure']['sigma_train']}",
+            f"--sigma {config['structure']['sigma_train']}", f"--amp {t.get('amp', 'none')}",
         ]
         if t["lr_milestones"]:
             opts.append(f"--milestones {','.join(str(v) for v in t['lr_milestones'])}")

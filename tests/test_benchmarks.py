@@ -1,0 +1,32 @@
+"""The benchmark tool runs from the command line and reports the batched sampler against the reference order."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_benchmark_sampler_section_runs_and_reports_identity(tmp_path, request):
+    repo = Path(request.config.rootpath)
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "env,sampler", "--sampler-T", "4",
+                          "--sampler-batch", "3", "--out", str(out)], cwd=repo, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["configs"]["tiny"]["nf"] == 8  # the embedded default's networks (config/config.yaml)
+    batched = [r for r in result["sampler"] if r["sampler"] == "strdiffusion (batched)"]
+    reference = [r for r in result["sampler"] if r["sampler"] == "strdiffusion (reference order)"]
+    assert [r["format"] for r in batched] == ["nchw", "cl"] and len(reference) == 2
+    for b, r in zip(batched, reference):
+        assert r["identical_outputs"] and r["same_call_counts"] and b["speedup_vs_reference_order"] > 0
+        assert r["critic_calls"] > b["critic_calls"]  # the reference also scores D_n at steps without trials
+    summary = result["summary"]
+    assert summary["sampler_speedup_tiny_64px_T4_B3_cl"]["bit_identical"] is True
+    assert summary["h100_paper_T100_seconds_per_256px_image"]["measured"] is None
+    assert "batched / reference order" in res.stdout and "targets (never asserted)" in res.stdout
+
+
+def test_benchmark_rejects_unknown_section(request):
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "fowrard"], cwd=request.config.rootpath,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown sections" in res.stderr
