@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from strdiffusion.nets import ConditionalUNet, Critic, bake_spectral_norm, default_ch_mult
 from strdiffusion.nets.critic import fir_downsample_2d, fir_kernel_2d
@@ -233,3 +234,24 @@ def test_bake_spectral_norm_keeps_eval_output(texture_ref):
     with torch.no_grad():
         out = net.train()(second["xt"], second["cond"], second["time_int"], second["S"])  # no power iteration left
     torch.testing.assert_close(out, texture_ref["outputs"][1], rtol=0, atol=1e-5)
+
+
+def test_inference_convolutions_do_not_depend_on_batch_size():
+    """A 64->64 3x3 conv at 16x16: PyTorch's own batch-1 kernel differed from the batched one by ~1e-5."""
+    from strdiffusion.nets.layers import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(64, 64, 3, padding=1).eval()
+    x = torch.randn(16, 64, 16, 16)
+    with torch.inference_mode():
+        together = conv(x)
+        one_by_one = torch.cat([conv(x[b:b + 1]) for b in range(16)])
+        plain = torch.cat([F.conv2d(x[b:b + 1], conv.weight, conv.bias, padding=1) for b in range(16)])
+    assert torch.equal(together, one_by_one)
+    torch.testing.assert_close(together, plain, rtol=0, atol=1e-4)  # same convolution, other summation order
+    # training keeps autograd's convolution: gradients flow to the weights
+    conv.train()
+    conv(x[:2]).square().mean().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="zero padding"):
+        Conv2d(3, 3, 3, padding=1, padding_mode="reflect")
