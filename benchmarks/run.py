@@ -275,26 +275,32 @@ def calls_per_image(stats: dict) -> dict:
     return out
 
 
-def bench_sampler(quick: bool, runs: list[tuple]) -> list[dict]:
+def sampler_setup(config: str, px: int, T: int, batch: int, fmt: str, kinds=("structure", "texture", "critic")):
+    """(sde, sampler config, random-weight nets by kind, (image, mask, gray, edge) on DEVICE, image ids)."""
+    from strdiffusion import sampling
+    from strdiffusion.sde import IRSDE
+
+    nets = {k: inference_net(k, config, seed=i, fmt=fmt) for i, k in enumerate(kinds)}
+    inputs = tuple(v.to(DEVICE) for v in sampler_inputs(batch, px))
+    return (IRSDE(T=T, device=DEVICE), sampling.SamplerConfig(**CONFIGS[config]["sampler"]), nets, inputs,
+            [f"img{b}" for b in range(batch)])
+
+
+def bench_sampler(runs: list[tuple]) -> list[dict]:
     """Images per second of the batched samplers; beside them the reference-order loop.
 
     ``runs``: (config, px, T, batch, format, with_reference_order) tuples. The reference-order loop
     runs in the same process, on the same weights, inputs and noise, one image at a time.
     """
     from strdiffusion import sampling
-    from strdiffusion.sde import IRSDE
 
     rows = []
     for config, px, T, batch, fmt, with_reference in runs:
-        sde = IRSDE(T=T, device=DEVICE)
-        sampler_config = sampling.SamplerConfig(**CONFIGS[config]["sampler"])
-        nets = {k: inference_net(k, config, seed=i, fmt=fmt)
-                for i, k in enumerate(("structure", "texture", "critic", "irsde"))}
+        sde, sampler_config, nets, (image, mask, gray, edge), ids = sampler_setup(
+            config, px, T, batch, fmt, ("structure", "texture", "critic", "irsde"))
         structure_fn, texture_fn, critic_fn = sampling.net_callables(
             nets["structure"], nets["texture"], nets["critic"], channels_last=fmt == "cl")
         _, irsde_fn, _ = sampling.net_callables(texture_net=nets["irsde"], channels_last=fmt == "cl")
-        image, mask, gray, edge = (v.to(DEVICE) for v in sampler_inputs(batch, px))
-        ids = [f"img{b}" for b in range(batch)]
         gens = lambda: sampling.make_generators(0, ids)  # noqa: E731 fresh, identical noise every run
 
         base = {"config": config, "px": px, "T": T, "batch": batch, "format": fmt,
@@ -363,13 +369,8 @@ def bench_precision(config: str, px: int, T: int, batch: int, precisions=PRECISI
     the output moves from the fp32 output on the same weights, inputs and noise (random weights: the
     effect on a table's metrics needs trained checkpoints, see benchmarks/README.md)."""
     from strdiffusion import sampling
-    from strdiffusion.sde import IRSDE
 
-    sde = IRSDE(T=T, device=DEVICE)
-    sampler_config = sampling.SamplerConfig(**CONFIGS[config]["sampler"])
-    nets = {k: inference_net(k, config, seed=i, fmt="cl") for i, k in enumerate(("structure", "texture", "critic"))}
-    image, mask, gray, edge = (v.to(DEVICE) for v in sampler_inputs(batch, px))
-    ids = [f"img{b}" for b in range(batch)]
+    sde, sampler_config, nets, (image, mask, gray, edge), ids = sampler_setup(config, px, T, batch, "cl")
     rows, reference = [], None
     for precision in precisions:
         autocast = precision if precision in ("bf16", "fp16") else None
@@ -634,7 +635,7 @@ def main(argv=None) -> int:
         runs = [("tiny", 64, T, batch, fmt, True) for fmt in FORMATS]
         if a.paper_sampler_T and not a.quick and DEVICE.type == "cpu":
             runs.append(("paper", 64, a.paper_sampler_T, 1, "cl", False))
-        result["sampler"] = bench_sampler(a.quick, runs)
+        result["sampler"] = bench_sampler(runs)
         if DEVICE.type == "cuda":  # the issue's GPU target: paper config, T=100, 256 px
             print("== paper-config sampler on CUDA, 256 px, T=100, by precision", flush=True)
             result["sampler"] += bench_precision("paper", 256, 100, a.gpu_batch)

@@ -9,7 +9,7 @@ def test_benchmark_sampler_section_runs_and_reports_identity(tmp_path, request):
     repo = Path(request.config.rootpath)
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "env,sampler", "--sampler-T", "4",
-                          "--sampler-batch", "3", "--out", str(out)], cwd=repo, capture_output=True, text=True,
+                          "--sampler-batch", "3", "--device", "cpu", "--out", str(out)], cwd=repo, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())

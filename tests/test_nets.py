@@ -134,7 +134,7 @@ def test_critic_stddev_group_one_scores_each_sample_alone(critic_ref):
         one_by_one = torch.cat([net(7, x[b:b + 1], s[b:b + 1]) for b in range(4)])
     assert torch.equal(together, one_by_one)  # batch-size independent on CPU (nets.layers, per-row head)
     assert (grouped - alone).abs().max() > 1e-2  # the group of 4 couples the samples
-    # the group-1 shortcut appends the channel the general formula gives: sqrt(0 + 1e-8)
+    # for a group of one the two-pass variance gives what torch.var gives: the channel sqrt(0 + 1e-8)
     h = torch.randn(3, 37, 9, 7)
     general = torch.sqrt(h.reshape(1, -1, 1, 37, 9, 7).var(0, unbiased=False) + 1e-8).mean([2, 3, 4], keepdim=True)
     expected = torch.cat([h, general.squeeze(2).repeat(1, 1, 9, 7)], dim=1)

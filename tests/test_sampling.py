@@ -461,7 +461,7 @@ def test_pipeline_rows_do_not_depend_on_the_batch_size(tmp_path, checkpoint_dir)
     for i in range(3):
         a = np.asarray(Image.open(outs[0] / f"im{i}.png")).astype(int)
         b = np.asarray(Image.open(outs[1] / f"im{i}.png")).astype(int)
-        assert np.abs(a - b).max() <= 1  # float batch/no-batch differences may flip a rounding
+        assert np.array_equal(a, b)  # the nets are batch-size independent on CPU (nets.layers)
 
 
 @pytest.mark.parametrize("T, tol", [(20, 0.03), (100, 0.005)])

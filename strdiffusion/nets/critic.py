@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Conv2d, conv2d
+from .layers import Conv2d, centred_var, conv2d
 
 
 def _variance_scaling_(weight: torch.Tensor, scale: float) -> None:
@@ -149,10 +149,8 @@ class Critic(nn.Module):
         group = min(b, group_size)
         if b % group:
             raise ValueError(f"critic batch {b} is not divisible by the minibatch-stddev group {group}")
-        if group == 1:  # the variance over one sample is 0: skip the (slow, strided) reduction
-            std = torch.sqrt(x.new_zeros(1, 1, c, h, w) + 1e-8).mean([2, 3, 4], keepdim=True).squeeze(2)
-            return torch.cat([x, std.expand(b, 1, h, w)], dim=1)
-        std = torch.sqrt(x.reshape(group, -1, 1, c, h, w).var(0, unbiased=False) + 1e-8)
+        _, var = centred_var(x.reshape(group, -1, 1, c, h, w), 0)
+        std = torch.sqrt(var[0] + 1e-8)
         std = std.mean([2, 3, 4], keepdim=True).squeeze(2)
         return torch.cat([x, std.repeat(group, 1, h, w)], dim=1)
 

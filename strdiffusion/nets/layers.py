@@ -1,4 +1,4 @@
-"""Convolutions whose inference result does not depend on the batch size.
+"""Layers shared by the nets: batch-size independent convolutions and a fast two-pass variance.
 
 PyTorch's CPU convolution picks its kernel per call: for a batch of one with few pixels
 (fewer than 20,480 input values and a kernel of at most 3x3) it uses its own im2col + GEMM
@@ -48,3 +48,14 @@ class Conv2d(nn.Conv2d):
 
     def _conv_forward(self, x, weight, bias):
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def centred_var(x: torch.Tensor, dim: int, unbiased: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` minus its mean over ``dim``, and the variance over ``dim`` (kept as a size-1 axis).
+
+    Two passes: the value of ``torch.var`` to float rounding, and 10-20x faster on CPU when ``dim``
+    is a strided axis (the channel axis of NCHW, the sample axis of the critic's stddev group),
+    where ``torch.var`` was a quarter of the tiny UNet's time.
+    """
+    centred = x - x.mean(dim, keepdim=True)
+    return centred, (centred * centred).sum(dim, keepdim=True) / (x.shape[dim] - int(unbiased))

@@ -11,14 +11,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.spectral_norm import SpectralNorm
 
-from .layers import Conv2d
+from .layers import Conv2d, centred_var
 
 
 def positional_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Normalise each pixel over the channel axis (unbiased variance, as the reference)."""
-    # two-pass variance (see unet.LayerNorm: torch.var over NCHW channels is slow on CPU)
-    centred = x - x.mean(dim=1, keepdim=True)
-    var = (centred * centred).sum(dim=1, keepdim=True) / (x.shape[1] - 1)
+    centred, var = centred_var(x, 1, unbiased=True)
     return centred / var.add(eps).sqrt()
 
 
