@@ -12,7 +12,8 @@ Conventions
   (B, 1, 1, 1). A per-sample ``t`` gives schedule values of shape (B, 1, 1, 1) that broadcast over
   NCHW images; a scalar ``t`` gives 0-d values.
 - Images are float tensors in the same units as ``x0`` and ``mu`` (here [0, 1]); ``max_sigma`` is
-  given in 0..255 units, as in the reference configs (30 -> lambda = 30/255).
+  given in 0..255 units, as in the reference configs (30 -> lambda = 30/255); a value below 1 is
+  taken as lambda itself, as the reference does.
 
 Floating-point operations are written in the same order as the reference implementation
 (``utils/sde_utils.py`` of htyjers/StrDiffusion), so that results agree to the last bit on CPU.
@@ -53,7 +54,8 @@ class IRSDE:
     ``thetas``, ``sigmas``, ``thetas_cumsum`` (cumsum minus theta_0, so it is 0 at t = 0) and
     ``sigma_bars`` (std of the forward marginal). ``dt`` is a 0-d float32 tensor chosen so that
     exp(-thetas_cumsum[T] * dt) = eps, i.e. at t = T only a fraction ``eps`` of x0 - mu is left.
-    ``lam`` is lambda = max_sigma / 255 (a python float), the stationary std.
+    ``lam`` is lambda, the stationary std (a python float): max_sigma / 255, or max_sigma itself when
+    it is below 1 (the reference rule).
     """
 
     def __init__(self, T: int = 100, max_sigma: float = 30.0, schedule: str = "cosine",
@@ -61,14 +63,15 @@ class IRSDE:
         if int(T) != T or T < 1:
             raise ValueError(f"T must be a positive integer, got {T!r}")
         if not max_sigma > 0:
-            raise ValueError(f"max_sigma must be > 0 (0..255 units), got {max_sigma!r}")
+            raise ValueError(f"max_sigma must be > 0 (0..255 units, or a value below 1 used as is), got {max_sigma!r}")
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {eps!r}")
         self.T = int(T)
         self.max_sigma = float(max_sigma)
         self.schedule = schedule
         self.eps = float(eps)
-        self.lam = self.max_sigma / 255
+        # As the reference: a value >= 1 is in 0..255 units, one below 1 is already the std in [0, 1] units.
+        self.lam = self.max_sigma / 255 if self.max_sigma >= 1 else self.max_sigma
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
         lam = self.lam

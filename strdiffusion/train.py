@@ -4,24 +4,39 @@ One trainer for all four kinds; only the objective differs:
 
 - ``structure``: x0 = gray, mu = edge * mask (1 channel). The UNet predicts the noise of x_t; the
   loss matches the predicted reverse-step mean p to the optimal x*_{t-1} = q.
-- ``texture``: x0 = RGB, mu = RGB * mask (holes 0); the SPADE guidance is a sample of the
-  structure process at t - 1 (x0 = gray, mu = edge * mask), as in the reference trainer
-  (``--guidance-state optimal`` uses the structure's optimal step from t instead, as the paper reads).
-- ``irsde``: the texture UNet without guidance (the IR-SDE baseline); same loss.
+- ``texture``: x0 = RGB, mu = RGB * mask (holes 0); the SPADE guidance is the structure's optimal
+  step x*_{t-1} from a structure sample at t (x0 = gray, mu = edge * mask), as the reference texture
+  trainer does (``--guidance-state marginal`` uses a forward sample of the structure at t - 1 instead).
+- ``irsde``: the texture UNet without guidance (the IR-SDE baseline). ``--recipe irsde`` (default) is
+  IR-SDE's own inpainting recipe: unweighted L1 matching loss, t in {1..T}, holes of mu filled with 1
+  (white); ``--recipe texture`` trains it like the texture net (10x hole weight, holes 0, t in {2..T}).
 - ``critic``: real = D(t, x*_{t-1}, S), fake = D(t, x_t, S), S = the structure's optimal x*_{t-1};
   loss = mean softplus(-real) + mean softplus(fake) + TripletMargin(anchor = D(t, x*_{t-1} m + x_t (1-m), S),
   real, fake) (margin 1, p 2, scores as (B, 1) vectors, as in the reference).
 
-Loss of the denoisers, per sample: mean(|p m - q m|) + 10 mean(|p (1-m) - q (1-m)|), batch mean
-(squared differences with ``--loss l2``). ``m`` is 1 on KNOWN pixels; mask FILES are white = hole.
-Timesteps are uniform in {2, ..., T}.
+Loss of the denoisers, per sample: mean(|p m - q m|) + w mean(|p (1-m) - q (1-m)|), batch mean
+(squared differences with ``--loss l2``), w = 10 (reference) or 1 (IR-SDE recipe, a plain L1).
+``m`` is 1 on KNOWN pixels; mask FILES are white = hole. Timesteps are uniform in {2, ..., T}
+({1, ..., T} for the IR-SDE recipe).
+
+Defaults follow the reference code: no EMA (the reference builds one but never updates it and samples
+the raw weights), Adam, a step learning-rate schedule whose milestones are FRACTIONS of
+``--iterations`` (the reference halves at 2M, 4M, 6M of 8M: 0.25, 0.5, 0.75). Options the reference
+lacks stay available: ``--ema`` with ``--ema-warmup`` (decay min(beta, (1+n)/(10+n))), ``--warmup``
+(linear lr warm-up over a fraction of the run), ``--grad-clip``.
+
+Learning curves: every ``--checkpoint-every`` iterations the network is scored on ``--val-count``
+held-out training crops with fixed masks and noise (:mod:`strdiffusion.validation`); the rows go to
+``--curve FILE.csv`` (iteration, seconds, loss, lr, metrics). A non-finite loss stops the run with a
+one-line error before the optimiser step, after saving the last good state.
 
 Reproducibility: everything random in iteration i (which images and masks, crops, flips, t, noise)
 comes from generators seeded by (seed, kind, i, slot), so the data order needs no state, a resumed
 run ends with exactly the weights of an uninterrupted one (on CPU), and a DDP run sees the same
 global batches as a single process (rank r takes its slice of every global batch).
 
-Outputs: ``--out FILE.pt`` (final weights, the EMA when enabled, via ``checkpoints.save_checkpoint``),
+Outputs: ``--out FILE.pt`` (final weights, the EMA when enabled, via ``checkpoints.save_checkpoint``;
+the curve rides along in its metadata),
 ``FILE_loss.png`` (loss curve) and, in ``--state-dir``, ``state.pt`` (full training state, written
 every ``--checkpoint-every`` iterations; re-running the same command resumes from it) and
 ``losses.csv`` (iteration, loss, lr, seconds).
@@ -53,22 +68,35 @@ IN_MEMORY_LIMIT = 4000
 
 # ---------------------------------------------------------------------- objectives
 
-def matching_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss: str = "l1") -> torch.Tensor:
-    """Reference's x_{t-1} matching loss: per sample mean|known diff| + 10 mean|hole diff|, batch mean.
+# Per-kind recipes: (hole weight of the loss, smallest training t, value of hole pixels in mu).
+RECIPES = {"reference": (10.0, 2, 0.0), "irsde": (1.0, 1, 1.0)}
 
-    ``mask`` (B, 1, H, W) is 1 on known pixels. Means run over all C*H*W entries of each sample.
+
+def recipe(kind: str, name: str = "irsde") -> tuple[float, int, float]:
+    """(hole_weight, t_min, hole_fill) of network ``kind``; ``name`` picks the IR-SDE baseline's recipe."""
+    if kind == "irsde" and name == "irsde":
+        return RECIPES["irsde"]
+    return RECIPES["reference"]
+
+
+def matching_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss: str = "l1",
+                  hole_weight: float = 10.0) -> torch.Tensor:
+    """Reference's x_{t-1} matching loss: per sample mean|known diff| + w mean|hole diff|, batch mean.
+
+    ``mask`` (B, 1, H, W) is 1 on known pixels. Means run over all C*H*W entries of each sample, so
+    ``hole_weight`` 1 is the plain mean |pred - target| of IR-SDE's matching loss.
     """
     diff = (lambda a, b: (a - b).abs()) if loss == "l1" else (lambda a, b: (a - b) ** 2)
     known = diff(pred * mask, target * mask).flatten(1).mean(1)
     hole = diff(pred * (1 - mask), target * (1 - mask)).flatten(1).mean(1)
-    return (known + 10 * hole).mean()
+    return (known + hole_weight * hole).mean()
 
 
-def structure_guidance(sde, batch: dict, t: torch.Tensor, state: str = "marginal") -> torch.Tensor:
+def structure_guidance(sde, batch: dict, t: torch.Tensor, state: str = "optimal") -> torch.Tensor:
     """The structure map S guiding the texture step at t (B, 1, H, W).
 
-    ``marginal``: a forward-marginal sample of the structure process at t - 1 (reference texture
-    trainer). ``optimal``: the optimal x*_{t-1} from a structure sample at t (reference critic trainer).
+    ``optimal``: the optimal x*_{t-1} from a structure sample at t (the reference's texture and
+    critic trainers). ``marginal``: a forward-marginal sample of the structure process at t - 1.
     """
     gray, mu_s, noise = batch["gray"], batch["edge"] * batch["mask"], batch["noise_s"]
     if state == "marginal":
@@ -77,13 +105,14 @@ def structure_guidance(sde, batch: dict, t: torch.Tensor, state: str = "marginal
     return sde.optimal_prev(s_t, gray, mu_s, t)
 
 
-def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "marginal"):
+def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "optimal",
+                  hole_weight: float = 10.0, hole_fill: float = 0.0):
     """Loss of the structure / texture / irsde UNet on one batch (dict of tensors, see TrainingSet)."""
     mask, t = batch["mask"], batch["t"]
     if kind == "structure":
         x0, mu, noise = batch["gray"], batch["edge"] * mask, batch["noise_s"]
     else:
-        x0, mu, noise = batch["image"], batch["image"] * mask, batch["noise"]
+        x0, mu, noise = batch["image"], batch["image"] * mask + hole_fill * (1 - mask), batch["noise"]
     xt = sde.forward_marginal(x0, mu, t, noise)
     if kind == "texture":
         eps_hat = net(xt, mu, t, guidance=structure_guidance(sde, batch, t, guidance_state))
@@ -91,7 +120,7 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
         eps_hat = net(xt, mu, t)
     pred = sde.reverse_sde_step_mean(xt, mu, sde.score_from_noise(eps_hat, t), t)
     target = sde.optimal_prev(xt, x0, mu, t)
-    return matching_loss(pred, target, mask, loss)
+    return matching_loss(pred, target, mask, loss, hole_weight)
 
 
 def critic_loss(critic, sde, batch: dict) -> torch.Tensor:
@@ -109,10 +138,12 @@ def critic_loss(critic, sde, batch: dict) -> torch.Tensor:
     return F.softplus(-real).mean() + F.softplus(fake).mean() + triplet
 
 
-def objective(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "marginal"):
+def objective(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "optimal",
+              recipe_name: str = "irsde"):
     if kind == "critic":
         return critic_loss(net, sde, batch)
-    return denoiser_loss(net, sde, batch, kind, loss, guidance_state)
+    hole_weight, _, hole_fill = recipe(kind, recipe_name)
+    return denoiser_loss(net, sde, batch, kind, loss, guidance_state, hole_weight, hole_fill)
 
 
 # ---------------------------------------------------------------------- data
@@ -123,7 +154,7 @@ class TrainingSet(torch.utils.data.Dataset):
     Item p draws, from a generator seeded by (seed, kind, p): a random crop of ``size``, a random
     horizontal flip, vertical flip and transpose (the dihedral augmentation of the reference, applied
     identically to image, gray and edge), a random horizontal flip of the mask, the timestep
-    t in {2..T} and the Gaussian noises. Images and masks are visited in seeded per-epoch
+    t in {t_min..T} and the Gaussian noises. Images and masks are visited in seeded per-epoch
     permutations (independent for images and masks, so the pairing is random).
 
     Returned tensors (float32, CHW): image (3, [0,1]), gray (1), edge (1, 0/1), mask (1, 1 = known),
@@ -131,17 +162,17 @@ class TrainingSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, image_files, gray_files, edge_files, masks, size: int, T: int, seed: int, kind: str,
-                 in_memory: bool = True):
+                 in_memory: bool = True, t_min: int = 2):
         self.image_files, self.gray_files, self.edge_files = list(image_files), list(gray_files), list(edge_files)
         self.masks = masks  # list of float32 HxW arrays (1 = known), already at ``size``
-        self.size, self.T, self.seed, self.kind = size, T, seed, kind
-        self.cache = [self._read(i) for i in range(len(self.image_files))] if in_memory else None
+        self.size, self.T, self.seed, self.kind, self.t_min = size, T, seed, kind, t_min
+        self.cache = [self.read(i) for i in range(len(self.image_files))] if in_memory else None
         self._perms: dict = {}
 
     def __len__(self) -> int:
         return len(self.image_files)
 
-    def _read(self, i: int):
+    def read(self, i: int):
         from .structure import load_gray
 
         image = read_image_rgb(self.image_files[i]).astype(np.float32) / np.float32(255)
@@ -168,7 +199,7 @@ class TrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, p: int) -> dict:
         g = torch.Generator().manual_seed(seed_for(self.seed, self.kind, "item", p))
         i = self._index("images", len(self.image_files), p)
-        image, gray, edge = self.cache[i] if self.cache is not None else self._read(i)
+        image, gray, edge = self.cache[i] if self.cache is not None else self.read(i)
         mask = self.masks[self._index("masks", len(self.masks), p)]
         s = self.size
         H, W = gray.shape
@@ -187,7 +218,7 @@ class TrainingSet(torch.utils.data.Dataset):
         m = torch.from_numpy(mask)[None]
         if mflip:
             m = m.flip(-1)
-        t = torch.randint(2, self.T + 1, (), generator=g)
+        t = torch.randint(self.t_min, self.T + 1, (), generator=g)
         noise = torch.randn((3, s, s), generator=g)
         noise_s = torch.randn((1, s, s), generator=g)
         return {"image": both[:3].contiguous(), "gray": both[3:4].contiguous(), "edge": both[4:5].contiguous(),
@@ -234,7 +265,16 @@ def load_masks(folder: Path, size: int) -> list[np.ndarray]:
     return masks
 
 
-def build_dataset(images: Path, structure: Path, masks: Path, size: int, T: int, seed: int, kind: str) -> TrainingSet:
+def validation_indices(n_images: int, count: int) -> list[int]:
+    """Evenly spaced held-out training images for the learning curves; none if the set is too small."""
+    if count <= 0 or n_images < 4 * count:
+        return []
+    return sorted({int(round(v)) for v in np.linspace(0, n_images - 1, count)})
+
+
+def build_dataset(images: Path, structure: Path, masks: Path, size: int, T: int, seed: int, kind: str,
+                  t_min: int = 2, val_count: int = 0) -> tuple[TrainingSet, TrainingSet | None]:
+    """The training set and the held-out validation set (None when ``val_count`` is 0 or too large)."""
     image_files = _pngs(images, "training image")
     gray_files = [structure / "gray" / f.name for f in image_files]
     edge_files = [structure / "edge" / f.name for f in image_files]
@@ -247,25 +287,46 @@ def build_dataset(images: Path, structure: Path, masks: Path, size: int, T: int,
 
         with Image.open(image_files[0]) as im:
             size = min(im.size)
-    return TrainingSet(image_files, gray_files, edge_files, load_masks(masks, size), size, T, seed, kind,
-                       in_memory=len(image_files) <= IN_MEMORY_LIMIT)
+    held = set(validation_indices(len(image_files), val_count))
+    if val_count > 0 and not held:
+        log.warning("only %d training images: no validation images held out (--val-count %d), no learning curve",
+                    len(image_files), val_count)
+    pool = load_masks(masks, size)
+
+    def subset(keep):
+        idx = [i for i in range(len(image_files)) if keep(i)]
+        files = [[files[i] for i in idx] for files in (image_files, gray_files, edge_files)]
+        return TrainingSet(*files, pool, size, T, seed, kind, in_memory=len(idx) <= IN_MEMORY_LIMIT, t_min=t_min)
+
+    train_set = subset(lambda i: i not in held)
+    return train_set, (subset(lambda i: i in held) if held else None)
 
 
-# ---------------------------------------------------------------------- EMA and state
+# ---------------------------------------------------------------------- EMA, lr and state
 
 class EMA:
-    """Exponential moving average of a network's parameters (buffers are copied)."""
+    """Exponential moving average of a network's parameters (buffers are copied).
 
-    def __init__(self, net: nn.Module, decay: float):
-        self.decay = decay
+    With ``warmup`` the decay of update n (1-based) is min(decay, (1 + n) / (10 + n)), so early
+    averages are not dominated by the random initialisation.
+    """
+
+    def __init__(self, net: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.params = {k: p.detach().clone() for k, p in net.named_parameters()}
         self.buffers = {k: b.detach().clone() for k, b in net.named_buffers()}
 
+    def current_decay(self) -> float:
+        n = self.updates
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
+        self.updates += 1
         names = list(self.params)
         current = dict(net.named_parameters())
-        torch._foreach_lerp_([self.params[k] for k in names], [current[k].detach() for k in names], 1 - self.decay)
+        torch._foreach_lerp_([self.params[k] for k in names], [current[k].detach() for k in names],
+                             1 - self.current_decay())
         for k, b in net.named_buffers():
             self.buffers[k].copy_(b)
 
@@ -275,12 +336,33 @@ class EMA:
         return {k: ema[k].detach().cpu().clone() if k in ema else v.detach().cpu().clone()
                 for k, v in net.state_dict().items()}
 
-    def load(self, state: dict) -> None:
+    def load(self, state: dict, updates: int = 0) -> None:
+        self.updates = updates
         for k in self.params:
             self.params[k].copy_(state[k])
         for k in self.buffers:
             if k in state:
                 self.buffers[k].copy_(state[k])
+
+
+def milestone_iterations(fractions, iterations: int) -> list[int]:
+    """Milestones given as fractions of the run, as iteration numbers (at least 1)."""
+    return [max(1, int(round(f * iterations))) for f in fractions]
+
+
+def learning_rate(base: float, iteration: int, iterations: int, fractions=(), gamma: float = 0.5,
+                  warmup: float = 0.0) -> float:
+    """lr of 1-based ``iteration``: base * gamma^(milestones passed before it) * linear warm-up.
+
+    A milestone m halves (gamma) the lr from iteration m + 1 on, as torch's MultiStepLR stepped once
+    per iteration; the warm-up ramps linearly over the first ``warmup`` fraction of the run.
+    """
+    passed = sum(1 for m in milestone_iterations(fractions, iterations) if m <= iteration - 1)
+    lr = base * gamma ** passed
+    ramp = int(round(warmup * iterations))
+    if ramp > 0 and iteration <= ramp:
+        lr *= iteration / ramp
+    return lr
 
 
 def _rng_state() -> dict:
@@ -307,11 +389,13 @@ def parse_args(argv):
     p.add_argument("--masks", required=True, type=Path, help="folder of training masks (white = hole)")
     p.add_argument("--out", required=True, type=Path, help="final checkpoint (.pt)")
     p.add_argument("--state-dir", required=True, type=Path, help="folder of the resumable state and losses.csv")
+    p.add_argument("--curve", type=Path, default=None,
+                   help="learning-curve CSV (default: curve.csv in --state-dir)")
     p.add_argument("--size", type=int, default=0, help="working size in px (random crops); 0 = the images' size")
     p.add_argument("--nf", type=int, default=64, help="UNet base width (paper 64)")
-    p.add_argument("--depth", type=int, default=4, help="UNet levels (paper 4)")
+    p.add_argument("--depth", type=int, default=4, help="UNet depth (paper 4)")
     p.add_argument("--critic-ngf", type=int, default=64, help="critic base width (paper 64)")
-    p.add_argument("--attn-heads", type=int, default=4, help="UNet linear-attention heads (paper 4)")
+    p.add_argument("--attn-heads", type=int, default=4, help="UNet attention heads (paper 4)")
     p.add_argument("--attn-dim-head", type=int, default=32, help="UNet channels per attention head (paper 32)")
     p.add_argument("--T", type=int, default=100)
     p.add_argument("--max-sigma", type=float, default=30.0)
@@ -321,14 +405,24 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--betas", default="0.9,0.99", help="Adam betas, e.g. 0.9,0.99 (critic: 0.5,0.99)")
-    p.add_argument("--milestones", default="", help="comma-separated iterations where the lr is multiplied by --gamma")
+    p.add_argument("--milestones", default="",
+                   help="comma-separated fractions of --iterations where the lr is multiplied by --gamma "
+                        "(reference: 0.25,0.5,0.75)")
     p.add_argument("--gamma", type=float, default=0.5)
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay; 0 = off (then the raw weights are saved)")
+    p.add_argument("--warmup", type=float, default=0.0, help="linear lr warm-up over this fraction of the run")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="EMA decay; 0 = off, the reference (then the raw weights are saved and sampled)")
+    p.add_argument("--ema-warmup", action="store_true", help="EMA decay min(ema, (1+n)/(10+n)) at update n")
     p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm; 0 = off")
     p.add_argument("--loss", default="l1", choices=("l1", "l2"))
-    p.add_argument("--guidance-state", default="marginal", choices=("marginal", "optimal"),
-                   help="texture guidance: structure sample at t-1 (reference) or its optimal step from t")
+    p.add_argument("--guidance-state", default="optimal", choices=("optimal", "marginal"),
+                   help="texture guidance: the structure's optimal step from t (reference) or its sample at t-1")
+    p.add_argument("--recipe", default="irsde", choices=("irsde", "reference"),
+                   help="IR-SDE baseline only: IR-SDE's inpainting recipe (plain L1, t in 1..T, holes 1) or "
+                        "the texture net's (10x hole weight, t in 2..T, holes 0)")
     p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--val-count", type=int, default=8,
+                   help="held-out training crops scored every --checkpoint-every iterations (0 = no curve)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0 = main process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -339,18 +433,26 @@ def parse_args(argv):
     a = p.parse_args(argv)
     try:
         a.betas = tuple(float(v) for v in a.betas.split(","))
-        a.milestones = [int(v) for v in a.milestones.split(",") if v.strip()]
+        a.milestones = [float(v) for v in a.milestones.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--betas must be two numbers like 0.9,0.99 and --milestones integers; got "
-                        f"{a.betas!r} and {a.milestones!r}") from None
+        raise UserError(f"--betas must be two numbers like 0.9,0.99 and --milestones fractions like 0.5,0.75; "
+                        f"got {a.betas!r} and {a.milestones!r}") from None
     if len(a.betas) != 2:
         raise UserError(f"--betas needs two values, got {a.betas}")
+    bad = [m for m in a.milestones if not 0 < m < 1]
+    if bad:
+        raise UserError(f"--milestones are fractions of --iterations in (0, 1), got {bad[0]}; "
+                        f"e.g. 0.5 halves the lr half-way")
     for name in ("iterations", "batch_size", "checkpoint_every", "T", "nf", "depth", "critic_ngf", "nproc",
                  "attn_heads", "attn_dim_head"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if not 0 <= a.ema < 1:
         raise UserError(f"--ema must be in [0, 1), got {a.ema}")
+    if not 0 <= a.warmup < 1:
+        raise UserError(f"--warmup must be a fraction in [0, 1), got {a.warmup}")
+    if a.curve is None:
+        a.curve = a.state_dir / "curve.csv"
     return a
 
 
@@ -371,8 +473,9 @@ def run_settings(a) -> dict:
     """Settings a resumed run must share with the saved state (iterations may grow)."""
     return {"net": a.net, "ctor_kwargs": ctor_kwargs(a), "sde": [a.T, a.max_sigma, a.schedule, a.eps],
             "batch_size": a.batch_size, "lr": a.lr, "betas": list(a.betas), "milestones": a.milestones,
-            "gamma": a.gamma, "ema": a.ema, "grad_clip": a.grad_clip, "loss": a.loss, "seed": a.seed,
-            "size": a.size, "guidance_state": a.guidance_state}
+            "gamma": a.gamma, "warmup": a.warmup, "ema": a.ema, "ema_warmup": a.ema_warmup,
+            "grad_clip": a.grad_clip, "loss": a.loss, "seed": a.seed, "size": a.size,
+            "guidance_state": a.guidance_state, "recipe": recipe(a.net, a.recipe), "val_count": a.val_count}
 
 
 def _relaunch(argv, nproc: int) -> int:
@@ -417,17 +520,93 @@ def main(argv=None) -> int:
     return train(a, world_size)
 
 
-def train(a, world_size: int = 1) -> int:
-    from tqdm import tqdm
+class Run:
+    """One training run's mutable state: network, optimiser, EMA, histories, and their save/load."""
 
-    from . import checkpoints
-    from .sde import IRSDE
+    HISTORY = ("iteration", "loss", "lr", "seconds")
 
+    def __init__(self, a, net, optimizer, scaler, ema, rank: int, metrics: tuple):
+        self.a, self.net, self.optimizer, self.scaler, self.ema, self.rank = a, net, optimizer, scaler, ema, rank
+        self.history = {k: [] for k in self.HISTORY}
+        self.curve = {k: [] for k in ("iteration", "seconds", "loss", "lr", *metrics, "val_seconds")}
+        self.start, self.elapsed = 0, 0.0
+        self.settings = run_settings(a)
+        self.path = a.state_dir / "state.pt"
+
+    def resume(self) -> None:
+        if not self.path.is_file():
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("settings") != self.settings:
+            changed = sorted(k for k in self.settings if state.get("settings", {}).get(k) != self.settings[k])
+            if self.rank == 0:
+                log.warning("%s was written with other settings (%s); starting from scratch", self.path,
+                            ", ".join(changed))
+            return
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load(state["ema"], int(state.get("ema_updates", 0)))
+        _set_rng_state(state["rng"])
+        self.start, self.elapsed = int(state["iteration"]), float(state["seconds"])
+        self.history = {k: [float(v) for v in state["history"][k].tolist()] for k in self.HISTORY}
+        self.history["iteration"] = [int(v) for v in self.history["iteration"]]
+        self.curve = {k: [float(v) for v in state["curve"][k].tolist()] for k in self.curve}
+        if self.rank == 0:
+            log.info("resuming from %s at iteration %d", self.path, self.start)
+
+    def save(self, iteration: int) -> None:
+        if self.rank != 0:
+            return
+        net = self.net
+        state = {"iteration": iteration, "seconds": self.elapsed, "settings": self.settings,
+                 "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                 "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
+                 "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.history.items()},
+                 "curve": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.curve.items()}}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"], state["ema_updates"] = self.ema.state_dict(net), self.ema.updates
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+        write_losses(self.a.state_dir / "losses.csv", self.history)
+        write_curve(self.a.curve, self.curve)
+
+    def record(self, iteration: int, loss: float, lr: float) -> None:
+        for k, v in zip(self.HISTORY, (iteration, loss, lr, self.elapsed)):
+            self.history[k].append(v)
+
+    def weights(self) -> dict:
+        """The weights to sample from: the EMA when enabled, else the raw weights (reference)."""
+        return self.ema.state_dict(self.net) if self.ema is not None else self.net.state_dict()
+
+
+def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float) -> None:
+    """Score the current sampling weights on the validation batch; append a curve row."""
+    from .validation import evaluate
+
+    since = run.curve["iteration"][-1] if run.curve["iteration"] else 0
+    losses = [v for i, v in zip(run.history["iteration"], run.history["loss"]) if i > since]
+    tick = time.perf_counter()
+    val_net.load_state_dict(run.weights())
+    scores = evaluate(run.a.net, val_net, sde, val_batch, device, hole_fill)
+    row = {"iteration": iteration, "seconds": run.elapsed, "loss": float(np.mean(losses)) if losses else float("nan"),
+           "lr": run.history["lr"][-1] if run.history["lr"] else run.a.lr, **scores,
+           "val_seconds": time.perf_counter() - tick}
+    for k in run.curve:
+        run.curve[k].append(float(row[k]))
+    log.info("iteration %d validation: %s", iteration,
+             ", ".join(f"{k} {scores[k]:.4g}" for k in scores))
+
+
+def _setup(a, world_size: int):
+    """Device, ranks and process group of a run."""
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(a.device, local_rank)
-    distributed = world_size > 1
-    if distributed:
+    device = _device(a.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1:
         import torch.distributed as dist
 
         if device.type == "cuda":
@@ -444,148 +623,152 @@ def train(a, world_size: int = 1) -> int:
     amp = a.amp if device.type == "cuda" else "none"
     if a.amp != "none" and amp == "none":
         log.warning("--amp %s ignored: mixed precision is used on CUDA only", a.amp)
-    lr, betas = a.lr, a.betas
     if rank == 0:
         log.info("training %s on %s: %d process(es), batch %d per process, effective batch %d, lr %.3g, betas %s",
-                 a.net, device, world_size, per_rank, a.batch_size, lr, betas)
+                 a.net, device, world_size, per_rank, a.batch_size, a.lr, a.betas)
+    return rank, device, amp
 
+
+def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float, world_size: int) -> float:
+    """One optimiser step; returns the (all-reduced) loss. A non-finite loss raises before the step."""
+    a = run.a
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(batch["image"].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        loss = objective(model, sde, batch, a.net, a.loss, a.guidance_state, a.recipe)
+    value = loss.detach().float()
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(value)
+        value /= world_size
+    value = float(value)
+    if not math.isfinite(value):
+        run.save(iteration - 1)
+        where = f"; the last good state (iteration {iteration - 1}) is in {run.path}" if run.rank == 0 else ""
+        raise UserError(f"the {a.net} loss became {value} at iteration {iteration}{where}; lower --lr or set "
+                        f"--grad-clip, then re-run")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if a.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.net.parameters(), a.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.ema is not None:
+        run.ema.update(run.net)
+    return value
+
+
+def train(a, world_size: int = 1) -> int:
+    from tqdm import tqdm
+
+    from . import checkpoints
+    from .sde import IRSDE
+    from .validation import metric_names, validation_batch
+
+    rank, device, amp = _setup(a, world_size)
+    _, t_min, hole_fill = recipe(a.net, a.recipe)
     sde = IRSDE(T=a.T, max_sigma=a.max_sigma, schedule=a.schedule, eps=a.eps, device=device)
-    dataset = build_dataset(a.images, a.structure, a.masks, a.size, a.T, a.seed, a.net)
+    dataset, val_set = build_dataset(a.images, a.structure, a.masks, a.size, a.T, a.seed, a.net, t_min, a.val_count)
     kwargs = ctor_kwargs(a)
     torch.manual_seed(seed_for(a.seed, a.net, "init"))
     net = checkpoints.build_network(a.net, **kwargs).to(device)
     net.train()
     if rank == 0:
-        log.info("%s network %s: %.2f M parameters; %d training images, %d masks, %d px",
-                 a.net, kwargs, sum(p.numel() for p in net.parameters()) / 1e6, len(dataset), len(dataset.masks),
-                 dataset.size)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=a.milestones, gamma=a.gamma)
+        log.info("%s network %s: %.2f M parameters; %d training images (%d held out for validation), %d masks, %d px",
+                 a.net, kwargs, sum(p.numel() for p in net.parameters()) / 1e6, len(dataset),
+                 len(val_set) if val_set else 0, len(dataset.masks), dataset.size)
+    optimizer = torch.optim.Adam(net.parameters(), lr=a.lr, betas=a.betas)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    ema = EMA(net, a.ema) if a.ema > 0 else None
-    history = {"iteration": [], "loss": [], "lr": [], "seconds": []}
-    start, elapsed = 0, 0.0
-
-    state_path = a.state_dir / "state.pt"
-    settings = run_settings(a)
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("settings") != settings:
-            changed = sorted(k for k in settings if state.get("settings", {}).get(k) != settings[k])
-            if rank == 0:
-                log.warning("%s was written with other settings (%s); starting from scratch", state_path,
-                            ", ".join(changed))
-        else:
-            net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if "scaler" in state:
-                scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load(state["ema"])
-            _set_rng_state(state["rng"])
-            start = int(state["iteration"])
-            elapsed = float(state["seconds"])
-            history = {k: [float(v) for v in state["history"][k].tolist()] for k in history}
-            history["iteration"] = [int(v) for v in history["iteration"]]
-            if rank == 0:
-                log.info("resuming from %s at iteration %d", state_path, start)
+    ema = EMA(net, a.ema, a.ema_warmup) if a.ema > 0 else None
+    run = Run(a, net, optimizer, scaler, ema, rank, metric_names(a.net))
+    run.resume()
+    val_batch = val_net = None
+    if val_set is not None and rank == 0:
+        val_batch = validation_batch(val_set, range(len(val_set)), a.seed, a.T, t_min)
+        val_net = checkpoints.build_network(a.net, **kwargs).to(device)
 
     model = net
-    if distributed:
+    if world_size > 1:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def save_state(iteration: int) -> None:
-        if rank != 0:
-            return
-        state = {"iteration": iteration, "seconds": elapsed, "settings": settings,
-                 "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                 "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()}}
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        if ema is not None:
-            state["ema"] = ema.state_dict(net)
-        with atomic_path(state_path) as tmp:
-            torch.save(state, tmp)
-        write_losses(a.state_dir / "losses.csv", history)
-
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=IterationBatches(start, a.iterations, a.batch_size, rank, world_size),
+        dataset, batch_sampler=IterationBatches(run.start, a.iterations, a.batch_size, rank, world_size),
         num_workers=a.workers, pin_memory=device.type == "cuda", persistent_workers=False)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    bar = tqdm(total=a.iterations, initial=start, desc=f"train {a.net}", unit="it", file=sys.stderr,
+    bar = tqdm(total=a.iterations, initial=run.start, desc=f"train {a.net}", unit="it", file=sys.stderr,
                disable=rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    iteration = start
+    if val_batch is not None and not run.curve["iteration"]:
+        _validate(run, val_net, val_batch, sde, device, run.start, hole_fill)  # the untrained network
+    iteration = run.start
     tick = time.perf_counter()
-    for batch in loader:
-        iteration += 1
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = objective(model, sde, batch, a.net, a.loss, a.guidance_state)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if a.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(net.parameters(), a.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        current_lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if ema is not None:
-            ema.update(net)
-        value = loss.detach().float()
-        if distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(value)
-            value /= world_size
-        now = time.perf_counter()
-        elapsed += now - tick
-        tick = now
-        value = float(value)
-        if not math.isfinite(value):
-            raise UserError(f"the {a.net} loss became {value} at iteration {iteration}; lower --lr or set --grad-clip")
-        history["iteration"].append(iteration)
-        history["loss"].append(value)
-        history["lr"].append(current_lr)
-        history["seconds"].append(elapsed)
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-        if iteration % a.checkpoint_every == 0 or iteration == a.iterations:
-            save_state(iteration)
-            if rank == 0:
-                log.info("iteration %d/%d: loss %.4g (mean of the last %d), lr %.3g, %.1f it/s", iteration,
-                         a.iterations, float(np.mean(history["loss"][-a.checkpoint_every:])),
-                         min(a.checkpoint_every, len(history["loss"])), current_lr,
-                         len(history["loss"]) / max(history["seconds"][-1], 1e-9))
-    bar.close()
-
+    try:
+        for batch in loader:
+            iteration += 1
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            lr = learning_rate(a.lr, iteration, a.iterations, a.milestones, a.gamma, a.warmup)
+            value = _step(run, model, sde, batch, autocast_dtype, iteration, lr, world_size)
+            now = time.perf_counter()
+            run.elapsed += now - tick
+            run.record(iteration, value, lr)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+            if iteration % a.checkpoint_every == 0 or iteration == a.iterations:
+                if val_batch is not None:
+                    _validate(run, val_net, val_batch, sde, device, iteration, hole_fill)
+                run.save(iteration)
+                if rank == 0:
+                    losses = run.history["loss"]
+                    log.info("iteration %d/%d: loss %.4g (mean of the last %d), lr %.3g, %.1f it/s", iteration,
+                             a.iterations, float(np.mean(losses[-a.checkpoint_every:])),
+                             min(a.checkpoint_every, len(losses)), lr, len(losses) / max(run.elapsed, 1e-9))
+            tick = time.perf_counter()
+    finally:
+        bar.close()
     if rank == 0:
-        final_net = net
-        if ema is not None:
-            final_net = checkpoints.build_network(a.net, **kwargs)
-            final_net.load_state_dict(ema.state_dict(net))
-        extra = {"iteration": max(iteration, start), "structure_sigma": a.sigma, "ema": ema is not None,
-                 "ema_decay": a.ema, "image_size": dataset.size, "seed": a.seed, "batch_size": a.batch_size,
-                 "loss": a.loss}
-        if a.net == "texture":
-            extra["guidance_state"] = a.guidance_state
-        checkpoints.save_checkpoint(a.out, final_net, a.net, kwargs, sde.settings(), extra)
-        plot_losses(history, a.out.with_name(a.out.stem + "_loss.png"), a.net)
-        losses = history["loss"]
-        if losses:
-            w = max(1, min(50, len(losses) // 5))
-            log.info("%s loss: first %d iterations %.4g -> last %d iterations %.4g (%d iterations, %.1f s, %.2f it/s)",
-                     a.net, w, float(np.mean(losses[:w])), w, float(np.mean(losses[-w:])), len(losses),
-                     elapsed, len(losses) / max(elapsed, 1e-9))
-        log.info("wrote %s", a.out)
-    if distributed:
+        _finish(run, checkpoints, kwargs, sde, dataset, max(iteration, run.start), hole_fill)
+    if world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def _finish(run: Run, checkpoints, kwargs, sde, dataset, iteration: int, hole_fill: float) -> None:
+    """Final checkpoint (with its provenance and curve), loss plot and summary line."""
+    a = run.a
+    final_net = checkpoints.build_network(a.net, **kwargs)
+    final_net.load_state_dict(run.weights())
+    hole_weight, t_min, _ = recipe(a.net, a.recipe)
+    extra = {"iteration": iteration, "structure_sigma": a.sigma, "ema": run.ema is not None,
+             "ema_decay": a.ema, "image_size": dataset.size, "seed": a.seed, "batch_size": a.batch_size,
+             "loss": a.loss, "lr": a.lr, "milestones": a.milestones, "hole_weight": hole_weight, "t_min": t_min,
+             "hole_fill": hole_fill, "train_seconds": round(run.elapsed, 1),
+             "curve": {k: list(v) for k, v in run.curve.items()}}
+    if a.net == "texture":
+        extra["guidance_state"] = a.guidance_state
+    checkpoints.save_checkpoint(a.out, final_net, a.net, kwargs, sde.settings(), extra)
+    write_curve(a.curve, run.curve)
+    plot_losses(run.history, a.out.with_name(a.out.stem + "_loss.png"), a.net)
+    losses = run.history["loss"]
+    if losses:
+        w = max(1, min(50, len(losses) // 5))
+        log.info("%s loss: first %d iterations %.4g -> last %d iterations %.4g (%d iterations, %.1f s, %.2f it/s)",
+                 a.net, w, float(np.mean(losses[:w])), w, float(np.mean(losses[-w:])), len(losses),
+                 run.elapsed, len(losses) / max(run.elapsed, 1e-9))
+    log.info("wrote %s", a.out)
+
+
+def write_curve(path: Path, curve: dict) -> None:
+    import pandas as pd
+
+    from .utils import write_csv_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(curve)
+    df["iteration"] = df["iteration"].astype(int)
+    write_csv_atomic(df, path)
 
 
 def write_losses(path: Path, history: dict) -> None:

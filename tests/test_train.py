@@ -46,7 +46,7 @@ def make_data(root: Path, n_images: int = 4, n_masks: int = 3, size: int = SIZE)
 
 def cli_args(data: dict, out: Path, state: Path, net: str, iterations: int, **extra) -> list[str]:
     opts = {"nf": 8, "depth": 2, "critic-ngf": 4, "T": T, "batch-size": 4, "lr": 1e-3, "ema": 0.9,
-            "checkpoint-every": 2, "threads": 1, "seed": 3, "milestones": "4", "device": "cpu"}
+            "checkpoint-every": 2, "threads": 1, "seed": 3, "milestones": "0.5", "device": "cpu"}
     opts.update({k.replace("_", "-"): v for k, v in extra.items()})
     args = ["--net", net, "--images", str(data["images"]), "--structure", str(data["structure"]),
             "--masks", str(data["masks"]), "--out", str(out), "--state-dir", str(state),
@@ -135,8 +135,9 @@ def test_denoiser_loss_matches_hand_computation(kind, loss):
     assert torch.equal(call["cond"], mu)  # the UNet's condition is the SDE mean mu
     assert torch.equal(call["time"].reshape(-1), batch["t"])
     if kind == "texture":
-        # guidance: a structure-process sample at t - 1 (x0 = gray, mu = edge * m), as the reference trains
-        want = sde.forward_marginal(batch["gray"], batch["edge"] * m, batch["t"] - 1, batch["noise_s"])
+        # guidance: the structure's optimal step from a structure sample at t, as the reference trains
+        s_t = sde.forward_marginal(batch["gray"], batch["edge"] * m, batch["t"], batch["noise_s"])
+        want = sde.optimal_prev(s_t, batch["gray"], batch["edge"] * m, batch["t"])
         assert torch.allclose(call["guidance"], want)
     else:
         assert call["guidance"] is None
@@ -201,11 +202,14 @@ def test_resume_texture_after_kill(data, tmp_path):
 
 
 def test_resume_critic_in_two_runs(data, tmp_path):
-    """A critic run stopped at 6 of 10 iterations and continued equals an uninterrupted one."""
-    main(cli_args(data, tmp_path / "a" / "critic.pt", tmp_path / "a" / "state", "critic", 10, lr=1e-3))
-    main(cli_args(data, tmp_path / "b" / "critic.pt", tmp_path / "b" / "state", "critic", 6, lr=1e-3))
+    """A critic run stopped at 6 of 10 iterations and continued equals an uninterrupted one.
+
+    (Milestones are fractions of --iterations, so a constant lr keeps the two schedules equal.)
+    """
+    main(cli_args(data, tmp_path / "a" / "critic.pt", tmp_path / "a" / "state", "critic", 10, lr=1e-3, milestones=""))
+    main(cli_args(data, tmp_path / "b" / "critic.pt", tmp_path / "b" / "state", "critic", 6, lr=1e-3, milestones=""))
     assert int(torch.load(tmp_path / "b" / "state" / "state.pt", weights_only=True)["iteration"]) == 6
-    main(cli_args(data, tmp_path / "b" / "critic.pt", tmp_path / "b" / "state", "critic", 10, lr=1e-3))
+    main(cli_args(data, tmp_path / "b" / "critic.pt", tmp_path / "b" / "state", "critic", 10, lr=1e-3, milestones=""))
     assert_same_weights(tmp_path / "a" / "critic.pt", tmp_path / "b" / "critic.pt")
 
 
@@ -242,9 +246,9 @@ def test_checkpoint_metadata_and_ema(data, tmp_path):
     params = {k for k, _ in net.named_parameters()}
     assert all(torch.equal(saved[k], state["ema"][k]) for k in saved)
     assert any(not torch.equal(state["ema"][k], state["net"][k]) for k in params)
-    # the learning rate followed the milestone at 4: 1e-3 for iterations 1-4, then 5e-4
+    # the learning rate followed the milestone at 0.5 of 6 iterations: 1e-3 for iterations 1-3, then 5e-4
     lrs = pd.read_csv(state_dir / "losses.csv")["lr"].to_numpy()
-    assert np.allclose(lrs, [1e-3] * 4 + [5e-4] * 2)
+    assert np.allclose(lrs, [1e-3] * 3 + [5e-4] * 3)
 
 
 def test_bad_inputs_are_user_errors(data, tmp_path, capsys):

@@ -21,9 +21,13 @@ from .layers import Conv2d, centred_var, conv2d
 
 
 def _variance_scaling_(weight: torch.Tensor, scale: float) -> None:
-    """Uniform fan-avg variance scaling, the reference's init (scale 0 means 1e-10)."""
-    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
-    var = (1e-10 if scale == 0 else scale) / max(1.0, (fan_in + fan_out) / 2)
+    """The reference's "fan_avg" variance scaling (scale 0 means 1e-10).
+
+    The reference's fan helper returns fan_in only for mode 'fan_in' and fan_out otherwise, so its
+    'fan_avg' is in fact fan_out: var = scale / fan_out, uniform bound sqrt(3 var).
+    """
+    _, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    var = (1e-10 if scale == 0 else scale) / max(1.0, fan_out)
     bound = math.sqrt(3.0 * var)
     with torch.no_grad():
         weight.uniform_(-bound, bound)

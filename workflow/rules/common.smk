@@ -216,10 +216,14 @@ def train_args(net):
             f"--T {s['T']}", f"--max-sigma {s['max_sigma']}", f"--schedule {s['schedule']}", f"--eps {s['eps']}",
             f"--iterations {t['iterations']}", f"--batch-size {t['batch_size']}", f"--lr {lr}",
             f"--betas {betas[0]},{betas[1]}", f"--gamma {t['lr_gamma']}", f"--ema {t['ema']}",
+            f"--warmup {t['lr_warmup']}", f"--guidance-state {t['guidance_state']}", f"--recipe {t['irsde_recipe']}",
+            f"--val-count {t['val_count']}",
             f"--grad-clip {t['grad_clip']}", f"--loss {t['loss']}", f"--checkpoint-every {t['checkpoint_every']}",
             f"--workers {t['workers']}", f"--seed {config['seed']}", f"--size {config['image_size']}",
             f"--sigma {config['structure']['sigma_train']}", f"--amp {t.get('amp', 'none')}",
         ]
+        if t["ema_warmup"]:
+            opts.append("--ema-warmup")
         if t["lr_milestones"]:
             opts.append(f"--milestones {','.join(str(v) for v in t['lr_milestones'])}")
         return " ".join(opts)

@@ -10,7 +10,8 @@ rule train_structure:
         structure="results/{dataset}/structure/train",
         masks=train_masks_dir,
     output:
-        "results/{dataset}/models/structure.pt",
+        model="results/{dataset}/models/structure.pt",
+        curve="results/{dataset}/curves/structure.csv",
     params:
         args=train_args("structure"),
         state="results/{dataset}/models/structure_state",
@@ -26,7 +27,7 @@ rule train_structure:
         "../envs/strdiffusion.yaml"
     shell:
         "python -m strdiffusion train --net structure --images {input.images} --structure {input.structure} "
-        "--masks {input.masks} --out {output} --state-dir {params.state} {params.args} --threads {threads} "
+        "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} {params.args} --threads {threads} "
         "--nproc {params.nproc} > {log} 2>&1"
 
 
@@ -36,7 +37,8 @@ rule train_texture:
         structure="results/{dataset}/structure/train",
         masks=train_masks_dir,
     output:
-        "results/{dataset}/models/texture.pt",
+        model="results/{dataset}/models/texture.pt",
+        curve="results/{dataset}/curves/texture.csv",
     params:
         args=train_args("texture"),
         state="results/{dataset}/models/texture_state",
@@ -52,7 +54,7 @@ rule train_texture:
         "../envs/strdiffusion.yaml"
     shell:
         "python -m strdiffusion train --net texture --images {input.images} --structure {input.structure} "
-        "--masks {input.masks} --out {output} --state-dir {params.state} {params.args} --threads {threads} "
+        "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} {params.args} --threads {threads} "
         "--nproc {params.nproc} > {log} 2>&1"
 
 
@@ -62,7 +64,8 @@ rule train_critic:
         structure="results/{dataset}/structure/train",
         masks=train_masks_dir,
     output:
-        "results/{dataset}/models/critic.pt",
+        model="results/{dataset}/models/critic.pt",
+        curve="results/{dataset}/curves/critic.csv",
     params:
         args=train_args("critic"),
         state="results/{dataset}/models/critic_state",
@@ -78,7 +81,7 @@ rule train_critic:
         "../envs/strdiffusion.yaml"
     shell:
         "python -m strdiffusion train --net critic --images {input.images} --structure {input.structure} "
-        "--masks {input.masks} --out {output} --state-dir {params.state} {params.args} --threads {threads} "
+        "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} {params.args} --threads {threads} "
         "--nproc {params.nproc} > {log} 2>&1"
 
 
@@ -88,7 +91,8 @@ rule train_irsde:
         structure="results/{dataset}/structure/train",
         masks=train_masks_dir,
     output:
-        "results/{dataset}/models/irsde.pt",
+        model="results/{dataset}/models/irsde.pt",
+        curve="results/{dataset}/curves/irsde.csv",
     params:
         args=train_args("irsde"),
         state="results/{dataset}/models/irsde_state",
@@ -104,5 +108,5 @@ rule train_irsde:
         "../envs/strdiffusion.yaml"
     shell:
         "python -m strdiffusion train --net irsde --images {input.images} --structure {input.structure} "
-        "--masks {input.masks} --out {output} --state-dir {params.state} {params.args} --threads {threads} "
+        "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} {params.args} --threads {threads} "
         "--nproc {params.nproc} > {log} 2>&1"
