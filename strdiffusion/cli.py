@@ -19,7 +19,9 @@ STAGES = {
     "metrics": ("metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
     "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
     "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
+    "curves": ("curves", "learning-curves figure of the trained networks"),
     "check-config": ("config", "validate a config file against the schema"),
+    "weights": ("weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
     "env": ("gpu", "print devices, versions and the job's GPU slot"),
 }
 
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("STRDIFFUSION_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     from .gpu import claim_from_env
-    from .utils import UserError
+    from .utils import UserError, disk_full_message, is_disk_full
 
     claim_from_env()  # before anything initialises CUDA
     module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
@@ -58,6 +60,12 @@ def main(argv=None) -> int:
         return int(module.main(rest) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # a write outside the atomic helpers: the helpers name their output and leave nothing partial
+        print(f"error: {disk_full_message(exc.filename or os.getcwd(), exc.errno)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

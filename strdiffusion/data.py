@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .utils import UserError, atomic_dir, read_image_rgb, seed_for, write_csv_atomic
+from .utils import UndecodableImage, UserError, atomic_dir, read_image_rgb, seed_for, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.data")
 
@@ -210,10 +210,11 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
                 seen.add(image_id)
                 try:
                     img = read_image_rgb(root / rel)
-                except UserError as exc:
+                except UndecodableImage as exc:
                     if not skip_bad_files:
                         raise
-                    log.warning("skipping %s", exc)
+                    log.warning("skipping %s: cannot decode image (%s); skip_bad_files is set, so it is listed "
+                                "as undecodable in the manifest", exc.path, exc.reason)
                     rows.append(dict(id=image_id, source=str(root / rel), split="skipped", width=0, height=0,
                                      status="undecodable"))
                     continue

@@ -17,7 +17,8 @@ Conventions (see the spec's "Metric conventions"):
 - KID: unbiased MMD^2 with the kernel (x.y/d + 1)^3 on the same features, mean and std over
   subsets (torch-fidelity's definition; our subset seed is 0).
 
-Pretrained weights are never downloaded here. They are looked up in the torch hub cache
+Pretrained weights are never downloaded here (``strdiffusion weights fetch`` / the workflow's
+``weights`` rule fetches them once, hash-checked). They are looked up in the torch hub cache
 (``$TORCH_HOME/hub/checkpoints/``) or at a path the user gives; when absent, the metric is
 reported as NaN with a reason that says where to put the file. The networks are then built
 through the packages' own loading code (``torch.hub.load_state_dict_from_url``), which uses a
@@ -180,7 +181,7 @@ def find_weights(filename: str, local_path=None, setting: str = "") -> tuple[Pat
     if cached.is_file():
         return cached, ""
     return None, (f"put {filename} into $TORCH_HOME/hub/checkpoints/ (currently {hub_checkpoint_dir()}) "
-                  f"or set {setting}")
+                  f"or set {setting}; online, `strdiffusion weights fetch` downloads it")
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ Conventions used across the package:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,45 @@ class UserError(Exception):
     """An error caused by the user's input (file, key, value). Printed as one line by the CLI."""
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(UserError):
+    """No space left (ENOSPC) or quota exceeded (EDQUOT) while writing ``path``."""
+
+    def __init__(self, path, err: int = errno.ENOSPC):
+        self.path, self.errno = Path(path), err
+        super().__init__(disk_full_message(path, err))
+
+
+def disk_full_message(path, err: int = errno.ENOSPC) -> str:
+    return f"{path}: disk full ({os.strerror(err)}); free space and re-run"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def _full_after_write_error(exc: BaseException, folder) -> bool:
+    """torch.save reports ENOSPC as RuntimeError('... file write failed'): check the free space then."""
+    if not isinstance(exc, RuntimeError) or "write" not in str(exc):
+        return False
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+class UndecodableImage(UserError):
+    """An image file that cannot be decoded; ``reason`` says why (without advice)."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: cannot decode image ({reason}); "
+                         "replace or remove the file, or set skip_bad_files: true")
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path in the same folder as ``path``; rename it onto ``path`` on success.
@@ -26,16 +66,24 @@ def atomic_path(path, suffix=None):
     ``suffix`` defaults to the target's suffix so that writers that dispatch on the extension work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
-                               dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+                                   dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(path, exc.errno) from None
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = is_disk_full(exc) or _full_after_write_error(exc, path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise DiskFullError(path, getattr(exc, "errno", None) or errno.ENOSPC) from None
         raise
 
 
@@ -49,8 +97,13 @@ def atomic_dir(path):
     import shutil
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(path, exc.errno) from None
+        raise
     try:
         yield tmp
         if path.is_dir():
@@ -58,8 +111,10 @@ def atomic_dir(path):
         elif path.exists():
             path.unlink()
         tmp.rename(path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, DiskFullError) or is_disk_full(exc):  # name the output, not a temporary file in it
+            raise DiskFullError(path, exc.errno) from None
         raise
 
 
@@ -98,8 +153,7 @@ def read_image_rgb(path) -> np.ndarray:
             im.load()
             return np.asarray(_to_rgb(im))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc}); "
-                        "replace or remove the file, or set skip_bad_files: true") from None
+        raise UndecodableImage(path, f"{exc.__class__.__name__}: {exc}") from None
 
 
 def _to_rgb(im):

@@ -96,6 +96,17 @@ def test_bad_file_stops_with_its_name_or_is_skipped(tmp_path):
     assert list(skipped.source.map(lambda s: s.split("/")[-1])) == ["broken.png"]
 
 
+def test_skipped_file_log_line_does_not_ask_for_skip_bad_files(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    _write_variants(root)
+    (root / "broken.png").write_text("this is not an image")
+    with caplog.at_level("WARNING", logger="strdiffusion.data"):
+        data.prepare(tmp_path / "out", "folder", 32, seed=0, path=str(root), test_fraction=0.5, skip_bad_files=True)
+    lines = [r.getMessage() for r in caplog.records if "broken.png" in r.getMessage()]
+    assert len(lines) == 1 and "cannot decode image" in lines[0]
+    assert "set skip_bad_files: true" not in lines[0] and "undecodable" in lines[0]
+
+
 def test_empty_or_missing_folder_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images found"):

@@ -1,9 +1,33 @@
 # Config validation, wildcard constraints and input functions shared by the rule files.
+import importlib.util
 import math
+import os
+import shlex
 import sys
+
+
+def _environment_check():
+    """Jobs run the library with the Python that runs Snakemake: it must have the environment."""
+    missing = [m for m in ("strdiffusion", "torch", "cv2", "numpy", "pandas") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"error: {sys.executable} (the Python running Snakemake) cannot import {', '.join(missing)}; "
+                 "activate the environment first (`. .venv/bin/activate` or `conda activate strdiffusion`) "
+                 "or run the environment's own snakemake (`.venv/bin/snakemake --cores all`)")
+
+
+_environment_check()
 
 from strdiffusion.config import validate
 from strdiffusion.utils import UserError, bin_label
+
+# The interpreter of every job: the one running Snakemake (it imports strdiffusion, checked above),
+# not whatever `python` comes first on PATH. With --sdm conda the job's own environment is active, so
+# plain `python` is right there. Rules written as `python -m ...` get the same through PATH.
+if any(str(m).lower().endswith("conda") for m in workflow.deployment_settings.deployment_method):
+    PYTHON = "python"
+else:
+    PYTHON = shlex.quote(sys.executable)
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 try:
     config.update(validate(config))
@@ -109,7 +133,29 @@ def all_targets():
         name=["qualitative", "metrics_vs_hole_ratio"],
         ext=["png", "pdf"],
     )
-    return tables + figures
+    weights = ["results/weights.json"] if config["metrics"]["fetch_weights"] else []
+    curves = [] if not trained_nets() else expand(
+        "results/figures/{dataset}/learning_curves.{ext}", dataset=run_datasets(), ext=["png", "pdf"]
+    )
+    return tables + figures + weights + curves
+
+
+def trained_nets():
+    """Networks the configured methods sample with, in a fixed order."""
+    needed = {net for method in config["methods"] for net in METHOD_NETS.get(method, [])}
+    return [net for net in ("structure", "texture", "critic", "irsde") if net in needed]
+
+
+def curve_sources(wildcards):
+    """Per network: its learning-curve CSV when trained here, else the given checkpoint (curve in its metadata)."""
+    ds = wildcards.dataset
+    return {
+        net: (config["checkpoints"][net] or f"results/{ds}/curves/{net}.csv") for net in trained_nets()
+    }
+
+
+def curve_args(wildcards):
+    return "--inputs " + " ".join(f"{net}={path}" for net, path in curve_sources(wildcards).items())
 
 
 def data_args(wildcards):
@@ -181,6 +227,26 @@ def metric_list(kind):
 def metric_weights_args(kind):
     key, flag = {"per_image": ("alexnet_weights", "--alexnet-weights"), "per_set": ("inception_weights", "--inception-weights")}[kind]
     return f"{flag} {config['metrics'][key]}" if config["metrics"][key] else ""
+
+
+def weights_status(wildcards):
+    """Metric jobs wait for the weights fetch (metrics.fetch_weights: true); it never fails offline."""
+    return ["results/weights.json"] if config["metrics"]["fetch_weights"] else []
+
+
+def weights_present(kind):
+    """'present' or 'missing' at parse time: a params value, so metric jobs re-run once the weights arrive."""
+    from strdiffusion.weights import target_path_no_torch
+
+    name = {"per_image": "alexnet", "per_set": "inception"}[kind]
+    key = f"{name}_weights"
+    return "present" if target_path_no_torch(name, config["metrics"][key]).is_file() else "missing"
+
+
+def weights_fetch_args(wildcards):
+    m = config["metrics"]
+    args = [f"--{name}-weights {shlex.quote(m[f'{name}_weights'])}" for name in ("alexnet", "inception") if m[f"{name}_weights"]]
+    return " ".join(args)
 
 
 def table_args(wildcards):

@@ -1,14 +1,34 @@
+# Metric weights: fetched once on the machine that runs Snakemake (cluster nodes are often offline).
+localrules:
+    weights,
+
+
+rule weights:
+    output:
+        "results/weights.json",
+    params:
+        args=weights_fetch_args,
+    log:
+        "logs/weights.log",
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "{PYTHON} -m strdiffusion weights fetch --allow-offline {params.args} --status {output} 2>&1 | tee {log}"
+
+
 rule image_metrics:
     input:
         shards=shard_dirs,
         pairs="results/{dataset}/masks/pairs.csv",
         gt="results/{dataset}/data/test",
+        weights=weights_status,
     output:
         csv="results/{dataset}/metrics/{method}/{bin}/per_image.csv",
         status="results/{dataset}/metrics/{method}/{bin}/per_image.status.json",
     params:
         metrics=metric_list("per_image"),
         weights=metric_weights_args("per_image"),
+        weights_state=weights_present("per_image"),
         crop=config["metrics"]["crop"],
     log:
         "logs/{dataset}/metrics/{method}_{bin}_images.log",
@@ -17,7 +37,7 @@ rule image_metrics:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} {PYTHON} -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
         "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} --crop {params.crop} "
         "{params.weights} --out {output.csv} > {log} 2>&1"
 
@@ -27,12 +47,14 @@ rule set_metrics:
         shards=shard_dirs,
         pairs="results/{dataset}/masks/pairs.csv",
         gt="results/{dataset}/data/test",
+        weights=weights_status,
     output:
         csv="results/{dataset}/metrics/{method}/{bin}/set.csv",
         status="results/{dataset}/metrics/{method}/{bin}/set.status.json",
     params:
         metrics=metric_list("per_set"),
         weights=metric_weights_args("per_set"),
+        weights_state=weights_present("per_set"),
         fid_method=config["metrics"]["fid_method"],
     log:
         "logs/{dataset}/metrics/{method}_{bin}_set.log",
@@ -41,6 +63,6 @@ rule set_metrics:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} {PYTHON} -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
         "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} {params.weights} "
         "--fid-method {params.fid_method} --out {output.csv} > {log} 2>&1"

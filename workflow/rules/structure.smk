@@ -10,4 +10,4 @@ rule extract_structure:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "python -m strdiffusion structure --images {input.images} --out {output} --sigma {params.sigma} > {log} 2>&1"
+        "{PYTHON} -m strdiffusion structure --images {input.images} --out {output} --sigma {params.sigma} > {log} 2>&1"
