@@ -1,0 +1,95 @@
+"""Learning-curves figure: each network's training loss and validation score against iterations.
+
+Inputs are ``net=PATH`` items: PATH is a curve CSV written by the trainer (``results/<dataset>/
+curves/<net>.csv``) or a checkpoint (``.pt``) whose metadata carries its training run's curve (the
+trainer stores it there; given checkpoints such as the shipped ones are plotted from it). Output:
+one PNG with a panel per network (and a PDF beside it), written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .utils import UserError, atomic_path
+
+log = logging.getLogger("strdiffusion.curves")
+
+# the validation column plotted per network kind, with its axis label
+SCORE = {"critic": ("auc", "validation AUC (real vs fake)"), None: ("hole_psnr", "validation hole PSNR (dB)")}
+
+
+def load_curve(path: Path) -> pd.DataFrame:
+    """A learning curve from a trainer CSV or from a checkpoint's metadata."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such learning curve or checkpoint; run the training stage first")
+    if path.suffix == ".pt":
+        import torch
+
+        meta = torch.load(path, map_location="cpu", weights_only=True)
+        if "curve" not in meta:
+            raise UserError(f"{path}: the checkpoint carries no learning curve (trained before curves existed, "
+                            f"or not by this trainer)")
+        return pd.DataFrame(meta["curve"])
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a learning-curve CSV ({exc})") from None
+
+
+def plot(curves: dict[str, tuple[pd.DataFrame, str]], out_png: Path) -> None:
+    """``curves``: net -> (curve, source label). One panel per network: loss (log) and score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(curves))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.3), squeeze=False)
+    for ax, (net, (df, source)) in zip(axes[0], curves.items()):
+        column, label = SCORE.get(net, SCORE[None])
+        trained = df[df["loss"].notna()]
+        ax.plot(trained["iteration"], trained["loss"], color="0.4", lw=1.2, label="training loss")
+        if net != "critic" and len(trained) and (trained["loss"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss (mean since last point)")
+        if column in df:
+            ax2 = ax.twinx()
+            ax2.plot(df["iteration"], df[column], color="C0", marker="o", ms=3, lw=1.5, label=label)
+            ax2.set_ylabel(label, color="C0")
+            if net == "critic":
+                ax2.axhline(0.5, color="C0", ls=":", lw=1)
+        minutes = float(df["seconds"].max()) / 60 if "seconds" in df and len(df) else 0.0
+        ax.set_title(f"{net} ({source}, {minutes:.1f} min)", fontsize=9)
+    fig.tight_layout()
+    for path in (out_png, out_png.with_suffix(".pdf")):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="strdiffusion curves", description=__doc__.splitlines()[0])
+    p.add_argument("--inputs", nargs="+", required=True, metavar="NET=PATH",
+                   help="curve CSVs or checkpoints, e.g. structure=results/x/curves/structure.csv")
+    p.add_argument("--out", required=True, type=Path, help="output PNG (a PDF is written beside it)")
+    a = p.parse_args(argv)
+    curves = {}
+    for item in a.inputs:
+        net, sep, path = item.partition("=")
+        if not sep or not net or not path:
+            raise UserError(f"--inputs item {item!r} is not NET=PATH")
+        path = Path(path)
+        source = "checkpoint metadata" if path.suffix == ".pt" else "this run"
+        curves[net] = (load_curve(path), source)
+    plot(curves, a.out)
+    log.info("wrote %s", a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
