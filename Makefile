@@ -1,13 +1,14 @@
 # Two commands for a new user (see README.md):
 #   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
 #   make test        # build .venv if missing, then run the test suite
+#   make test-fast   # the suite without end-to-end and subprocess-heavy tests (pytest -m "not slow")
 PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: reproduce test lint dryrun report benchmark clean
+.PHONY: reproduce test test-fast lint dryrun report benchmark clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ reproduce: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

@@ -20,6 +20,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.slow
 def test_local_gpu_profile_gives_parallel_jobs_different_gpus(tmp_path, repo_root):
     """Two GPU jobs run at once under profiles/local-gpu and each sees its own CUDA_VISIBLE_DEVICES."""
     (tmp_path / "Snakefile").write_text(
@@ -70,6 +71,7 @@ PAPER = {  # config file, dataset, n_test used in the dry-run (Places2 reduced: 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
     import math
@@ -118,6 +120,7 @@ def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
     assert "gpu=0" in next(line for line in block.splitlines() if "resources:" in line)
 
 
+@pytest.mark.slow
 def test_dryrun_authors_checkpoints_remove_training(tmp_path, repo_root):
     import yaml
 

@@ -143,10 +143,15 @@ def test_sde_other_schedules_and_settings():
 
 
 def test_sde_to_device_moves_everything():
-    sde = IRSDE(T=10).to("cpu")
-    for name in ("thetas", "sigmas", "thetas_cumsum", "sigma_bars", "dt"):
-        assert getattr(sde, name).device.type == "cpu"
-    assert sde.dt.dim() == 0
+    # the "meta" device exists everywhere, so a .to() that forgot a tensor fails here without a GPU
+    sde = IRSDE(T=10)
+    tensors = {k for k, v in vars(sde).items() if isinstance(v, torch.Tensor)}
+    assert tensors >= {"thetas", "sigmas", "thetas_cumsum", "sigma_bars", "dt"}
+    assert sde.to("meta") is sde and sde.device == torch.device("meta")
+    for name in sorted(tensors):
+        assert getattr(sde, name).device.type == "meta", name
+        assert getattr(sde, name).dtype == torch.float32, name
+    assert sde.dt.dim() == 0 and sde.thetas.shape == (11,)
 
 
 def test_randn_like_per_sample_is_per_image():

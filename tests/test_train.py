@@ -176,6 +176,7 @@ def test_critic_loss_matches_hand_computation():
 
 # ---------------------------------------------------------------------- resume
 
+@pytest.mark.slow
 def test_resume_texture_after_kill(data, tmp_path):
     """kill -9 a texture run after its first saved state; re-running it ends with identical weights."""
     n = 12
@@ -263,6 +264,7 @@ def test_bad_inputs_are_user_errors(data, tmp_path, capsys):
 
 # ---------------------------------------------------------------------- DDP
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes_train_and_resume(data, tmp_path):
     """Two gloo processes split each global batch; their first loss is the single-process loss; resume works."""
     single = tmp_path / "single"

@@ -1,4 +1,6 @@
-"""End-to-end: the real Snakemake workflow on a tiny config in a temporary folder."""
+"""End-to-end: the real Snakemake workflow on a tiny config in a temporary folder, and its lint.
+
+Tests that run the workflow (not only a dry run) are marked ``slow``: ``make test-fast`` skips them."""
 import os
 import shutil
 import subprocess
@@ -60,6 +62,7 @@ def classical_run(tmp_path_factory, request):
     return work, torch_home
 
 
+@pytest.mark.slow
 def test_workflow_end_to_end_table(classical_run):
     work, _ = classical_run
     md = (work / "results/tables/builtin.md").read_text()
@@ -82,12 +85,14 @@ def test_workflow_end_to_end_table(classical_run):
         assert (work / f"results/figures/builtin/{fig}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_workflow_second_run_does_nothing(classical_run):
     work, torch_home = classical_run
     res = snakemake(work, "-n", torch_home=torch_home)
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_workflow_report_html(classical_run):
     work, torch_home = classical_run
     snakemake(work, "--report", "results/report.html", torch_home=torch_home)
@@ -95,6 +100,7 @@ def test_workflow_report_html(classical_run):
     assert "qualitative.png" in html and "builtin.csv" in html
 
 
+@pytest.mark.slow
 def test_workflow_masks_are_in_their_bins(classical_run):
     work, _ = classical_run
     pairs = pd.read_csv(work / "results/builtin/masks/pairs.csv", dtype={"bin": str})
@@ -126,6 +132,7 @@ def _outputs(work: Path) -> dict:
     return files
 
 
+@pytest.mark.slow
 def test_determinism_same_seed_identical_other_seed_differs(classical_run, tmp_path, request):
     work_a, torch_home = classical_run
     repo = Path(request.config.rootpath)
@@ -166,6 +173,7 @@ def _run_until(work: Path, torch_home: Path, pattern: str, timeout=600) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(classical_run, tmp_path, request):
     """kill -9 during training, then during inpainting; the resumed run's table equals the uninterrupted one."""
     work_a, torch_home = classical_run
@@ -220,3 +228,12 @@ def test_speed_options_reach_the_inpaint_jobs(tmp_path, request):
         train = [line.split() for line in res.stdout.splitlines() if "strdiffusion train " in line]
         assert len(train) == 4, res.stdout[-2000:]
         assert all(flags[flags.index("--amp") + 1] == ("fp16" if name == "fast" else "none") for flags in train)
+
+
+def test_workflow_passes_snakemake_lint(tmp_path, request):
+    """`snakemake --lint` finds nothing in the Snakefile and the rule files (it exits 1 on any finding)."""
+    work = make_workdir(tmp_path / "lint", Path(request.config.rootpath), TINY)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    res = subprocess.run([SNAKEMAKE, "--lint"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
