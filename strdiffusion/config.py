@@ -84,6 +84,16 @@ def _check_semantics(config: dict, source: str) -> None:
         for i, (lo, hi) in enumerate(ds["masks"]["bins"]):
             if not lo < hi:
                 raise UserError(f"{source}: config key 'datasets.{name}.masks.bins[{i}]': [{lo}, {hi}] must have lo < hi")
+        m = ds["masks"]
+        if m["protocol"] == "folder" and not m.get("source"):
+            raise UserError(f"{source}: config key 'datasets.{name}.masks.source' must point at a folder or .zip "
+                            "of mask files when protocol is folder")
+        if m["protocol"] == "folder" and m.get("binning") == "none" and len(m["bins"]) != 1:
+            raise UserError(f"{source}: config key 'datasets.{name}.masks.bins': binning none puts every mask in "
+                            "one bin; give a single bin, e.g. [[0.0, 1.0]]")
+        if m.get("train_protocol") == "folder" and not m.get("train_source"):
+            raise UserError(f"{source}: config key 'datasets.{name}.masks.train_source' must point at a folder or "
+                            ".zip of training masks when train_protocol is folder")
         if ds["masks"]["protocol"] == "nvidia" and not ds["masks"].get("nvidia_source"):
             raise UserError(f"{source}: config key 'datasets.{name}.masks.nvidia_source' must point at the NVIDIA "
                             "irregular mask test set (folder or .zip) when protocol is nvidia")

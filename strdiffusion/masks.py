@@ -22,7 +22,10 @@ Protocols (see shared/spec/PROTOCOLS.md for the published parameters):
   mask ('half', 'expand', 'lines', 'sr2') holding a single file.
 - ``box_center`` (a centred square whose side hits a target ratio) and ``box_random`` (one
   rectangle, aspect ratio log-uniform in [1/2, 2], at a uniformly random position).
-- ``nvidia``: the NVIDIA irregular mask test set, imported from a folder or .zip of PNGs.
+- ``folder``: any folder or .zip of mask files, with polarity, threshold, resizing and ratio / index /
+  no binning (``strdiffusion/mask_folder.py``).
+- ``nvidia``: the NVIDIA irregular mask test set, imported from a folder or .zip of PNGs; a preset of
+  ``folder`` (white = hole, index binning by groups of 2,000 in NVIDIA's bins, border halves).
 
 How a bin is filled (``fill``), recorded per bin in ``stats.csv``:
 - ``natural``: draw masks from the protocol's own generator and keep those whose hole ratio lies
@@ -42,11 +45,9 @@ bin does not change the others, and the same seed gives byte-identical files.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -367,7 +368,7 @@ PROTOCOLS["deepfill"] = Protocol("deepfill", deepfill, _deepfill_adaptive)
 PROTOCOLS["box_random"] = Protocol("box_random", box_random, _box_random_targeted, False, adaptive_name="targeted")
 PROTOCOLS["box_center"] = Protocol("box_center", _box_center_natural, _box_center_targeted, False,
                                    adaptive_name="targeted")
-ALL_PROTOCOLS = sorted([*PROTOCOLS, *FIXED, "nvidia"])
+ALL_PROTOCOLS = sorted([*PROTOCOLS, *FIXED, "nvidia", "folder"])
 
 
 def _check_protocol(protocol: str) -> None:
@@ -449,12 +450,13 @@ def _fill_adaptive(proto: Protocol, size: int, rng, lo: float, hi: float, count:
 
 def generate_binned(protocol: str, size: int, bins, count: int, seed: int, *, fill: str = "auto",
                     nvidia_source=None, nvidia_binning: str = "index", nvidia_border: str = "both",
-                    nvidia_per_bin: int = NVIDIA_PER_BIN) -> list[MaskBin]:
+                    nvidia_per_bin: int = NVIDIA_PER_BIN, folder: dict | None = None) -> list[MaskBin]:
     """``count`` masks per bin ``(lo, hi]`` whose MEASURED hole ratio lies in the bin.
 
     ``fill`` is 'auto', 'natural' or 'adaptive' (module docstring). Fixed RePaint protocols ignore
     ``bins`` and ``count`` and return one bin named after the mask with its single mask. ``nvidia``
-    imports from ``nvidia_source`` (see :func:`import_nvidia`).
+    imports from ``nvidia_source`` (see :func:`import_nvidia`); ``folder`` from ``folder['source']`` with
+    the options of :func:`strdiffusion.mask_folder.import_folder` in ``folder``.
     """
     _check_protocol(protocol)
     size = _check_size(size)
@@ -466,6 +468,11 @@ def generate_binned(protocol: str, size: int, bins, count: int, seed: int, *, fi
         r = hole_ratio(hole)
         return [MaskBin(name, r, r, "fixed", [hole], [protocol])]
     bins = _check_bins(bins)
+    if protocol == "folder":
+        from .mask_folder import import_folder
+
+        opts = dict(folder or {})
+        return import_folder(opts.pop("source", None), size, bins, count, seed, **opts)
     if protocol == "nvidia":
         return import_nvidia(nvidia_source, size, bins, count, seed, binning=nvidia_binning, border=nvidia_border,
                              per_bin=nvidia_per_bin)
@@ -498,13 +505,16 @@ def generate_pool(protocol: str, size: int, count: int, seed: int, **opts) -> li
         raise UserError(f"training mask pool size must be >= 1, got {count}; fix config key masks.train_pool")
     if protocol in FIXED:
         return [FIXED[protocol][1](size, size)] * count
-    if protocol == "nvidia":
-        with _NvidiaSource(opts.get("nvidia_source")) as src:
-            idx = _border_filter(range(len(src)), opts.get("nvidia_border", "both"),
-                                 opts.get("nvidia_per_bin", NVIDIA_PER_BIN))
-            rng = np.random.default_rng(seed_for(seed, "nvidia", "pool"))
-            perm = [idx[i] for i in rng.permutation(len(idx))]
-            return [src.load(perm[k % len(perm)], size) for k in range(count)]
+    if protocol in ("nvidia", "folder"):
+        from .mask_folder import import_pool
+
+        if protocol == "nvidia":
+            return import_pool(opts.get("nvidia_source"), size, count, seed, protocol="nvidia",
+                               border=opts.get("nvidia_border", "both"),
+                               files_per_bin=opts.get("nvidia_per_bin", NVIDIA_PER_BIN),
+                               key="masks.nvidia_source (--nvidia-source)", extensions=(".png",))
+        folder = dict(opts.get("folder") or {})
+        return import_pool(folder.pop("source", None), size, count, seed, **folder)
     proto = PROTOCOLS[protocol]
     rng = np.random.default_rng(seed_for(seed, protocol, "pool"))
     pool = []
@@ -517,72 +527,6 @@ def generate_pool(protocol: str, size: int, count: int, seed: int, **opts) -> li
 
 # ----------------------------------------------------------------------------------------------
 # NVIDIA irregular masks
-
-class _NvidiaSource:
-    """The PNGs of a folder (recursively) or a .zip, sorted by path (the test set is numbered)."""
-
-    def __init__(self, source):
-        if not source:
-            raise UserError("protocol nvidia needs the NVIDIA irregular mask test set: set config key "
-                            "masks.nvidia_source (--nvidia-source) to its folder or .zip")
-        self.path = Path(source)
-        self.zip = None
-        if not self.path.exists():
-            raise UserError(f"{self.path}: NVIDIA mask source not found; download the NVIDIA irregular mask "
-                            "test set and point masks.nvidia_source (--nvidia-source) at its folder or .zip")
-        if self.path.is_dir():
-            self.names = sorted((p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
-                                 if p.suffix.lower() == ".png" and p.is_file()))
-        else:
-            try:
-                self.zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise UserError(f"{self.path}: not a folder or a readable .zip ({exc}); "
-                                "fix masks.nvidia_source (--nvidia-source)") from None
-            self.names = sorted(n for n in self.zip.namelist() if n.lower().endswith(".png")
-                                and not n.endswith("/") and not n.startswith("__MACOSX/"))
-        if not self.names:
-            raise UserError(f"{self.path}: no PNG masks found; point masks.nvidia_source (--nvidia-source) at "
-                            "the folder or .zip holding the NVIDIA test masks")
-
-    def __len__(self):
-        return len(self.names)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.zip is not None:
-            self.zip.close()
-
-    def load(self, i: int, size: int) -> np.ndarray:
-        """Mask ``i`` as 1 = hole (white >= 128 is hole), resized NEAREST to size x size."""
-        from PIL import Image, UnidentifiedImageError
-
-        name = self.names[i]
-        where = f"{self.path}/{name}"
-        try:
-            data = self.zip.read(name) if self.zip is not None else (self.path / name).read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                gray = np.asarray(im.convert("L"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile) as exc:
-            raise UserError(f"{where}: cannot read mask ({exc.__class__.__name__}); replace or remove the file") \
-                from None
-        hole = (gray >= 128).astype(np.uint8) * 255
-        if hole.shape != (size, size):
-            hole = np.asarray(Image.fromarray(hole).resize((size, size), Image.NEAREST))
-        return (hole >= 128).astype(np.uint8)
-
-
-def _border_filter(indices, border: str, per_bin: int) -> list[int]:
-    """NVIDIA order: within each group of ``per_bin`` files the first half has the border constraint."""
-    if border not in ("both", "with", "without"):
-        raise UserError(f"nvidia_border must be both, with or without, got '{border}'")
-    if per_bin < 2:
-        raise UserError(f"nvidia_per_bin must be >= 2, got {per_bin}")
-    half = per_bin // 2
-    return [i for i in indices if border == "both" or ((i % per_bin < half) == (border == "with"))]
-
 
 def _nvidia_group(lo: float, hi: float) -> int:
     for k in range(len(NVIDIA_EDGES) - 1):
@@ -604,34 +548,16 @@ def import_nvidia(source, size: int, bins, count: int, seed: int, *, binning: st
     border constraint (by position within each group of ``per_bin``), or 'both'. A bin with fewer
     candidates than ``count`` keeps them all (logged).
     """
-    size = _check_size(size)
-    bins = _check_bins(bins)
+    from .mask_folder import import_folder
+
     if binning not in ("index", "ratio"):
         raise UserError(f"nvidia_binning must be index or ratio, got '{binning}'")
-    with _NvidiaSource(source) as src:
-        kept = _border_filter(range(len(src)), border, per_bin)
-        loaded = {}
-        if binning == "ratio":
-            loaded = {i: src.load(i, size) for i in kept}
-        out = []
+    if binning == "index":
         for lo, hi in bins:
-            label = bin_label(lo, hi)
-            if binning == "index":
-                k = _nvidia_group(lo, hi)
-                cand = [i for i in kept if i // per_bin == k]
-            else:
-                cand = [i for i in kept if _in_bin(hole_ratio(loaded[i]), lo, hi)]
-            if not cand:
-                raise UserError(f"{src.path}: no NVIDIA mask for bin {label} % ({len(src)} files, {binning} "
-                                f"binning, nvidia_per_bin {per_bin}, border {border}); check masks.nvidia_source")
-            rng = np.random.default_rng(seed_for(seed, "nvidia", label))
-            chosen = [cand[j] for j in rng.permutation(len(cand))[:count]]
-            if len(chosen) < count:
-                log.warning("nvidia %s %%: only %d masks available, %d requested", label, len(chosen), count)
-            masks = [loaded[i] if i in loaded else src.load(i, size) for i in chosen]
-            out.append(MaskBin(label, lo, hi, f"imported-{binning}", masks, [src.names[i] for i in chosen]))
-            log.info("nvidia %s %%: %d masks at %d px (%s binning)", label, len(masks), size, binning)
-    return out
+            _nvidia_group(lo, hi)  # an error naming the NVIDIA bins before any file is read
+    return import_folder(source, size, bins, count, seed, polarity="hole_white", binning=binning,
+                         files_per_bin=per_bin, protocol="nvidia", group_of=_nvidia_group, border=border,
+                         key="masks.nvidia_source (--nvidia-source)", extensions=(".png",))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -712,6 +638,12 @@ def _bin_labels(bins, masks_dir: Path) -> list[str]:
     return [b if isinstance(b, str) else bin_label(*_check_bins([b])[0]) for b in bins]
 
 
+def _file_hole_ratio(path) -> float:
+    """Exact hole fraction of a mask file (a count, not a float32 mean: 0.3 must not read 0.30000001)."""
+    mask = read_mask(path)
+    return np.count_nonzero(mask == 0) / mask.size
+
+
 def make_pairs(test_ids, bins, masks_dir, n_test: int, seed: int):
     """Pair the first ``n_test`` test ids (sorted) with masks, per bin.
 
@@ -737,11 +669,14 @@ def make_pairs(test_ids, bins, masks_dir, n_test: int, seed: int):
         if not files:
             raise UserError(f"{masks_dir / label}: no mask PNGs for bin {label}; run `strdiffusion masks generate` "
                             "with this bin first")
+        if len(files) < n_test:
+            log.warning("bin %s: %d masks for n_test = %d test images; images will share masks",
+                        label, len(files), n_test)
         perm = np.random.default_rng(seed_for(seed, "pairs", label)).permutation(len(files))
         for i, image_id in enumerate(ids):
             f = files[perm[i % len(files)]]
             if f not in ratios:
-                ratios[f] = 1.0 - float(read_mask(f).mean())
+                ratios[f] = _file_hole_ratio(f)
             rows.append(dict(image_id=image_id, bin=label, mask=str(f), hole_ratio=ratios[f]))
     return pd.DataFrame(rows, columns=["image_id", "bin", "mask", "hole_ratio"])
 
@@ -760,7 +695,7 @@ def measure(masks_dir, protocol: str = ""):
     if not groups:
         raise UserError(f"{masks_dir}: no mask PNGs found; give a folder of masks (white = hole)")
     rows = [ratio_stats(protocol, label, float("nan"), float("nan"), "measured",
-                        [1.0 - float(read_mask(f).mean()) for f in files]) for label, files in groups.items()]
+                        [_file_hole_ratio(f) for f in files]) for label, files in groups.items()]
     return pd.DataFrame(rows)
 
 
@@ -773,6 +708,29 @@ def _parse_bin_arg(text: str | None):
     if ":" in text:
         return parse_bins(text)
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _folder_args(p: argparse.ArgumentParser, binned: bool) -> None:
+    from .mask_folder import BINNINGS, POLARITIES, RESIZES
+
+    f = p.add_argument_group("protocol folder (strdiffusion/mask_folder.py)")
+    f.add_argument("--source", help="folder or .zip of mask files")
+    f.add_argument("--polarity", default="hole_white", choices=POLARITIES, help="which colour is the hole")
+    f.add_argument("--threshold", type=int, default=128, help="grey value >= threshold is white (1..255)")
+    f.add_argument("--resize", default="nearest", choices=RESIZES,
+                   help="NEAREST to --size; non-square masks are an error unless center_crop")
+    if binned:
+        f.add_argument("--binning", default="ratio", choices=BINNINGS)
+        f.add_argument("--files-per-bin", type=int, default=0,
+                       help="index binning: files per bin in sorted order (default: --count)")
+        f.add_argument("--n-test", type=int, default=0, help="warn when a bin gets fewer masks than this")
+
+
+def _folder_opts(a, binned: bool) -> dict:
+    opts = dict(source=a.source, polarity=a.polarity, threshold=a.threshold, resize=a.resize)
+    if binned:
+        opts.update(binning=a.binning, files_per_bin=a.files_per_bin, n_test=a.n_test)
+    return opts
 
 
 def main(argv=None) -> int:
@@ -793,6 +751,7 @@ def main(argv=None) -> int:
     g.add_argument("--nvidia-border", default="both", choices=["both", "with", "without"])
     g.add_argument("--nvidia-per-bin", type=int, default=NVIDIA_PER_BIN,
                    help="files per NVIDIA bin in the source's order (2000 in the official test set)")
+    _folder_args(g, binned=True)
 
     q = sub.add_parser("pool", help="training masks of mixed hole ratios: OUT/<k:05d>.png + OUT/stats.csv")
     q.add_argument("--protocol", required=True, help=", ".join(ALL_PROTOCOLS))
@@ -803,6 +762,7 @@ def main(argv=None) -> int:
     q.add_argument("--nvidia-source")
     q.add_argument("--nvidia-border", default="both", choices=["both", "with", "without"])
     q.add_argument("--nvidia-per-bin", type=int, default=NVIDIA_PER_BIN)
+    _folder_args(q, binned=False)
 
     r = sub.add_parser("pairs", help="pair test images with masks: CSV image_id, bin, mask, hole_ratio")
     r.add_argument("--manifest", required=True, help="data manifest CSV (columns id, split, ...); split == test used")
@@ -827,11 +787,13 @@ def main(argv=None) -> int:
                 raise UserError(f"--bins '{a.bins}' must be lo:hi pairs, e.g. 0.1:0.2,0.2:0.3")
         mask_bins = generate_binned(a.protocol, a.size, bins or [], a.count, a.seed, fill=a.fill,
                                     nvidia_source=a.nvidia_source, nvidia_binning=a.nvidia_binning,
-                                    nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin)
+                                    nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin,
+                                    folder=_folder_opts(a, binned=True))
         write_binned(Path(a.out), a.protocol, mask_bins)
     elif a.cmd == "pool":
         pool = generate_pool(a.protocol, a.size, a.count, a.seed, nvidia_source=a.nvidia_source,
-                             nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin)
+                             nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin,
+                             folder=_folder_opts(a, binned=False))
         write_pool(Path(a.out), a.protocol, pool)
         log.info("%s pool: %d masks at %d px -> %s", a.protocol, len(pool), a.size, a.out)
     elif a.cmd == "pairs":

@@ -44,7 +44,7 @@ wildcard_constraints:
     net=r"structure|texture|critic|irsde",
 
 
-CLASSICAL = ["telea", "navier_stokes", "biharmonic"]
+CLASSICAL = ["mean_fill", "telea", "navier_stokes", "biharmonic"]
 # networks each method needs at sampling time
 METHOD_NETS = {
     "strdiffusion": ["structure", "texture", "critic"],
@@ -189,16 +189,24 @@ def mask_args(wildcards):
     if m["protocol"] == "nvidia":
         args += ["--nvidia-source", m["nvidia_source"], "--nvidia-binning", m["nvidia_binning"]]
         args += ["--nvidia-border", m["nvidia_border"]]
-    return " ".join(str(a) for a in args)
+    if m["protocol"] == "folder":
+        args += ["--source", m["source"], "--polarity", m["polarity"], "--binning", m["binning"]]
+        args += ["--files-per-bin", m["files_per_bin"], "--threshold", m["threshold"], "--resize", m["resize"]]
+        args += ["--n-test", dataset_cfg(wildcards)["n_test"]]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def pool_args(wildcards):
     m = dataset_cfg(wildcards)["masks"]
-    args = ["--protocol", m["train_protocol"], "--size", config["image_size"], "--count", m["train_pool"]]
+    protocol = "folder" if m["train_source"] else m["train_protocol"]
+    args = ["--protocol", protocol, "--size", config["image_size"], "--count", m["train_pool"]]
     args += ["--seed", config["seed"]]
-    if m["train_protocol"] == "nvidia":
+    if protocol == "nvidia":
         args += ["--nvidia-source", m["nvidia_source"]]
-    return " ".join(str(a) for a in args)
+    if protocol == "folder":
+        args += ["--source", m["train_source"], "--polarity", m["train_polarity"], "--threshold", m["threshold"]]
+        args += ["--resize", m["resize"]]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def pairs_args(wildcards):
@@ -263,9 +271,8 @@ def table_args(wildcards):
 
 
 def train_masks_dir(wildcards):
-    """Training masks: the user's folder (masks.train_source) or the generated pool."""
-    source = dataset_cfg(wildcards)["masks"].get("train_source", "")
-    return source if source else f"results/{wildcards.dataset}/masks/pool"
+    """Training masks: the pool, generated or imported from masks.train_source (polarity, resize: issue 15)."""
+    return f"results/{wildcards.dataset}/masks/pool"
 
 
 def train_args(net):
