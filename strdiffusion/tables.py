@@ -33,6 +33,7 @@ METRICS = {
 }
 PER_IMAGE = ("psnr", "ssim", "l1", "lpips")
 METHOD_NAMES = {
+    "mean_fill": "Mean-colour fill",
     "telea": "Telea (OpenCV)",
     "navier_stokes": "Navier-Stokes (OpenCV)",
     "biharmonic": "Biharmonic (scikit-image)",

@@ -53,3 +53,24 @@ rule figures:
         "python -m strdiffusion figures --pairs {input.pairs} --gt-dir {input.gt} --structure-dir {input.structure} "
         "--inpaint-dir results/{wildcards.dataset}/inpaint --per-image {input.per_image} {params.args} "
         "--qualitative {output.qualitative} --curves {output.curves} > {log} 2>&1"
+
+
+rule learning_curves:
+    input:
+        unpack(curve_sources),
+    output:
+        png=report(
+            "results/figures/{dataset}/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Figures",
+            labels={"dataset": "{dataset}", "figure": "learning curves"},
+        ),
+        pdf="results/figures/{dataset}/learning_curves.pdf",
+    params:
+        args=curve_args,
+    log:
+        "logs/{dataset}/learning_curves.log",
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "python -m strdiffusion curves {params.args} --out {output.png} > {log} 2>&1"
