@@ -1,4 +1,6 @@
-"""Configuration loading and validation against workflow/schemas/config.schema.yaml.
+"""Configuration loading and validation against the schema shipped in the package,
+``strdiffusion/schemas/config.schema.yaml`` (read with importlib.resources, so a plain ``pip install .``
+validates too; ``workflow/schemas/config.schema.yaml`` is a link to it for Snakemake's layout).
 
 Errors are one line and name the offending key, e.g.
 ``config key 'datasets.builtin.n_tset': unknown key (allowed: source, path, ...)``.
@@ -12,12 +14,23 @@ import yaml
 
 from .utils import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_RESOURCE = ("schemas", "config.schema.yaml")   # inside the strdiffusion package
+SCHEMA_NAME = "strdiffusion/schemas/config.schema.yaml"
+
+
+def schema_text() -> str:
+    from importlib.resources import files
+
+    resource = files(__package__).joinpath(*SCHEMA_RESOURCE)
+    try:
+        return resource.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{SCHEMA_NAME}: the config schema is missing from the installed package; "
+                        "reinstall strdiffusion (pip install .)") from None
 
 
 def _schema():
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+    return yaml.safe_load(schema_text())
 
 
 def _key(path) -> str:
@@ -66,7 +79,7 @@ def validate(config: dict, source: str = "config") -> dict:
             raise UserError(f"{source}: config key '{key}': unknown key{hint}; fix or remove it")
         if err.validator == "required":
             raise UserError(f"{source}: config key '{_key(path)}': {err.message}")
-        raise UserError(f"{source}: config key '{_key(path)}': {err.message}; see workflow/schemas/config.schema.yaml")
+        raise UserError(f"{source}: config key '{_key(path)}': {err.message}; see {SCHEMA_NAME}")
     config = copy.deepcopy(config)
     _fill_defaults(config, schema, schema)
     _check_semantics(config, source)

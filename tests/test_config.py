@@ -59,3 +59,33 @@ def test_paper_configs_are_valid(repo_root):
             assert full["datasets"][name]["masks"]["protocol"] == "nvidia"
         for overlay in (repo_root / "config" / "paper").glob(f"authors_{path.stem}.yaml"):
             cfg.validate(cfg.merge(copy.deepcopy(merged), yaml.safe_load(overlay.read_text())), source=str(overlay))
+
+
+def test_wheel_contains_the_schema_and_validates_outside_the_clone(tmp_path, repo_root):
+    """`pip wheel --no-deps .` must ship what config validation reads (issue 15): the schema."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"   # a copy, so the build writes nothing into the working tree
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo_root / name, src / name)
+    shutil.copytree(repo_root / "strdiffusion", src / "strdiffusion",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("strdiffusion-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert "strdiffusion/schemas/config.schema.yaml" in names
+        z.extractall(tmp_path / "site")
+    # validate the shipped default config with the wheel's package, from a folder outside the clone
+    code = ("import sys, yaml; sys.path.insert(0, sys.argv[1]); import strdiffusion.config as c; "
+            "assert c.__file__.startswith(sys.argv[1]), c.__file__; "
+            "c.validate(yaml.safe_load(open(sys.argv[2]))); print('valid')")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(repo_root / "config" / "config.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "valid", res.stderr[-2000:]
