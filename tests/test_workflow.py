@@ -25,7 +25,7 @@ TINY = {
     "metrics": {"per_image": ["psnr", "ssim", "l1", "lpips"], "per_set": ["fid", "kid"]},
     "model": {"nf": 4, "depth": 2, "critic_ngf": 4},
     "sde": {"T": 10},
-    "train": {"iterations": 8, "batch_size": 2, "checkpoint_every": 2, "lr_milestones": [6]},
+    "train": {"iterations": 8, "batch_size": 2, "checkpoint_every": 2, "lr_milestones": [0.75]},
     "sampling": {"shard_size": 2, "batch_size": 2, "u_max": 3, "u_min": 2, "jump": 2, "re": 2},
 }
 
