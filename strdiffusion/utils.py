@@ -39,8 +39,9 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def _full_after_write_error(exc: BaseException, folder) -> bool:
-    """torch.save reports ENOSPC as RuntimeError('... file write failed'): check the free space then."""
-    if not isinstance(exc, RuntimeError) or "write" not in str(exc):
+    """torch.save reports ENOSPC as a RuntimeError ('file write failed', 'iostream error', 'unexpected
+    pos'): on a RuntimeError while writing, a folder with under 1 MiB free is taken as full."""
+    if not isinstance(exc, RuntimeError):
         return False
     try:
         st = os.statvfs(folder)
