@@ -292,7 +292,7 @@ def bench_sampler(runs: list[tuple]) -> list[dict]:
     ``runs``: (config, px, T, batch, format, with_reference_order) tuples. The reference-order loop
     runs in the same process, on the same weights, inputs and noise, one image at a time.
     """
-    from strdiffusion import sampling
+    from strdiffusion import sampling, sampling_reference
 
     rows = []
     for config, px, T, batch, fmt, with_reference in runs:
@@ -312,7 +312,7 @@ def bench_sampler(runs: list[tuple]) -> list[dict]:
         rows.append(row)
         print_row_sampler(row)
         if with_reference:
-            out_r, st_r, sec_r, load_r = timed(lambda: sampling.sample_reference_order(
+            out_r, st_r, sec_r, load_r = timed(lambda: sampling_reference.sample_reference_order(
                 sde, structure_fn, texture_fn, critic_fn, image, mask, gray, edge, gens(), sampler_config))
             ref = {**base, "sampler": "strdiffusion (reference order)", "seconds": sec_r,
                    "images_per_s": batch / sec_r, "loadavg_before": load_r, "loadavg_after": loadavg(),

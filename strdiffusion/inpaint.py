@@ -4,24 +4,32 @@ Pipeline mode writes ``OUT/<image_id>.png`` — the composited result (known pix
 ground truth, holes from the method) — for the shard's pairs, into a temporary folder renamed
 onto OUT at the end, so a killed job leaves no half-written shard.
 
+Own-image mode (``--image/--mask/--out``) inpaints the user's files of any size.
+The diffusion methods run through :class:`strdiffusion.diffusion_runner.DiffusionRunner`; this module
+reads and writes the files and turns the command-line options into its settings.
+
 Mask convention everywhere: mask FILES are white (255) = HOLE; in memory ``mask`` is 1 = known.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from .diffusion_runner import DiffusionRunner, RunSettings
+from .sampling import ACCEPT, LATE_GUIDANCE, SamplerConfig, method_networks
 from .utils import UserError, atomic_dir, read_image_rgb, read_mask, save_png_atomic
 
 log = logging.getLogger("strdiffusion.inpaint")
 
-CLASSICAL = ("telea", "navier_stokes", "biharmonic")
+CLASSICAL = ("mean_fill", "telea", "navier_stokes", "biharmonic")
 DIFFUSION = ("strdiffusion", "strdiffusion_noresample", "irsde")
 
 
@@ -29,12 +37,17 @@ def classical_inpaint(method: str, image: np.ndarray, mask: np.ndarray, radius: 
     """Inpaint uint8 RGB ``image`` where ``mask`` == 0 (holes) with a classical method.
 
     Hole pixels of ``image`` are zeroed first, so no ground truth leaks into the result.
+    ``mean_fill`` fills every hole pixel with the mean colour of the known pixels: the floor a learned
+    model must clear to have learned anything.
     Returns the composited uint8 RGB result.
     """
     known = mask[..., None] > 0.5
     degraded = np.where(known, image, 0).astype(np.uint8)
     hole_u8 = (~known[..., 0]).astype(np.uint8) * 255
-    if method == "telea":
+    if method == "mean_fill":
+        colour = image[known[..., 0]].astype(np.float64).mean(0) if known.any() else np.full(3, 127.5)
+        out = np.broadcast_to(np.round(colour).astype(np.uint8), image.shape)
+    elif method == "telea":
         out = cv2.inpaint(degraded, hole_u8, radius, cv2.INPAINT_TELEA)
     elif method == "navier_stokes":
         out = cv2.inpaint(degraded, hole_u8, radius, cv2.INPAINT_NS)
@@ -60,6 +73,7 @@ def shard_rows(pairs: pd.DataFrame, bin_name: str, shard: int, shard_size: int) 
 
 
 def load_pair(gt_dir: Path, row) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB image ``gt_dir/<row.image_id>.png`` and its mask ``row.mask`` (float, 1 = known)."""
     image = read_image_rgb(Path(gt_dir) / f"{row.image_id}.png")
     mask = read_mask(row.mask, size=image.shape[:2])
     return image, mask
@@ -75,12 +89,194 @@ def run_shard(args) -> None:
                 image, mask = load_pair(args.gt_dir, row)
                 save_png_atomic(tmp / f"{row.image_id}.png", classical_inpaint(args.method, image, mask))
         elif args.method in DIFFUSION:
-            from .sampling import inpaint_rows
-
             inpaint_rows(args, rows, tmp)
         else:
             raise UserError(f"unknown method '{args.method}'; choose from {', '.join(CLASSICAL + DIFFUSION)}")
     log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", args.method, len(rows), args.bin, args.shard, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# settings of the diffusion methods, from the command line
+
+
+def sampler_config(args, method: str) -> SamplerConfig:
+    """The reverse process's constants from the options; resampling only for ``strdiffusion``."""
+    return SamplerConfig(u_max=args.u_max, u_min=args.u_min, jump=args.jump, re=args.re, switch=args.switch,
+                         accept=args.accept, late_guidance=args.late_guidance, hole_fill=args.hole_fill,
+                         resample=(method == "strdiffusion"))
+
+
+def run_settings(args) -> RunSettings:
+    return RunSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)})
+
+
+def checkpoint_paths(args, method: str) -> dict[str, Path]:
+    """Checkpoint of each network ``method`` needs: ``--<net>-checkpoint``, else ``--checkpoints DIR/<net>.pt``."""
+    return {net: _checkpoint_path(args, net, method) for net in method_networks(method)}
+
+
+def _checkpoint_path(args, net: str, method: str) -> Path:
+    given = getattr(args, f"{net}_checkpoint", None)
+    if given:
+        return Path(given)
+    if args.checkpoints:
+        path = Path(args.checkpoints) / f"{net}.pt"
+        if not path.is_file():
+            raise UserError(f"--method {method} needs the {net} network, but {path} does not exist "
+                            f"(--checkpoints {args.checkpoints} should hold {', '.join(n + '.pt' for n in method_networks(method))})")
+        return path
+    raise UserError(f"--method {method} needs the {net} network: pass --{net}-checkpoint FILE "
+                    f"or --checkpoints DIR holding {net}.pt")
+
+
+def _runner(args, method: str) -> DiffusionRunner:
+    return DiffusionRunner(method, checkpoint_paths(args, method), sampler_config(args, method), run_settings(args))
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline mode and own images (diffusion methods)
+
+
+def _size_groups(items, batch_size: int):
+    """Consecutive chunks of at most ``batch_size`` items of equal image size, order kept."""
+    chunk = []
+    for item in items:
+        if chunk and (len(chunk) == batch_size or chunk[0][1].shape[:2] != item[1].shape[:2]):
+            yield chunk
+            chunk = []
+        chunk.append(item)
+    if chunk:
+        yield chunk
+
+
+def _load_structure(structure_dir: Path, image_id: str, shape):
+    from PIL import Image
+
+    from .structure import load_gray
+
+    gray_p, edge_p = structure_dir / "gray" / f"{image_id}.png", structure_dir / "edge" / f"{image_id}.png"
+    if not gray_p.is_file() or not edge_p.is_file():
+        raise UserError(f"structure maps of {image_id} missing in {structure_dir} (expected gray/ and edge/ "
+                        f"{image_id}.png); rerun the structure stage")
+    gray = load_gray(gray_p)
+    with Image.open(edge_p) as im:
+        edge = (np.asarray(im.convert("L")) > 127).astype(np.float32)
+    if gray.shape != tuple(shape) or edge.shape != tuple(shape):
+        raise UserError(f"structure maps of {image_id} in {structure_dir} are {gray.shape[::-1]} but the image is "
+                        f"{tuple(shape)[::-1]}; rerun the structure stage")
+    return gray, edge
+
+
+def inpaint_rows(args, rows, out_dir) -> None:
+    """Pipeline mode: inpaint the pairs in ``rows`` (image_id, bin, mask) into ``out_dir/<image_id>.png``."""
+    out_dir = Path(out_dir)
+    runner = _runner(args, args.method)
+    structure_dir = Path(args.structure_dir) if args.structure_dir else None
+    items = []
+    for row in rows.itertuples():
+        image, mask = load_pair(args.gt_dir, row)
+        st = None
+        if structure_dir is not None and args.method != "irsde":
+            st = _load_structure(structure_dir, str(row.image_id), image.shape[:2])
+        items.append((str(row.image_id), image, mask, st, str(row.bin)))
+    for chunk in _size_groups(items, max(int(args.batch_size), 1)):
+        bins = {c[4] for c in chunk}
+        for bin_name in sorted(bins):
+            part = [c for c in chunk if c[4] == bin_name]
+            results, structs = runner.run([c[1] for c in part], [c[2] for c in part], [c[3] for c in part],
+                                          [c[0] for c in part], bin_name)
+            for k, (image_id, *_rest) in enumerate(part):
+                save_png_atomic(out_dir / f"{image_id}.png", results[k])
+                if args.save_structure and structs is not None:
+                    save_png_atomic(out_dir / "structure" / f"{image_id}.png", structs[k])
+    log.info("%s: %s", args.method, runner.summary())
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def _user_pairs(args) -> list[tuple[Path, Path, Path]]:
+    """(image, mask, output) paths of the user's files; folders are matched by file stem."""
+    image, mask = Path(args.image), Path(args.mask) if args.mask else None
+    if mask is None:
+        raise UserError("--image needs --mask (white pixels = holes to fill)")
+    if not args.out:
+        raise UserError("--image needs --out (an output PNG, or a folder when --image is a folder)")
+    out = Path(args.out)
+    if not image.exists():
+        raise UserError(f"--image {image} does not exist")
+    if not mask.exists():
+        raise UserError(f"--mask {mask} does not exist")
+    if image.is_dir():
+        if not mask.is_dir():
+            raise UserError(f"--image {image} is a folder, so --mask must be a folder too (masks matched by file name)")
+        if out.suffix.lower() in _IMAGE_SUFFIXES:
+            raise UserError(f"--image {image} is a folder, so --out must be a folder, not {out}")
+        masks = {p.stem: p for p in _list_images(mask)}
+        images = _list_images(image)
+        if not images:
+            raise UserError(f"--image {image}: no images ({', '.join(_IMAGE_SUFFIXES)}) in the folder")
+        missing = [p.name for p in images if p.stem not in masks]
+        if missing:
+            raise UserError(f"no mask in {mask} for {len(missing)} image(s): {', '.join(missing[:5])}"
+                            f"{' ...' if len(missing) > 5 else ''} (masks are matched by file name stem)")
+        return [(p, masks[p.stem], out / f"{p.stem}.png") for p in images]
+    if mask.is_dir():
+        cands = [p for p in _list_images(mask) if p.stem == image.stem]
+        if not cands:
+            raise UserError(f"no mask named {image.stem}.* in {mask}")
+        mask = cands[0]
+    if out.is_dir() or out.suffix == "":
+        out = out / f"{image.stem}.png"
+    return [(image, mask, out)]
+
+
+def inpaint_user_images(args) -> None:
+    """Inpaint the user's image(s): ``--image IMG|DIR --mask MASK|DIR --out OUT.png|DIR``.
+
+    Any image size: inputs are reflect-padded on the bottom/right to the networks' multiple and
+    the result cropped back. The mask must have the image's size. A mask without holes copies the
+    image (with a warning). A mask without known pixels is allowed (the method then generates the
+    whole image from its structure prior alone) but warned about, since nothing guides it.
+    Structure (gray, Canny edges with ``--sigma``) is computed from the image as given.
+    """
+    pairs = _user_pairs(args)
+    method = args.method
+    runner = None
+    items = []
+    for image_p, mask_p, out_p in pairs:
+        image = read_image_rgb(image_p)
+        mask = read_mask(mask_p, size=image.shape[:2])
+        if mask.min() > 0.5:
+            warnings.warn(f"{mask_p}: the mask has no hole (no white pixel); {out_p} is a copy of {image_p}",
+                          stacklevel=2)
+            log.warning("%s: mask has no hole; copying %s", mask_p, image_p)
+            save_png_atomic(out_p, image)
+            continue
+        if mask.max() < 0.5:
+            warnings.warn(f"{mask_p}: the mask is all hole (no known pixel); the result is not guided "
+                          "by the image at all", stacklevel=2)
+            log.warning("%s: mask has no known pixel; the result ignores the image", mask_p)
+        if method in CLASSICAL:
+            save_png_atomic(out_p, classical_inpaint(method, image, mask))
+            continue
+        items.append((image_p.stem, image, mask, None, out_p))
+    if not items:
+        return
+    runner = _runner(args, method)
+    for chunk in _size_groups(items, max(int(args.batch_size), 1)):
+        results, structs = runner.run([c[1] for c in chunk], [c[2] for c in chunk], [None] * len(chunk),
+                                      [c[0] for c in chunk], "")
+        for k, c in enumerate(chunk):
+            save_png_atomic(c[4], results[k])
+            if args.save_structure and structs is not None:
+                save_png_atomic(c[4].parent / "structure" / c[4].name, structs[k])
+            log.info("inpainted %s -> %s", c[0], c[4])
+    log.info("%s: %s", method, runner.summary())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,18 +293,53 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard", type=int, default=0)
     g.add_argument("--shard-size", type=int, default=16)
     g.add_argument("--out", help="output folder (shard) or output PNG/folder (own images)")
+    add_sampling_arguments(p)
     return p
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the diffusion samplers and of own-image mode (``strdiffusion inpaint``)."""
+    d, r = SamplerConfig(), RunSettings()
+    g = parser.add_argument_group("diffusion sampling (defaults reproduce the reference)")
+    g.add_argument("--seed", type=int, default=r.seed, help="global seed; image noise is seeded from (seed, image id, bin)")
+    g.add_argument("--batch-size", type=int, default=r.batch_size, help="images sampled together (results do not depend on it)")
+    g.add_argument("--u-max", type=int, default=d.u_max, help="at most u_max-1 resampling trials per step")
+    g.add_argument("--u-min", type=int, default=d.u_min, help="from trial u_min on, a rejected trial stops resampling")
+    g.add_argument("--jump", type=int, default=d.jump, help="resample at steps t %% jump == 0")
+    g.add_argument("--re", type=int, default=d.re, help="forward re-noising steps of the structure per trial")
+    g.add_argument("--switch", type=float, default=d.switch, help="early stage for t >= floor(switch*T)")
+    g.add_argument("--accept", choices=ACCEPT, default=d.accept,
+                   help="keep a trial when its critic score is lower (reference) or higher than the first sample's")
+    g.add_argument("--late-guidance", choices=LATE_GUIDANCE, default=d.late_guidance,
+                   help="late-stage guidance: mean over RGB (reference) or BT.709 gray")
+    g.add_argument("--hole-fill", type=float, default=d.hole_fill, help="value of hole pixels in the degraded input")
+    g.add_argument("--T", type=int, default=r.T, dest="T",
+                   help="diffusion steps the networks were trained with (checked against the checkpoints; "
+                        "required for the authors' bare state dicts)")
+    g.add_argument("--sigma", type=float, default=r.sigma,
+                   help="Canny sigma of structure computed on the fly (reference test: 2)")
+    g.add_argument("--save-structure", action="store_true", help="also write the final structure state to structure/")
+    c = parser.add_argument_group("networks")
+    for net in ("structure", "texture", "critic", "irsde"):
+        c.add_argument(f"--{net}-checkpoint", metavar="FILE", help=f"{net} network checkpoint")
+    c.add_argument("--checkpoints", metavar="DIR",
+                   help="folder with structure.pt, texture.pt, critic.pt, irsde.pt (explicit --*-checkpoint wins)")
+    p = parser.add_argument_group("device and speed (results unchanged unless noted)")
+    p.add_argument("--device", default=r.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default=r.autocast,
+                   help="CUDA mixed precision (changes results slightly)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (changes results slightly)")
+    u = parser.add_argument_group("own images (instead of a pipeline shard)")
+    u.add_argument("--image", metavar="IMG|DIR", help="image file, or folder of images (any size)")
+    u.add_argument("--mask", metavar="MASK|DIR",
+                   help="mask file of the image's size, or folder matched by file name: WHITE = HOLE to fill, black = keep")
+
+
 def main(argv=None) -> int:
-    from .sampling import add_sampling_arguments
-
-    p = build_parser()
-    add_sampling_arguments(p)
-    args = p.parse_args(argv)
-    if getattr(args, "image", None):
-        from .sampling import inpaint_user_images
-
+    args = build_parser().parse_args(argv)
+    if args.image:
         inpaint_user_images(args)
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]

@@ -1,4 +1,6 @@
-"""Tests of strdiffusion/sampling.py: the StrDiffusion reverse process, its batching and the CLI glue."""
+"""Tests of strdiffusion/sampling.py (the StrDiffusion reverse process and its batching, against
+strdiffusion/sampling_reference.py) and of the inpaint stage's diffusion glue (strdiffusion/inpaint.py,
+strdiffusion/diffusion_runner.py)."""
 from __future__ import annotations
 
 import os
@@ -12,14 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from strdiffusion.sampling import (
-    SamplerConfig,
-    make_generators,
-    net_callables,
-    sample_irsde,
-    sample_reference_order,
-    sample_strdiffusion,
-)
+from strdiffusion.sampling import SamplerConfig, make_generators, net_callables, sample_irsde, sample_strdiffusion
+from strdiffusion.sampling_reference import sample_reference_order
 from strdiffusion.sde import IRSDE
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,0 +1,202 @@
+"""The diffusion methods of the inpaint stage: networks from checkpoints, device, padding, uint8 in and out.
+
+:class:`DiffusionRunner` loads the networks a method needs (strictly, checking the SDE they were
+trained with), picks the device, pads images to the networks' multiple and calls the pure sampler
+(:mod:`strdiffusion.sampling`). It reads checkpoint files but no images: the inpaint stage
+(:mod:`strdiffusion.inpaint`) reads and writes those and builds the settings from its options.
+
+Conventions: images are uint8 HxWx3 arrays; masks float HxW arrays with 1 = KNOWN pixel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .sampling import SamplerConfig, make_generators, method_networks, net_callables, sample_irsde, sample_strdiffusion
+from .sde import IRSDE
+from .utils import UserError
+
+log = logging.getLogger("strdiffusion.inpaint")
+
+# the critic halves the resolution three times
+_CRITIC_MULTIPLE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How the inpaint stage runs a diffusion method; the defaults are the command line's.
+
+    seed: global seed, image noise is seeded from (seed, image id, bin). batch_size: images sampled
+    together (results do not depend on it). sigma: Canny sigma of structure computed on the fly.
+    T: diffusion steps the checkpoints must have been trained with (None: any; required for the
+    authors' bare state dicts). device: auto | cpu | cuda | cuda:N. compile, channels_last: speed
+    only. autocast (none | bf16 | fp16) and tf32: CUDA only, change results slightly.
+    save_structure: also write the final structure state.
+    """
+
+    seed: int = 0
+    batch_size: int = 16
+    sigma: float = 2.0
+    T: int | None = None
+    device: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    autocast: str = "none"
+    tf32: bool = False
+    save_structure: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _same_sde(a: dict, b: dict) -> bool:
+    import math
+
+    for key in ("T", "max_sigma", "schedule", "eps"):
+        if key in a and key in b:
+            va, vb = a[key], b[key]
+            if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+                if not math.isclose(va, vb, rel_tol=1e-9):
+                    return False
+            elif va != vb:
+                return False
+    return True
+
+
+def load_method_networks(method: str, checkpoints: dict, run: RunSettings, device) -> tuple[dict, IRSDE]:
+    """Load the networks ``method`` needs (strictly) from ``checkpoints`` (kind -> path) and their SDE.
+
+    ``run.T`` is checked against every checkpoint's stored settings; all networks must agree. The
+    authors' bare state dicts carry no settings: then ``run.T`` is required and the other SDE
+    settings are the reference's (max_sigma 30, cosine, eps 0.005).
+    """
+    from .checkpoints import load_checkpoint
+
+    expect = {"T": int(run.T)} if run.T is not None else None
+    nets, sde_settings, sde_from = {}, None, None
+    for kind in method_networks(method):
+        path = Path(checkpoints[kind])
+        net, meta = load_checkpoint(path, kind=kind, expect_sde=expect, map_location=device)
+        stored = meta.get("sde")
+        if stored:
+            if sde_settings is None:
+                sde_settings, sde_from = dict(stored), path
+            elif not _same_sde(sde_settings, stored):
+                raise UserError(f"checkpoints disagree on the SDE: {sde_from} has {sde_settings}, {path} has {stored}; "
+                                "use networks trained with the same sde settings")
+        nets[kind] = net
+    settings = {"T": 100, "max_sigma": 30.0, "schedule": "cosine", "eps": 0.005}
+    settings.update(sde_settings or ({"T": int(run.T)} if expect else {}))
+    sde = IRSDE(T=int(settings["T"]), max_sigma=float(settings["max_sigma"]), schedule=settings["schedule"],
+                eps=float(settings["eps"]), device=device)
+    from .nets.spade import bake_spectral_norm
+
+    for kind, net in nets.items():
+        net.requires_grad_(False)
+        if kind == "texture":
+            bake_spectral_norm(net)  # same weights, without the per-forward normalisation
+        if run.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if run.compile:
+            nets[kind] = torch.compile(net, dynamic=True)
+    return nets, sde
+
+
+def pad_multiple(nets: dict) -> int:
+    """Side lengths the networks need: the UNets' padding multiple and the critic's 8."""
+    multiple = 1
+    for kind, net in nets.items():
+        net = getattr(net, "_orig_mod", net)
+        need = _CRITIC_MULTIPLE if kind == "critic" else int(getattr(net, "pad_multiple", 1))
+        multiple = max(multiple, need)  # all powers of two
+    return multiple
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad an NCHW tensor on the bottom/right to a multiple of ``multiple`` (reflect; replicate if too small)."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < H and pw < W else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class DiffusionRunner:
+    """Loaded networks, SDE and settings for one method; inpaints lists of uint8 images.
+
+    checkpoints: network kind -> checkpoint path, for every kind the method needs
+    (:func:`strdiffusion.sampling.method_networks`). sampler: the reverse process's constants
+    (``resample=False`` for ``strdiffusion_noresample``). run: device, seed and speed settings.
+    """
+
+    def __init__(self, method: str, checkpoints: dict, sampler: SamplerConfig, run: RunSettings):
+        self.method, self.run_settings = method, run
+        self.device = resolve_device(run.device)
+        if self.device.type == "cuda" and run.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if run.autocast not in (None, "none") and self.device.type != "cuda":
+            raise UserError(f"--autocast {run.autocast} needs a CUDA device; this run is on {self.device}")
+        self.nets, self.sde = load_method_networks(method, checkpoints, run, self.device)
+        self.config = sampler
+        self.fns = net_callables(self.nets.get("structure"), self.nets.get("texture") or self.nets.get("irsde"),
+                                 self.nets.get("critic"), autocast=run.autocast, channels_last=run.channels_last)
+        self.multiple = pad_multiple(self.nets)
+        self.totals = {"images": 0}
+        log.info("%s on %s: T=%d, %s", method, self.device, self.sde.T, self.config)
+
+    def run(self, images, masks, structures, ids, bin_name):
+        """uint8 HxWx3 images, float 1=known HxW masks, (gray, edge) or None -> (uint8 results, structures)."""
+        dev = self.device
+        H, W = images[0].shape[:2]
+        img = torch.stack([torch.from_numpy(np.array(i, dtype=np.uint8)).permute(2, 0, 1) for i in images])
+        img = img.to(torch.float32) / 255
+        m = torch.stack([torch.from_numpy(np.asarray(k, dtype=np.float32))[None] for k in masks])
+        grays, edges = [], []
+        if self.method != "irsde":
+            from .structure import image_structure
+
+            for image, st in zip(images, structures):
+                gray, edge = st if st is not None else image_structure(image, self.run_settings.sigma)
+                grays.append(torch.from_numpy(np.asarray(gray, dtype=np.float32))[None])
+                edges.append(torch.from_numpy(np.asarray(edge, dtype=np.float32))[None])
+        pad = lambda t: pad_to_multiple(t, self.multiple).to(dev)  # noqa: E731
+        img_p, m_p = pad(img), pad(m)
+        gens = make_generators(self.run_settings.seed, ids, bin_name)
+        progress = True  # tqdm on stderr
+        s_fn, t_fn, c_fn = self.fns
+        if self.method == "irsde":
+            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.config.hole_fill, progress=progress)
+        else:
+            out, stats = sample_strdiffusion(self.sde, s_fn, t_fn, c_fn, img_p, m_p, pad(torch.stack(grays)),
+                                             pad(torch.stack(edges)), gens, self.config, progress=progress)
+        out = out[..., :H, :W]
+        results = [to_uint8(o) for o in out]
+        structs = None
+        if "structure" in stats:
+            structs = [(s[0, :H, :W].cpu().numpy() * 255).round().astype(np.uint8) for s in stats["structure"]]
+        for key in ("structure_calls", "texture_calls", "critic_calls", "trials"):
+            self.totals[key] = self.totals.get(key, 0) + int(stats[key].sum())
+        self.totals["images"] += len(images)
+        return results, structs
+
+    def summary(self) -> str:
+        n = max(self.totals["images"], 1)
+        parts = [f"{k.replace('_', ' ')} {v / n:.1f}" for k, v in self.totals.items() if k != "images"]
+        return f"{self.totals['images']} images; per image: " + ", ".join(parts)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> uint8 HxWx3, rounding like the reference's tensor2img."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
