@@ -26,7 +26,7 @@ def test_default_config_is_valid_and_gets_defaults(default):
     (lambda c: c["datasets"]["builtin"]["masks"].update(bins=[[0.5, 1.5]]), "datasets.builtin.masks.bins.0.1"),
     (lambda c: c["datasets"]["builtin"]["masks"].update(bins=[[0.4, 0.2]]), "datasets.builtin.masks.bins[0]"),
     (lambda c: c.update(image_size=62), "image_size"),
-    (lambda c: c["methods"].append("lama"), "methods.6"),
+    (lambda c: c["methods"].insert(0, "lama"), "methods.0"),
 ])
 def test_bad_config_names_the_key(default, edit, key):
     bad = copy.deepcopy(default)
