@@ -231,13 +231,19 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def sde_mismatch(a: dict, b: dict) -> str | None:
+    """The first SDE setting (T, max_sigma, schedule, eps) that ``a`` and ``b`` both give with different
+    values, else None. Numbers agree to a relative 1e-9; a setting missing on either side is not compared."""
+    return next((key for key in _SDE_KEYS if key in a and key in b and not _same(a[key], b[key])), None)
+
+
 def _check_sde(path: Path, stored: dict | None, expected: dict | None) -> None:
     if stored is None or not expected:
         return
-    for key in _SDE_KEYS:
-        if key in expected and key in stored and not _same(stored[key], expected[key]):
-            raise UserError(f"checkpoint {path} was trained with {key}={stored[key]} but config says "
-                            f"{key}={expected[key]} (key sde.{key})")
+    key = sde_mismatch(stored, expected)
+    if key is not None:
+        raise UserError(f"checkpoint {path} was trained with {key}={stored[key]} but config says "
+                        f"{key}={expected[key]} (key sde.{key})")
 
 
 def _from_ours(path, payload, kind, expect_sde, ctor_kwargs):

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sampling import SamplerConfig, make_generators, method_networks, net_callables, sample_irsde, sample_strdiffusion
+from .gpu import resolve_device
+from .methods import method_networks
+from .sampling import SamplerConfig, make_generators, net_callables, sample_irsde, sample_strdiffusion
 from .sde import IRSDE
 from .utils import UserError
 
@@ -51,28 +53,6 @@ class RunSettings:
     save_structure: bool = False
 
 
-def resolve_device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but no CUDA device is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def _same_sde(a: dict, b: dict) -> bool:
-    import math
-
-    for key in ("T", "max_sigma", "schedule", "eps"):
-        if key in a and key in b:
-            va, vb = a[key], b[key]
-            if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
-                if not math.isclose(va, vb, rel_tol=1e-9):
-                    return False
-            elif va != vb:
-                return False
-    return True
-
-
 def load_method_networks(method: str, checkpoints: dict, run: RunSettings, device) -> tuple[dict, IRSDE]:
     """Load the networks ``method`` needs (strictly) from ``checkpoints`` (kind -> path) and their SDE.
 
@@ -80,7 +60,7 @@ def load_method_networks(method: str, checkpoints: dict, run: RunSettings, devic
     authors' bare state dicts carry no settings: then ``run.T`` is required and the other SDE
     settings are the reference's (max_sigma 30, cosine, eps 0.005).
     """
-    from .checkpoints import load_checkpoint
+    from .checkpoints import load_checkpoint, sde_mismatch
 
     expect = {"T": int(run.T)} if run.T is not None else None
     nets, sde_settings, sde_from = {}, None, None
@@ -91,14 +71,12 @@ def load_method_networks(method: str, checkpoints: dict, run: RunSettings, devic
         if stored:
             if sde_settings is None:
                 sde_settings, sde_from = dict(stored), path
-            elif not _same_sde(sde_settings, stored):
+            elif sde_mismatch(sde_settings, stored) is not None:
                 raise UserError(f"checkpoints disagree on the SDE: {sde_from} has {sde_settings}, {path} has {stored}; "
                                 "use networks trained with the same sde settings")
         nets[kind] = net
-    settings = {"T": 100, "max_sigma": 30.0, "schedule": "cosine", "eps": 0.005}
-    settings.update(sde_settings or ({"T": int(run.T)} if expect else {}))
-    sde = IRSDE(T=int(settings["T"]), max_sigma=float(settings["max_sigma"]), schedule=settings["schedule"],
-                eps=float(settings["eps"]), device=device)
+    # settings a checkpoint does not store are IRSDE's defaults, the reference's
+    sde = IRSDE(**(sde_settings or ({"T": int(run.T)} if expect else {})), device=device)
     from .nets.spade import bake_spectral_norm
 
     for kind, net in nets.items():
@@ -136,7 +114,7 @@ class DiffusionRunner:
     """Loaded networks, SDE and settings for one method; inpaints lists of uint8 images.
 
     checkpoints: network kind -> checkpoint path, for every kind the method needs
-    (:func:`strdiffusion.sampling.method_networks`). sampler: the reverse process's constants
+    (:func:`strdiffusion.methods.method_networks`). sampler: the reverse process's constants
     (``resample=False`` for ``strdiffusion_noresample``). run: device, seed and speed settings.
     """
 

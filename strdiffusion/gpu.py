@@ -7,6 +7,8 @@ from the pool with exclusive ``flock`` locks (released by the kernel when the pr
 on ``kill -9``) and sets ``CUDA_VISIBLE_DEVICES``. When ``CUDA_VISIBLE_DEVICES`` is already set
 (SLURM does this for ``--gres=gpu``), nothing changes.
 
+:func:`resolve_device` is the one place where a stage's ``--device`` option becomes a torch device.
+
 Environment: ``STRDIFFUSION_GPU_POOL`` (e.g. ``0,1,2,3``; default: the GPUs ``nvidia-smi -L``
 lists) and ``STRDIFFUSION_GPU_LOCK_DIR`` (default: a per-user folder under the temp dir).
 """
@@ -73,6 +75,31 @@ def claim(n: int, timeout: float = 600.0) -> list[str]:
 
 def claim_from_env() -> list[str]:
     return claim(int(os.environ.get("STRDIFFUSION_JOB_GPUS", "0") or 0))
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None):
+    """A ``--device`` value (auto | cpu | cuda | cuda:N | any torch device) as a ``torch.device``.
+
+    ``auto`` is cuda when torch sees a GPU, else cpu. A cuda device without a visible GPU, or a name
+    torch does not know, is a UserError. ``local_rank`` (one GPU per DDP process) turns a bare
+    ``cuda`` into ``cuda:<local_rank>``.
+    """
+    import torch
+
+    from .utils import UserError
+
+    name = str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is visible to torch; use --device cpu or auto")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a torch device (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return device
 
 
 def main(argv=None) -> int:

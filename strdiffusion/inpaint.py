@@ -24,13 +24,12 @@ import numpy as np
 import pandas as pd
 
 from .diffusion_runner import DiffusionRunner, RunSettings
-from .sampling import ACCEPT, LATE_GUIDANCE, SamplerConfig, method_networks
-from .utils import UserError, atomic_dir, read_image_rgb, read_mask, save_png_atomic
+from .methods import CLASSICAL, DIFFUSION, METHODS, method_networks
+from .sampling import ACCEPT, LATE_GUIDANCE, SamplerConfig
+from .utils import UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic
 
 log = logging.getLogger("strdiffusion.inpaint")
 
-CLASSICAL = ("mean_fill", "telea", "navier_stokes", "biharmonic")
-DIFFUSION = ("strdiffusion", "strdiffusion_noresample", "irsde")
 
 
 def classical_inpaint(method: str, image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
@@ -91,7 +90,7 @@ def run_shard(args) -> None:
         elif args.method in DIFFUSION:
             inpaint_rows(args, rows, tmp)
         else:
-            raise UserError(f"unknown method '{args.method}'; choose from {', '.join(CLASSICAL + DIFFUSION)}")
+            raise UserError(f"unknown method '{args.method}'; choose from {', '.join(METHODS)}")
     log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", args.method, len(rows), args.bin, args.shard, out)
 
 
@@ -138,15 +137,9 @@ def _runner(args, method: str) -> DiffusionRunner:
 
 
 def _size_groups(items, batch_size: int):
-    """Consecutive chunks of at most ``batch_size`` items of equal image size, order kept."""
-    chunk = []
-    for item in items:
-        if chunk and (len(chunk) == batch_size or chunk[0][1].shape[:2] != item[1].shape[:2]):
-            yield chunk
-            chunk = []
-        chunk.append(item)
-    if chunk:
-        yield chunk
+    """Consecutive chunks of at most ``batch_size`` items (id, image, ...) of equal image size, order kept."""
+    for idx in equal_size_runs([item[1].shape[:2] for item in items], max(int(batch_size), 1)):
+        yield [items[i] for i in idx]
 
 
 def _load_structure(structure_dir: Path, image_id: str, shape):
@@ -179,7 +172,7 @@ def inpaint_rows(args, rows, out_dir) -> None:
         if structure_dir is not None and args.method != "irsde":
             st = _load_structure(structure_dir, str(row.image_id), image.shape[:2])
         items.append((str(row.image_id), image, mask, st, str(row.bin)))
-    for chunk in _size_groups(items, max(int(args.batch_size), 1)):
+    for chunk in _size_groups(items, args.batch_size):
         bins = {c[4] for c in chunk}
         for bin_name in sorted(bins):
             part = [c for c in chunk if c[4] == bin_name]
@@ -268,7 +261,7 @@ def inpaint_user_images(args) -> None:
     if not items:
         return
     runner = _runner(args, method)
-    for chunk in _size_groups(items, max(int(args.batch_size), 1)):
+    for chunk in _size_groups(items, args.batch_size):
         results, structs = runner.run([c[1] for c in chunk], [c[2] for c in chunk], [None] * len(chunk),
                                       [c[0] for c in chunk], "")
         for k, c in enumerate(chunk):
@@ -284,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="strdiffusion inpaint",
         description="Inpaint a shard of the pipeline's test pairs, or your own image(s). "
                     "MASK CONVENTION: white (255) pixels of the mask file are HOLES to fill; black pixels are kept.")
-    p.add_argument("--method", default="strdiffusion", choices=CLASSICAL + DIFFUSION)
+    p.add_argument("--method", default="strdiffusion", choices=METHODS)
     g = p.add_argument_group("pipeline shard")
     g.add_argument("--pairs", help="pairs CSV (image_id, bin, mask)")
     g.add_argument("--bin", help="hole-ratio bin label, e.g. 10-20")

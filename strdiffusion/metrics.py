@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import UserError, read_image_rgb, write_csv_atomic, write_text_atomic
+from .gpu import resolve_device
+from .utils import UserError, equal_size_runs, read_image_rgb, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger("strdiffusion.metrics")
 
@@ -144,19 +145,6 @@ def compute_image_metrics(gt_list, pred_list, metrics, lpips_metric=None, crop: 
 
 # ----------------------------------------------------------------------------- weights and devices
 
-def resolve_device(name: str = "auto"):
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a UserError."""
-    import torch
-
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a torch device (use auto, cpu or cuda)") from None
 
 
 def hub_checkpoint_dir() -> Path:
@@ -223,17 +211,12 @@ def _loading(path: Path, what: str):
 
 def _batches(items_a, items_b, batch_size: int):
     """Yield index lists of at most ``batch_size`` consecutive items that share one shape."""
-    start, n = 0, len(items_a)
-    while start < n:
-        shape = np.shape(items_a[start])
-        stop = start + 1
-        while stop < n and stop - start < batch_size and np.shape(items_a[stop]) == shape:
-            stop += 1
-        for i in range(start, stop):
+    for idx in equal_size_runs([np.shape(a) for a in items_a], batch_size):
+        shape = np.shape(items_a[idx[0]])
+        for i in idx:
             if items_b is not None and np.shape(items_b[i]) != shape:
                 raise ValueError(f"pair {i}: images differ in shape: {shape} vs {np.shape(items_b[i])}")
-        yield list(range(start, stop))
-        start = stop
+        yield idx
 
 
 def _to_tensor(images, idx, device):

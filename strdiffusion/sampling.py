@@ -34,7 +34,6 @@ from .utils import UserError, seed_for
 
 ACCEPT = ("lower", "higher")
 LATE_GUIDANCE = ("rgb_mean", "gray")
-SAMPLERS = ("strdiffusion", "strdiffusion_noresample", "irsde")
 # skimage.color.rgb2gray weights (ITU-R BT.709), for late_guidance="gray"
 _GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
@@ -337,10 +336,3 @@ def net_callables(structure_net=None, texture_net=None, critic_net=None, autocas
     return (structure_fn if structure_net is not None else None,
             texture_fn if texture_net is not None else None,
             critic_fn if critic_net is not None else None)
-
-
-def method_networks(method: str) -> tuple[str, ...]:
-    """Network kinds a sampling method needs."""
-    return {"strdiffusion": ("structure", "texture", "critic"),
-            "strdiffusion_noresample": ("structure", "texture"),
-            "irsde": ("irsde",)}[method]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .metrics import status_path
 from .utils import UserError, seed_for, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger("strdiffusion.tables")
@@ -78,10 +79,9 @@ def paired_bootstrap_p(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = N_
 
 
 def _status(csv_path: Path) -> dict:
-    for cand in (Path(str(csv_path) + ".status.json"), csv_path.with_suffix(".status.json")):
-        if cand.is_file():
-            return json.loads(cand.read_text())
-    return {}
+    """The metric stage's status sidecar of a metrics CSV ({} when there is none)."""
+    path = status_path(csv_path)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

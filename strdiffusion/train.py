@@ -497,16 +497,7 @@ def _relaunch(argv, nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda")
-    return torch.device("cpu")
+from .gpu import resolve_device as _device  # noqa: E402  one device resolver for every stage (issue 14)
 
 
 # ---------------------------------------------------------------------- main

@@ -225,3 +225,16 @@ def seed_for(*parts) -> int:
 
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+def equal_size_runs(sizes, batch_size: int):
+    """Index lists of at most ``batch_size`` consecutive items whose ``sizes[i]`` are equal, in order.
+
+    The batches of the inpaint and metric stages: images of one size stack into one tensor.
+    """
+    start, n = 0, len(sizes)
+    while start < n:
+        stop = start + 1
+        while stop < n and stop - start < batch_size and sizes[stop] == sizes[start]:
+            stop += 1
+        yield list(range(start, stop))
+        start = stop

@@ -15,7 +15,7 @@ def _per_image(tmp_path, method, b, psnr, ssim, lpips=None):
     path = tmp_path / f"{method}_{b}.csv"
     df.to_csv(path, index=False)
     if lpips is None:
-        (tmp_path / f"{method}_{b}.csv.status.json").write_text(json.dumps(
+        (tmp_path / f"{method}_{b}.status.json").write_text(json.dumps(  # metrics.status_path
             {"lpips": {"available": False, "reason": "put alexnet-owt-7be5be79.pth into /x/hub/checkpoints"}}))
     return path
 

@@ -50,16 +50,10 @@ wildcard_constraints:
     method=r"[a-z_]+",
     bin=r"\d+-\d+",
     shard=r"\d+",
-    net=r"structure|texture|critic|irsde",
 
 
-CLASSICAL = ["mean_fill", "telea", "navier_stokes", "biharmonic"]
-# networks each method needs at sampling time
-METHOD_NETS = {
-    "strdiffusion": ["structure", "texture", "critic"],
-    "strdiffusion_noresample": ["structure", "texture"],
-    "irsde": ["irsde"],
-}
+# the methods and the networks each diffusion method samples with: one list, in the library
+from strdiffusion.methods import CLASSICAL, DIFFUSION as METHOD_NETS
 
 
 def dataset_cfg(wildcards):

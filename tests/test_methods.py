@@ -1,0 +1,73 @@
+"""One definition each (issue 14): the method list, device resolution, SDE compatibility and
+equal-size batches, used by the workflow, the inpaint and metric stages and training alike."""
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+import torch
+import yaml
+
+from strdiffusion.checkpoints import sde_mismatch
+from strdiffusion.gpu import resolve_device
+from strdiffusion.methods import CLASSICAL, DIFFUSION, METHODS, method_networks
+from strdiffusion.utils import UserError, equal_size_runs
+
+
+def test_the_schema_accepts_exactly_the_library_methods():
+    schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
+    assert tuple(schema["properties"]["methods"]["items"]["enum"]) == METHODS
+
+
+def test_workflow_and_inpaint_stage_read_the_one_method_list(repo_root):
+    from strdiffusion import inpaint
+
+    assert inpaint.CLASSICAL is CLASSICAL and inpaint.DIFFUSION is DIFFUSION
+    assert set(inpaint.build_parser()._option_string_actions["--method"].choices) == set(METHODS)
+    common = (repo_root / "workflow" / "rules" / "common.smk").read_text()
+    assert "from strdiffusion.methods import" in common
+    assert not re.search(r'"(strdiffusion_noresample|navier_stokes)"', common)  # no second list
+
+
+def test_method_networks():
+    assert method_networks("strdiffusion") == ("structure", "texture", "critic")
+    assert method_networks("strdiffusion_noresample") == ("structure", "texture")
+    assert method_networks("irsde") == ("irsde",)
+    assert all(method_networks(m) == () for m in CLASSICAL)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_networks("telia")
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("meta", local_rank=3) == torch.device("meta")
+    with pytest.raises(UserError, match="not a torch device"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="no CUDA device"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("auto", local_rank=2) == torch.device("cuda", 2)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)  # an explicit index wins
+
+
+def test_sde_mismatch():
+    a = {"T": 100, "max_sigma": 30.0, "schedule": "cosine", "eps": 0.005}
+    assert sde_mismatch(a, dict(a)) is None
+    assert sde_mismatch(a, {**a, "max_sigma": 30.0 * (1 + 1e-12)}) is None
+    assert sde_mismatch(a, {**a, "eps": 0.004}) == "eps"
+    assert sde_mismatch(a, {**a, "T": 400, "schedule": "linear"}) == "T"  # the first in settings order
+    assert sde_mismatch(a, {"T": 100}) is None  # only settings both give are compared
+    assert sde_mismatch({"T": 100}, {"schedule": "linear"}) is None
+
+
+def test_equal_size_runs():
+    sizes = [(2, 2), (2, 2), (2, 2), (3, 2), (2, 2), (2, 2)]
+    assert list(equal_size_runs(sizes, 2)) == [[0, 1], [2], [3], [4, 5]]
+    assert list(equal_size_runs(sizes, 16)) == [[0, 1, 2], [3], [4, 5]]
+    assert list(equal_size_runs(sizes, 1)) == [[i] for i in range(6)]
+    assert list(equal_size_runs([], 4)) == []
