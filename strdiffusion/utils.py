@@ -226,6 +226,7 @@ def seed_for(*parts) -> int:
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
+
 def equal_size_runs(sizes, batch_size: int):
     """Index lists of at most ``batch_size`` consecutive items whose ``sizes[i]`` are equal, in order.
 
