@@ -417,14 +417,17 @@ def synthetic_batch(batch: int, px: int, T: int, seed: int = 0) -> dict:
             "noise_s": torch.randn(batch, 1, px, px, generator=g)}
 
 
-def bench_train(quick: bool, config: str = "tiny", batch: int = 4, px: int = 64, T: int = 100) -> list[dict]:
-    """Iterations per second of the trainer's step (``train.objective`` + backward + Adam) per network."""
+def bench_train(quick: bool, config: str = "tiny", batch: int = 8, px: int = 64, T: int = 20) -> list[dict]:
+    """Per network: the trainer's step (``train.objective`` + backward + Adam) in it/s, images/s and
+    GFLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode) as a share of the fp32
+    matmul peak measured in the same run (issue 13: small nets should reach >= 50 %)."""
     from strdiffusion import train
     from strdiffusion.sde import IRSDE
 
     sde = IRSDE(T=T, device=DEVICE)
     data = {k: v.to(DEVICE) for k, v in synthetic_batch(batch, px, T).items()}
     repeats = 3 if quick else 10
+    peak = calibrate_matmul(repeats=3)["gflops_best"]
     rows = []
     for kind in train.KINDS:
         torch.manual_seed(0)
@@ -437,13 +440,23 @@ def bench_train(quick: bool, config: str = "tiny", batch: int = 4, px: int = 64,
             loss.backward()
             opt.step()
 
+        def fwd_bwd():
+            train.objective(net, sde, data, kind).backward()
+
+        flops = count_flops(fwd_bwd)
+        opt.zero_grad(set_to_none=True)
         row = {"net": kind, "config": config, "batch": batch, "px": px, **measure(step, repeats, warmup=1)}
         row["it_per_s"] = 1.0 / row["median_s"]
         row["images_per_s"] = batch / row["median_s"]
+        row["gflop_per_step"] = flops / 1e9
+        row["gflops"] = flops / row["median_s"] / 1e9
+        row["peak_gflops"] = peak
+        row["share_of_peak"] = row["gflops"] / peak
         rows.append(row)
         print(f"  train {kind:9s} {config} b{batch} {px}px  {row['median_s'] * 1e3:8.1f} ms/it"
               f" (min {row['min_s'] * 1e3:.1f}, max {row['max_s'] * 1e3:.1f})  {row['it_per_s']:.2f} it/s"
-              f"  load {row['loadavg_before'][0]:.1f}", flush=True)
+              f"  {row['images_per_s']:.1f} img/s  {row['gflops']:.1f} GFLOP/s = {100 * row['share_of_peak']:.0f} %"
+              f" of {peak:.0f}  load {row['loadavg_before'][0]:.1f}", flush=True)
     return rows
 
 
@@ -641,7 +654,7 @@ def main(argv=None) -> int:
             result["sampler"] += bench_precision("paper", 256, 100, a.gpu_batch)
         save()
     if "train" in a.sections:
-        print("== training step (tiny config, synthetic batch)", flush=True)
+        print("== training step (tiny config, batch 8, 64 px, synthetic batch)", flush=True)
         result["train"] = bench_train(a.quick)
         save()
     if "metrics" in a.sections:

@@ -53,8 +53,11 @@ class RunSettings:
     save_structure: bool = False
 
 
-def load_method_networks(method: str, checkpoints: dict, run: RunSettings, device) -> tuple[dict, IRSDE]:
+def load_method_networks(method: str, checkpoints: dict, run: RunSettings, device,
+                         metadata: dict | None = None) -> tuple[dict, IRSDE]:
     """Load the networks ``method`` needs (strictly) from ``checkpoints`` (kind -> path) and their SDE.
+
+    ``metadata``, when given, receives each network's checkpoint metadata (kind -> dict).
 
     ``run.T`` is checked against every checkpoint's stored settings; all networks must agree. The
     authors' bare state dicts carry no settings: then ``run.T`` is required and the other SDE
@@ -67,6 +70,8 @@ def load_method_networks(method: str, checkpoints: dict, run: RunSettings, devic
     for kind in method_networks(method):
         path = Path(checkpoints[kind])
         net, meta = load_checkpoint(path, kind=kind, expect_sde=expect, map_location=device)
+        if metadata is not None:
+            metadata[kind] = meta
         stored = meta.get("sde")
         if stored:
             if sde_settings is None:
@@ -126,13 +131,19 @@ class DiffusionRunner:
             torch.backends.cudnn.allow_tf32 = True
         if run.autocast not in (None, "none") and self.device.type != "cuda":
             raise UserError(f"--autocast {run.autocast} needs a CUDA device; this run is on {self.device}")
-        self.nets, self.sde = load_method_networks(method, checkpoints, run, self.device)
+        meta: dict = {}
+        self.nets, self.sde = load_method_networks(method, checkpoints, run, self.device, meta)
         self.config = sampler
+        # The IR-SDE baseline samples with the hole fill it was trained with (IR-SDE's recipe: 1).
+        trained_fill = meta.get("irsde", {}).get("hole_fill")
+        self.hole_fill = float(trained_fill) if method == "irsde" and trained_fill is not None else sampler.hole_fill
+        self.clipped: dict[str, float] = {}  # image id -> share of hole pixels outside [0, 1] before clamping
         self.fns = net_callables(self.nets.get("structure"), self.nets.get("texture") or self.nets.get("irsde"),
                                  self.nets.get("critic"), autocast=run.autocast, channels_last=run.channels_last)
         self.multiple = pad_multiple(self.nets)
         self.totals = {"images": 0}
-        log.info("%s on %s: T=%d, %s", method, self.device, self.sde.T, self.config)
+        log.info("%s on %s: T=%d, %s%s", method, self.device, self.sde.T, self.config,
+                 f", hole fill {self.hole_fill} (from the checkpoint)" if self.hole_fill != sampler.hole_fill else "")
 
     def run(self, images, masks, structures, ids, bin_name):
         """uint8 HxWx3 images, float 1=known HxW masks, (gray, edge) or None -> (uint8 results, structures)."""
@@ -155,7 +166,7 @@ class DiffusionRunner:
         progress = True  # tqdm on stderr
         s_fn, t_fn, c_fn = self.fns
         if self.method == "irsde":
-            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.config.hole_fill, progress=progress)
+            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.hole_fill, progress=progress)
         else:
             out, stats = sample_strdiffusion(self.sde, s_fn, t_fn, c_fn, img_p, m_p, pad(torch.stack(grays)),
                                              pad(torch.stack(edges)), gens, self.config, progress=progress)
@@ -167,11 +178,14 @@ class DiffusionRunner:
         for key in ("structure_calls", "texture_calls", "critic_calls", "trials"):
             self.totals[key] = self.totals.get(key, 0) + int(stats[key].sum())
         self.totals["images"] += len(images)
+        self.clipped.update({str(i): float(c) for i, c in zip(ids, stats["clipped"])})
         return results, structs
 
     def summary(self) -> str:
         n = max(self.totals["images"], 1)
         parts = [f"{k.replace('_', ' ')} {v / n:.1f}" for k, v in self.totals.items() if k != "images"]
+        if self.clipped:
+            parts.append(f"clipped hole pixels {100 * float(np.mean(list(self.clipped.values()))):.2f} %")
         return f"{self.totals['images']} images; per image: " + ", ".join(parts)
 
 

@@ -26,10 +26,12 @@ import pandas as pd
 from .diffusion_runner import DiffusionRunner, RunSettings
 from .methods import CLASSICAL, DIFFUSION, METHODS, method_networks
 from .sampling import ACCEPT, LATE_GUIDANCE, SamplerConfig
-from .utils import UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic
+from .utils import UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.inpaint")
 
+# per diffusion shard: share of each image's hole pixels outside [0, 1] before clamping
+CLIPPED_CSV = "clipped.csv"
 
 
 def classical_inpaint(method: str, image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
@@ -182,6 +184,8 @@ def inpaint_rows(args, rows, out_dir) -> None:
                 save_png_atomic(out_dir / f"{image_id}.png", results[k])
                 if args.save_structure and structs is not None:
                     save_png_atomic(out_dir / "structure" / f"{image_id}.png", structs[k])
+    clipped = pd.DataFrame({"image_id": list(runner.clipped), "clipped": list(runner.clipped.values())})
+    write_csv_atomic(clipped, out_dir / CLIPPED_CSV)
     log.info("%s: %s", args.method, runner.summary())
 
 

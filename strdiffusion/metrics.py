@@ -145,8 +145,6 @@ def compute_image_metrics(gt_list, pred_list, metrics, lpips_metric=None, crop: 
 
 # ----------------------------------------------------------------------------- weights and devices
 
-
-
 def hub_checkpoint_dir() -> Path:
     """The folder where torch.hub (and torchvision, lpips, pytorch-fid) look for cached weights."""
     import torch
@@ -468,6 +466,19 @@ def load_image_pairs(ids, gt_dir, pred_dirs) -> tuple[list[np.ndarray], list[np.
     return gts, preds
 
 
+def read_clipped(pred_dirs, ids) -> list[float] | None:
+    """Per id, the diffusion sampler's share of hole pixels outside [0, 1] before clamping, from the
+    shards' ``clipped.csv`` (written by the inpaint stage); None when no shard has one (classical)."""
+    import pandas as pd
+
+    pred_dirs = [Path(pred_dirs)] if isinstance(pred_dirs, (str, Path)) else [Path(d) for d in pred_dirs]
+    files = [d / "clipped.csv" for d in pred_dirs if (d / "clipped.csv").is_file()]
+    if not files:
+        return None
+    shares = pd.concat([pd.read_csv(f, dtype={"image_id": str}) for f in files]).set_index("image_id")["clipped"]
+    return [float(shares.get(str(i), float("nan"))) for i in ids]
+
+
 def status_path(out) -> Path:
     """Sidecar of an output CSV: ``per_image.csv`` -> ``per_image.status.json``."""
     return Path(out).with_suffix(".status.json")
@@ -538,6 +549,9 @@ def _run_images(args) -> None:
     log.info("%s bin %s: %d images, %s in %.1f s", args.method, args.bin, len(ids), ",".join(metrics),
              time.perf_counter() - started)
     table = pd.concat([pd.DataFrame({"method": args.method, "bin": args.bin, "image_id": ids}), values], axis=1)
+    clipped = read_clipped(args.pred_dir, ids)
+    if clipped is not None:
+        table["clipped"] = clipped
     write_csv_atomic(table, args.out)
     _write_status(args.out, status)
 

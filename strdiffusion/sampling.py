@@ -143,7 +143,8 @@ def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, 
     Returns:
         (result, stats): result (B, 3, H, W) = image*m + x0_hat*(1-m) clamped to [0, 1]; stats holds
         per-image (B,) long tensors ``structure_calls``, ``texture_calls``, ``critic_calls``,
-        ``trials`` and ``accepted`` (trials kept because the critic preferred them).
+        ``trials`` and ``accepted`` (trials kept because the critic preferred them), per-image (B,)
+        float ``clipped`` (:func:`clipped_share`) and the final ``structure`` state.
     """
     config = config or SamplerConfig()
     _check_inputs(image, mask, generators)
@@ -207,7 +208,16 @@ def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, 
     finally:
         bar.close()
     stats["structure"] = s.clamp(0, 1)
+    stats["clipped"] = clipped_share(x, m)
     return _composite(image, m, x), stats
+
+
+def clipped_share(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per image (B,): share of hole pixels whose raw final state lies outside [0, 1] in any channel
+    (or is not finite), before clamping: the divergence diagnostic of the tables. ``m`` is 1 = known."""
+    hole = (m <= 0.5).squeeze(1)
+    outside = ~((x >= 0) & (x <= 1)).all(1)
+    return ((outside & hole).flatten(1).sum(1).float() / hole.flatten(1).sum(1).clamp(min=1)).cpu()
 
 
 def _composite(image, m, x):
@@ -288,6 +298,7 @@ def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: flo
             bar.update(1)
     finally:
         bar.close()
+    stats["clipped"] = clipped_share(x, m)
     return _composite(image, m, x), stats
 
 

@@ -1,7 +1,8 @@
 """Paper-style result tables: rows = methods, column groups = hole-ratio bins, columns = metrics.
 
 Per-image metrics (PSNR, SSIM, L1, LPIPS) are averaged per (method, bin) with a 95 % percentile
-bootstrap confidence interval; each method is compared with StrDiffusion by a paired bootstrap
+bootstrap confidence interval; the diffusion rows' share of hole pixels outside [0, 1] before
+clamping (``clipped``) is averaged too, and a footnote names every bin above 1 %; each method is compared with StrDiffusion by a paired bootstrap
 test over the same images (two-sided p; † marks p < 0.05). Set metrics (FID, KID) come from the
 per-set CSVs. A metric whose backend weights were missing shows "n/a" and a footnote saying what
 to install where. Written as Markdown, LaTeX (booktabs) and a long-format CSV, each atomically.
@@ -31,6 +32,7 @@ METRICS = {
     "lpips": ("LPIPS", False, 3),
     "fid": ("FID", False, 2),
     "kid": ("KID", False, 4),
+    "clipped": ("Clipped", False, 4),
 }
 PER_IMAGE = ("psnr", "ssim", "l1", "lpips")
 METHOD_NAMES = {
@@ -52,6 +54,7 @@ REFERENCE_ROWS = {
     }),
 }
 PSNR_CAP = 100.0  # dB; identical images have infinite PSNR
+CLIP_WARN = 0.01  # a footnote when a diffusion row leaves more than 1 % of hole pixels outside [0, 1]
 N_BOOT = 1000
 
 
@@ -125,6 +128,9 @@ def summarise(per_image_files, set_files, methods, bins, seed: int = 0):
                                                seed_for(seed, "paired", method, b, metric))
                 rows.append(dict(method=method, bin=b, metric=metric, value=float(vals.mean()), ci_low=lo,
                                  ci_high=hi, n=len(vals), p_vs_strdiffusion=p))
+            if "clipped" in sel.columns and sel["clipped"].notna().any():
+                rows.append(dict(method=method, bin=b, metric="clipped", value=float(sel["clipped"].mean()),
+                                 n=int(sel["clipped"].notna().sum())))
             if len(sets):
                 srow = sets[(sets["method"] == method) & (sets["bin"] == b)]
                 if not srow.empty:
@@ -192,6 +198,13 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
         count = f"{int(ns.min())}" if ns.min() == ns.max() else f"{int(ns.min())}–{int(ns.max())}"
         footnotes.append(f"FID: pytorch-fid 0.3.0 Inception features (2048-d pool3), {count} images per set; "
                          "below 2048 images the covariance is regularised, so compare FID only between rows of this table.")
+    clipped = long[(long.metric == "clipped") & (long.value > CLIP_WARN)]
+    for method in methods:
+        worst = clipped[clipped.method == method]
+        if len(worst):
+            where = ", ".join(f"{100 * v:.1f} % in {b}" for b, v in zip(worst.bin, worst.value))
+            footnotes.append(f"{METHOD_NAMES.get(method, method)}: hole pixels outside [0, 1] before clamping "
+                             f"({where}): the reverse process diverged, the network is under-trained.")
     for metric, reason in sorted(unavailable.items()):
         label = METRICS.get(metric, (metric.upper(),))[0]
         footnotes.append(reason if reason.startswith(f"{label} n/a") else f"{label} n/a: {reason}")

@@ -736,7 +736,7 @@ def _finish(run: Run, checkpoints, kwargs, sde, dataset, iteration: int, hole_fi
              "ema_decay": a.ema, "image_size": dataset.size, "seed": a.seed, "batch_size": a.batch_size,
              "loss": a.loss, "lr": a.lr, "milestones": a.milestones, "hole_weight": hole_weight, "t_min": t_min,
              "hole_fill": hole_fill, "train_seconds": round(run.elapsed, 1),
-             "curve": {k: list(v) for k, v in run.curve.items()}}
+             "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(a)}
     if a.net == "texture":
         extra["guidance_state"] = a.guidance_state
     checkpoints.save_checkpoint(a.out, final_net, a.net, kwargs, sde.settings(), extra)
@@ -749,6 +749,22 @@ def _finish(run: Run, checkpoints, kwargs, sde, dataset, iteration: int, hole_fi
                  a.net, w, float(np.mean(losses[:w])), w, float(np.mean(losses[-w:])), len(losses),
                  run.elapsed, len(losses) / max(run.elapsed, 1e-9))
     log.info("wrote %s", a.out)
+
+
+def provenance(a) -> dict:
+    """Where a checkpoint came from: the trainer's settings, the command line, and the git commit of
+    the package when it runs from a checkout (empty otherwise)."""
+    commit = ""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        pass
+    settings = run_settings(a)
+    settings["ctor_kwargs"] = dict(settings["ctor_kwargs"])
+    settings["iterations"] = a.iterations
+    return {"commit": commit, "train_settings": settings, "command": " ".join(sys.argv)}
 
 
 def write_curve(path: Path, curve: dict) -> None:

@@ -205,6 +205,8 @@ def test_learning_curve_rows_metadata_and_resume(data, tmp_path):
     assert math.isnan(curve["loss"][0]) and curve["loss"][1:].notna().all()
     meta = torch.load(tmp_path / "a.pt", weights_only=True)
     assert meta["curve"]["iteration"] == [0.0, 3.0, 6.0] and meta["hole_fill"] == 1.0 and meta["t_min"] == 1
+    # provenance: the commit of this checkout and the settings the run was made with
+    assert len(meta["commit"]) == 40 and meta["train_settings"]["iterations"] == 6
     # interrupted after 3 iterations and resumed: the same curve
     train.main(cli_args(data, tmp_path / "b.pt", tmp_path / "b", "irsde", 3, curve=tmp_path / "b.csv", **common))
     train.main(cli_args(data, tmp_path / "b.pt", tmp_path / "b", "irsde", 6, curve=tmp_path / "b.csv", **common))

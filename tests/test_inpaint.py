@@ -43,3 +43,18 @@ def test_shards_partition_the_pairs_of_a_bin():
         shard_rows(pairs, "20-30", 3, 4)
     with pytest.raises(UserError, match="no pairs"):
         shard_rows(pairs, "30-40", 0, 4)
+
+
+def test_mean_fill_is_the_mean_colour_of_known_pixels():
+    from strdiffusion.inpaint import classical_inpaint
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 10, 3)).astype(np.uint8)
+    mask = np.ones((12, 10), np.float32)
+    mask[3:7, 2:6] = 0
+    out = classical_inpaint("mean_fill", image, mask)
+    known = mask > 0.5
+    assert np.array_equal(out[known], image[known])
+    want = np.round(image[known].astype(np.float64).mean(0)).astype(np.uint8)
+    assert (out[~known] == want).all()
+    assert not np.array_equal(out[~known], image[~known])

@@ -482,3 +482,44 @@ def test_oracle_noise_predictor_recovers_the_hole(T, tol):
                                  lambda t, x, s: torch.zeros(x.shape[0]), img, mask, gray, edge,
                                  make_generators(0, ["a", "b"]))
     assert (out - img).abs()[hole].mean() < tol
+
+
+def test_clipped_share_counts_hole_pixels_outside_the_unit_range():
+    from strdiffusion.sampling import clipped_share
+
+    x = torch.full((2, 3, 4, 4), 0.5)
+    m = torch.ones(2, 1, 4, 4)
+    m[:, :, :2] = 0  # 8 hole pixels per image
+    x[0, 1, 0, 0] = 1.2          # hole, one channel out of range
+    x[0, :, 1, 1] = -0.1         # hole, all channels
+    x[0, 0, 3, 3] = 7.0          # known pixel: ignored
+    x[1, 2, 1, 2] = float("nan")  # not finite counts as clipped
+    assert clipped_share(x, m).tolist() == pytest.approx([2 / 8, 1 / 8])
+
+
+def test_irsde_samples_with_the_hole_fill_it_was_trained_with(tmp_path, checkpoint_dir):
+    """A checkpoint trained with IR-SDE's recipe (holes 1) is sampled with holes 1, whatever --hole-fill says;
+    the pipeline shard records each image's clipped share."""
+    from strdiffusion.checkpoints import load_checkpoint, save_checkpoint
+    from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
+    from strdiffusion.inpaint import CLIPPED_CSV, main
+    from strdiffusion.sampling import SamplerConfig
+
+    net, meta = load_checkpoint(checkpoint_dir / "irsde.pt")
+    save_checkpoint(tmp_path / "irsde.pt", net, "irsde", meta["ctor_kwargs"], meta["sde"], {"hole_fill": 1.0})
+    runner = DiffusionRunner("irsde", {"irsde": tmp_path / "irsde.pt"}, SamplerConfig(hole_fill=0.0),
+                             RunSettings(device="cpu"))
+    assert runner.hole_fill == 1.0
+    untagged = DiffusionRunner("irsde", {"irsde": checkpoint_dir / "irsde.pt"}, SamplerConfig(hole_fill=0.0),
+                               RunSettings(device="cpu"))
+    assert untagged.hole_fill == 0.0
+    gt = tmp_path / "gt"
+    _write_pair(gt, "im0", size=(16, 16), hole=(slice(2, 10), slice(3, 12)))
+    pd.DataFrame([{"image_id": "im0", "bin": "10-20", "mask": str(gt / "im0_mask.png")}]).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    out = tmp_path / "shard"
+    main(["--method", "irsde", "--pairs", str(tmp_path / "pairs.csv"), "--bin", "10-20", "--gt-dir", str(gt),
+          "--shard", "0", "--shard-size", "1", "--T", "8", "--irsde-checkpoint", str(tmp_path / "irsde.pt"),
+          "--out", str(out)])
+    clipped = pd.read_csv(out / CLIPPED_CSV, dtype={"image_id": str})
+    assert clipped["image_id"].tolist() == ["im0"] and clipped["clipped"].between(0, 1).all()

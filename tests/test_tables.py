@@ -82,3 +82,23 @@ def test_cli_writes_all_three_formats(tmp_path):
     csv = pd.read_csv(tmp_path / "out" / "toy.csv")
     assert set(csv.metric) >= {"psnr", "ssim", "lpips"} and (csv.dataset == "toy").all()
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
+
+
+def test_clipped_share_is_reported_and_footnoted_above_one_percent(tmp_path):
+    files = []
+    for method, share in (("strdiffusion", [0.0, 0.02, 0.04, 0.0]), ("irsde", [0.0, 0.0, 0.004, 0.0]),
+                          ("telea", None)):
+        path = _per_image(tmp_path, method, "40-50", np.full(4, 20.0) + len(method), np.full(4, 0.5),
+                          lpips=np.full(4, 0.1))
+        if share is not None:
+            df = pd.read_csv(path)
+            df["clipped"] = share
+            df.to_csv(path, index=False)
+        files.append(path)
+    long, _ = tables.summarise(files, [], ["strdiffusion", "irsde", "telea"], ["40-50"])
+    clipped = long[long.metric == "clipped"].set_index("method").value
+    assert clipped["strdiffusion"] == pytest.approx(0.015) and clipped["irsde"] == pytest.approx(0.001)
+    assert "telea" not in clipped.index
+    md, _ = tables.render(long, {}, ["strdiffusion", "irsde", "telea"], ["40-50"], ["psnr"], "x")
+    notes = [line for line in md.splitlines() if "outside [0, 1]" in line]
+    assert len(notes) == 1 and "StrDiffusion" in notes[0] and "1.5 % in 40-50" in notes[0]
