@@ -119,12 +119,6 @@ class IRSDE:
             raise TypeError(f"timestep must be an integer, got {t!r}")
         return int(t)
 
-    def theta(self, t):
-        return self.thetas[self._index(t)]
-
-    def sigma(self, t):
-        return self.sigmas[self._index(t)]
-
     def sigma_bar(self, t):
         """Std of the forward marginal x_t | x0."""
         return self.sigma_bars[self._index(t)]
