@@ -132,7 +132,7 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
 
 
 def _critic_scores(critic, sde: IRSDE, b: dict) -> dict:
-    from .train import structure_guidance
+    from .objectives import structure_guidance
 
     mask, t, x0 = b["mask"], b["t"], b["image"]
     mu = x0 * mask

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-CLASSICAL = ["telea", "navier_stokes", "biharmonic"]
+CLASSICAL = ["mean_fill", "telea", "navier_stokes", "biharmonic"]
 DIFFUSION = ["strdiffusion", "strdiffusion_noresample", "irsde"]
 
 # Tiny but complete: every stage, the four networks trained from scratch, all six methods.
@@ -22,7 +22,10 @@ TINY = {
     "datasets": {"builtin": {"source": "builtin", "n_test": 4, "masks": {
         "protocol": "lama_medium", "bins": [[0.1, 0.2], [0.3, 0.4]], "per_bin": 4, "train_pool": 16}}},
     "methods": CLASSICAL + DIFFUSION,
-    "metrics": {"per_image": ["psnr", "ssim", "l1", "lpips"], "per_set": ["fid", "kid"]},
+    # never download the metric weights in a test (users online get them by default)
+    "metrics": {"per_image": ["psnr", "ssim", "l1", "lpips"], "per_set": ["fid", "kid"], "fetch_weights": False},
+    # train from scratch even when the default evaluates shipped checkpoints
+    "checkpoints": {"structure": "", "texture": "", "critic": "", "irsde": ""},
     "model": {"nf": 4, "depth": 2, "critic_ngf": 4},
     "sde": {"T": 10},
     "train": {"iterations": 8, "batch_size": 2, "checkpoint_every": 2, "lr_milestones": [0.75]},
@@ -66,7 +69,7 @@ def classical_run(tmp_path_factory, request):
 def test_workflow_end_to_end_table(classical_run):
     work, _ = classical_run
     md = (work / "results/tables/builtin.md").read_text()
-    for name in ("Telea (OpenCV)", "Navier-Stokes (OpenCV)", "Biharmonic (scikit-image)", "StrDiffusion",
+    for name in ("Mean-colour fill", "Telea (OpenCV)", "Navier-Stokes (OpenCV)", "Biharmonic (scikit-image)", "StrDiffusion",
                  "StrDiffusion w/o resampling", "IR-SDE (no structure)"):
         assert f"| {name} |" in md
     assert "10-20% PSNR↑" in md and "30-40% FID↓" in md
@@ -74,14 +77,20 @@ def test_workflow_end_to_end_table(classical_run):
     assert "n/a" in md and "alexnet-owt-7be5be79.pth" in md and "pt_inception-2015-12-05-6726825d.pth" in md
     table = pd.read_csv(work / "results/tables/builtin.csv", dtype={"bin": str})
     psnr = table[table.metric == "psnr"].set_index(["method", "bin"]).value
-    assert len(psnr) == 6 * 2 and psnr.between(5, 60).all()
+    assert len(psnr) == 7 * 2 and psnr.between(5, 60).all()
+    # the divergence diagnostic: diffusion rows only, a share in [0, 1]
+    clipped = table[table.metric == "clipped"]
+    assert set(clipped.method) == set(DIFFUSION) and clipped.value.between(0, 1).all()
     # bigger holes are harder for every method
     for m in CLASSICAL:
         assert psnr[(m, "10-20")] > psnr[(m, "30-40")]
     assert (work / "results/tables/builtin.tex").read_text().count(r"\textbf{") >= 2
     for net in ("structure", "texture", "critic", "irsde"):
         assert (work / f"results/builtin/models/{net}.pt").is_file()
-    for fig in ("qualitative", "metrics_vs_hole_ratio"):
+        curve = pd.read_csv(work / f"results/builtin/curves/{net}.csv")
+        assert curve["iteration"].tolist() == [0, 2, 4, 6, 8]  # checkpoint_every 2 of 8
+        assert ("auc" if net == "critic" else "hole_psnr") in curve.columns
+    for fig in ("qualitative", "metrics_vs_hole_ratio", "learning_curves"):
         assert (work / f"results/figures/builtin/{fig}.png").stat().st_size > 1000
 
 
@@ -97,7 +106,7 @@ def test_workflow_report_html(classical_run):
     work, torch_home = classical_run
     snakemake(work, "--report", "results/report.html", torch_home=torch_home)
     html = (work / "results/report.html").read_text(errors="replace")
-    assert "qualitative.png" in html and "builtin.csv" in html
+    assert "qualitative.png" in html and "builtin.csv" in html and "learning_curves.png" in html
 
 
 @pytest.mark.slow
