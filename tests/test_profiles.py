@@ -115,7 +115,7 @@ def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
     for rule in ("inpaint_shard", "train_texture", "train_structure"):
         block = next(j for j in jobs if j.startswith(rule))
         resources = next(line for line in block.splitlines() if "resources:" in line)
-        assert "gpu=1" in resources and "slurm_partition=gpu" in resources, resources
+        assert "gpu=1" in resources and "slurm_partition=CHANGE_ME_gpu_partition" in resources, resources
     block = next(j for j in jobs if j.startswith("table"))
     assert "gpu=0" in next(line for line in block.splitlines() if "resources:" in line)
 
