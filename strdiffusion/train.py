@@ -57,9 +57,8 @@ import torch
 import torch.nn as nn
 
 from .utils import UserError, atomic_path, seed_for
-from .objectives import (RECIPES, critic_loss, denoiser_loss, matching_loss, objective, recipe,  # noqa: F401
-                         structure_guidance)
-from .training_data import IterationBatches, TrainingSet, build_dataset, load_masks, validation_indices  # noqa: F401
+from .objectives import objective, recipe
+from .training_data import IterationBatches, build_dataset
 
 log = logging.getLogger("strdiffusion.train")
 
@@ -343,8 +342,8 @@ def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fi
     """Score the current sampling weights on the validation batch; append a curve row."""
     from .validation import evaluate
 
-    since = run.curve["iteration"][-1] if run.curve["iteration"] else 0
-    losses = [v for i, v in zip(run.history["iteration"], run.history["loss"]) if i > since]
+    since = int(run.curve["iteration"][-1]) if run.curve["iteration"] else 0
+    losses = run.history["loss"][len(run.history["loss"]) - (iteration - since):]  # one loss per iteration
     tick = time.perf_counter()
     val_net.load_state_dict(run.weights())
     scores = evaluate(run.a.net, val_net, sde, val_batch, device, hole_fill)

@@ -79,25 +79,31 @@ def _t(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
-def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict:
-    """hole PSNR, SSIM and clipped share of a raw (B, C, H, W) result against ``target`` in [0, 1]."""
-    from .metrics import ssim
+def _to_u8_rgb(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> uint8 HxWx3 (a gray map repeated), as metrics.ssim takes."""
+    u8 = np.round(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    return np.repeat(u8, 3, -1) if u8.shape[-1] == 1 else u8
 
-    hole = (1 - mask).expand_as(raw)
-    clipped = float((((raw < 0) | (raw > 1)).float() * hole).sum() / hole.sum().clamp(min=1))
-    out = (raw.clamp(0, 1) * hole + target * (1 - hole))
+
+def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict:
+    """hole PSNR, SSIM and clipped share of a raw (B, C, H, W) result against ``target`` in [0, 1].
+
+    ``clipped`` is the sampler's own diagnostic (:func:`strdiffusion.sampling.clipped_share`, the
+    share of hole pixels outside [0, 1]), averaged over the images, as the tables report it.
+    """
+    from .metrics import ssim
+    from .sampling import clipped_share
+
+    out = torch.where(mask > 0.5, target, raw.clamp(0, 1))
+    hole = (mask <= 0.5).expand_as(raw)
     psnrs, ssims = [], []
     for b in range(raw.shape[0]):
-        n = float(hole[b].sum())
-        mse = float((((out[b] - target[b]) ** 2) * hole[b]).sum()) / max(n, 1.0)
+        mse = float(((out[b] - target[b]) ** 2)[hole[b]].mean()) if hole[b].any() else 0.0
         psnrs.append(10 * math.log10(1 / mse) if mse > 0 else 99.0)
-        to_u8 = lambda x: np.round(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # noqa: E731
-        a, b_ = to_u8(out[b]), to_u8(target[b])
-        if a.shape[-1] == 1:
-            a, b_ = np.repeat(a, 3, -1), np.repeat(b_, 3, -1)
+        a, b_ = _to_u8_rgb(out[b]), _to_u8_rgb(target[b])
         ssims.append(ssim(a, b_) if min(a.shape[:2]) >= 11 else float("nan"))
-    return {"hole_psnr": float(np.mean(psnrs)), "ssim": float(np.nanmean(ssims)) if ssims else float("nan"),
-            "clipped": clipped}
+    return {"hole_psnr": float(np.mean(psnrs)), "ssim": float(np.nanmean(ssims)),
+            "clipped": float(clipped_share(raw, mask).mean())}
 
 
 @torch.no_grad()

@@ -8,13 +8,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from strdiffusion import checkpoints, train
+from strdiffusion import objectives, train, training_data
 from strdiffusion.nets.critic import Critic
 from strdiffusion.sde import IRSDE
 from strdiffusion.validation import hole_scores
@@ -72,7 +71,7 @@ def test_fidelity_texture_guidance_is_optimal_step_from_t():
     sde = IRSDE(T=T)
     batch = random_batch()
     net = ZeroUNet()
-    train.objective(net, sde, batch, "texture")
+    objectives.objective(net, sde, batch, "texture")
     m, gray = batch["mask"], batch["gray"]
     s_t = sde.forward_marginal(gray, batch["edge"] * m, batch["t"], batch["noise_s"])
     want = sde.optimal_prev(s_t, gray, batch["edge"] * m, batch["t"])
@@ -90,7 +89,7 @@ def test_fidelity_irsde_recipe_plain_l1_holes_white():
     sde = IRSDE(T=T)
     batch = random_batch()
     net = ZeroUNet()
-    got = float(train.objective(net, sde, batch, "irsde"))
+    got = float(objectives.objective(net, sde, batch, "irsde"))
     m, x0, t = batch["mask"], batch["image"], batch["t"]
     mu = x0 * m + (1 - m)
     assert torch.equal(net.calls[0]["cond"], mu)
@@ -99,14 +98,14 @@ def test_fidelity_irsde_recipe_plain_l1_holes_white():
     expected = float((pred - sde.optimal_prev(xt, x0, mu, t)).abs().mean())
     assert got == pytest.approx(expected, rel=1e-5)
     # the texture-style recipe stays available and differs (10x hole weight, holes 0)
-    assert float(train.objective(ZeroUNet(), sde, batch, "irsde", recipe_name="reference")) != pytest.approx(got)
+    assert float(objectives.objective(ZeroUNet(), sde, batch, "irsde", recipe_name="reference")) != pytest.approx(got)
 
 
 def test_fidelity_irsde_timesteps_include_one(data):
-    irsde, _ = train.build_dataset(data["images"], data["structure"], data["masks"], 16, T, 0, "irsde",
-                                   t_min=train.recipe("irsde")[1])
-    texture, _ = train.build_dataset(data["images"], data["structure"], data["masks"], 16, T, 0, "texture",
-                                     t_min=train.recipe("texture")[1])
+    irsde, _ = training_data.build_dataset(data["images"], data["structure"], data["masks"], 16, T, 0, "irsde",
+                                   t_min=objectives.recipe("irsde")[1])
+    texture, _ = training_data.build_dataset(data["images"], data["structure"], data["masks"], 16, T, 0, "texture",
+                                     t_min=objectives.recipe("texture")[1])
     t_irsde = {int(irsde[p]["t"]) for p in range(300)}
     t_texture = {int(texture[p]["t"]) for p in range(300)}
     assert t_irsde == set(range(1, T + 1))

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from strdiffusion import checkpoints
 from strdiffusion.sde import IRSDE
 from strdiffusion.structure import image_structure, save_gray
-from strdiffusion.train import critic_loss, denoiser_loss, main
+from strdiffusion.objectives import critic_loss, denoiser_loss
+from strdiffusion.train import main
 from strdiffusion.utils import save_png_atomic
 
 SIZE = 16
