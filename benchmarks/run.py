@@ -422,6 +422,7 @@ def bench_train(quick: bool, config: str = "tiny", batch: int = 8, px: int = 64,
     GFLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode) as a share of the fp32
     matmul peak measured in the same run (issue 13: small nets should reach >= 50 %)."""
     from strdiffusion import train
+    from strdiffusion.methods import NETWORKS
     from strdiffusion.sde import IRSDE
 
     sde = IRSDE(T=T, device=DEVICE)
@@ -429,7 +430,7 @@ def bench_train(quick: bool, config: str = "tiny", batch: int = 8, px: int = 64,
     repeats = 3 if quick else 10
     peak = calibrate_matmul(repeats=3)["gflops_best"]
     rows = []
-    for kind in train.KINDS:
+    for kind in NETWORKS:
         torch.manual_seed(0)
         net = build(kind, config, DEVICE).train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)

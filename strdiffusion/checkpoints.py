@@ -22,19 +22,21 @@ import torch
 import torch.nn as nn
 
 from . import __version__
+from .methods import NETWORKS as NET_KINDS
 from .nets import ConditionalUNet, Critic
 from .sde import IRSDE
+from .settings import ModelSettings
 from .utils import UserError, atomic_path
 
 FORMAT = "strdiffusion-checkpoint"
 VERSION = 1
-NET_KINDS = ("structure", "texture", "critic", "irsde")  # irsde: texture UNet without guidance
 
+_PAPER = ModelSettings()
 _DEFAULTS = {
-    "structure": {"in_nc": 1, "out_nc": 1, "nf": 64, "depth": 4, "guidance": False},
-    "texture": {"in_nc": 3, "out_nc": 3, "nf": 64, "depth": 4, "guidance": True},
-    "irsde": {"in_nc": 3, "out_nc": 3, "nf": 64, "depth": 4, "guidance": False},
-    "critic": {"nc": 4, "ngf": 64, "t_emb_dim": 256},
+    "structure": {"in_nc": 1, "out_nc": 1, "nf": _PAPER.nf, "depth": _PAPER.depth, "guidance": False},
+    "texture": {"in_nc": 3, "out_nc": 3, "nf": _PAPER.nf, "depth": _PAPER.depth, "guidance": True},
+    "irsde": {"in_nc": 3, "out_nc": 3, "nf": _PAPER.nf, "depth": _PAPER.depth, "guidance": False},
+    "critic": {"nc": 4, "ngf": _PAPER.critic_ngf, "t_emb_dim": 256},
 }
 # Where a setting lives in config/config.yaml, for error messages.
 _CONFIG_KEY = {"nf": "model.nf", "depth": "model.depth", "ngf": "model.critic_ngf"}

@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .options import add_arguments, from_namespace
+from .settings import DataSettings
 from .utils import UndecodableImage, UserError, atomic_dir, read_image_rgb, seed_for, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.data")
@@ -243,20 +245,11 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="strdiffusion data", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (train/, test/, manifest.csv)")
-    p.add_argument("--source", choices=["builtin", "folder"], default="builtin")
-    p.add_argument("--path", default="", help="image folder (source folder)")
-    p.add_argument("--size", type=int, default=64, help="working size in px")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-list", default="")
-    p.add_argument("--test-list", default="")
-    p.add_argument("--test-path", default="", help="folder of test images (then all of --path is training)")
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--resize", choices=["center_crop", "resize", "random_crop"], default="center_crop")
-    p.add_argument("--max-train", type=int, default=0, help="cap on training images (0 = all)")
-    p.add_argument("--skip-bad-files", action="store_true", help="list undecodable files instead of stopping")
+    add_arguments(p, DataSettings)
     a = p.parse_args(argv)
-    prepare(Path(a.out), a.source, a.size, a.seed, a.path, a.train_list, a.test_list, a.test_fraction,
-            a.resize, a.skip_bad_files, a.max_train, a.test_path)
+    s = from_namespace(DataSettings, a)
+    prepare(Path(a.out), s.source, s.size, s.seed, s.path, s.train_list, s.test_list, s.test_fraction, s.resize,
+            s.skip_bad_files, s.max_train, s.test_path)
     return 0
 
 

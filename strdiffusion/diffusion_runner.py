@@ -9,7 +9,6 @@ Conventions: images are uint8 HxWx3 arrays; masks float HxW arrays with 1 = KNOW
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,36 +20,13 @@ from .gpu import resolve_device
 from .methods import method_networks
 from .sampling import SamplerConfig, make_generators, net_callables, sample_irsde, sample_strdiffusion
 from .sde import IRSDE
+from .settings import RunSettings
 from .utils import UserError
 
 log = logging.getLogger("strdiffusion.inpaint")
 
 # the critic halves the resolution three times
 _CRITIC_MULTIPLE = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSettings:
-    """How the inpaint stage runs a diffusion method; the defaults are the command line's.
-
-    seed: global seed, image noise is seeded from (seed, image id, bin). batch_size: images sampled
-    together (results do not depend on it). sigma: Canny sigma of structure computed on the fly.
-    T: diffusion steps the checkpoints must have been trained with (None: any; required for the
-    authors' bare state dicts). device: auto | cpu | cuda | cuda:N. compile, channels_last: speed
-    only. autocast (none | bf16 | fp16) and tf32: CUDA only, change results slightly.
-    save_structure: also write the final structure state.
-    """
-
-    seed: int = 0
-    batch_size: int = 16
-    sigma: float = 2.0
-    T: int | None = None
-    device: str = "auto"
-    compile: bool = False
-    channels_last: bool = False
-    autocast: str = "none"
-    tf32: bool = False
-    save_structure: bool = False
 
 
 def load_method_networks(method: str, checkpoints: dict, run: RunSettings, device,
@@ -61,7 +37,7 @@ def load_method_networks(method: str, checkpoints: dict, run: RunSettings, devic
 
     ``run.T`` is checked against every checkpoint's stored settings; all networks must agree. The
     authors' bare state dicts carry no settings: then ``run.T`` is required and the other SDE
-    settings are the reference's (max_sigma 30, cosine, eps 0.005).
+    settings are IRSDE's defaults (:class:`strdiffusion.settings.SDESettings`), the reference's.
     """
     from .checkpoints import load_checkpoint, sde_mismatch
 

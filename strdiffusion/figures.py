@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .options import add_arguments, from_namespace
+from .settings import FigureSettings
 from .tables import METHOD_NAMES, METRICS, PER_IMAGE
 from .utils import UserError, atomic_path, read_image_rgb, read_mask
 
@@ -100,15 +102,14 @@ def main(argv=None) -> int:
     p.add_argument("--structure-dir", required=True)
     p.add_argument("--inpaint-dir", required=True, help="results/<dataset>/inpaint")
     p.add_argument("--per-image", nargs="+", required=True)
-    p.add_argument("--methods", required=True)
-    p.add_argument("--bins", required=True)
-    p.add_argument("--per-bin", type=int, default=2, help="example rows per bin in the qualitative grid")
     p.add_argument("--qualitative", required=True, help="output PNG (a PDF is written beside it)")
     p.add_argument("--curves", required=True, help="output PNG (a PDF is written beside it)")
+    add_arguments(p, FigureSettings)
     a = p.parse_args(argv)
-    methods, bins = a.methods.split(","), a.bins.split(",")
+    s = from_namespace(FigureSettings, a)
+    methods, bins = list(s.methods), list(s.bins)
     pairs = pd.read_csv(a.pairs, dtype={"bin": str, "image_id": str})
-    qualitative(pairs, Path(a.gt_dir), Path(a.structure_dir), Path(a.inpaint_dir), methods, bins, a.per_bin,
+    qualitative(pairs, Path(a.gt_dir), Path(a.structure_dir), Path(a.inpaint_dir), methods, bins, s.per_bin,
                 Path(a.qualitative))
     metric_curves(a.per_image, methods, bins, Path(a.curves))
     log.info("figures -> %s, %s", a.qualitative, a.curves)

@@ -23,9 +23,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .diffusion_runner import DiffusionRunner, RunSettings
-from .methods import CLASSICAL, DIFFUSION, METHODS, method_networks
-from .sampling import ACCEPT, LATE_GUIDANCE, SamplerConfig
+from .diffusion_runner import DiffusionRunner
+from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
+from .options import add_arguments, from_namespace
+from .settings import RunSettings, SamplerConfig
 from .utils import UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.inpaint")
@@ -102,13 +103,11 @@ def run_shard(args) -> None:
 
 def sampler_config(args, method: str) -> SamplerConfig:
     """The reverse process's constants from the options; resampling only for ``strdiffusion``."""
-    return SamplerConfig(u_max=args.u_max, u_min=args.u_min, jump=args.jump, re=args.re, switch=args.switch,
-                         accept=args.accept, late_guidance=args.late_guidance, hole_fill=args.hole_fill,
-                         resample=(method == "strdiffusion"))
+    return dataclasses.replace(from_namespace(SamplerConfig, args), resample=(method == "strdiffusion"))
 
 
 def run_settings(args) -> RunSettings:
-    return RunSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)})
+    return from_namespace(RunSettings, args)
 
 
 def checkpoint_paths(args, method: str) -> dict[str, Path]:
@@ -295,39 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the diffusion samplers and of own-image mode (``strdiffusion inpaint``)."""
-    d, r = SamplerConfig(), RunSettings()
-    g = parser.add_argument_group("diffusion sampling (defaults reproduce the reference)")
-    g.add_argument("--seed", type=int, default=r.seed, help="global seed; image noise is seeded from (seed, image id, bin)")
-    g.add_argument("--batch-size", type=int, default=r.batch_size, help="images sampled together (results do not depend on it)")
-    g.add_argument("--u-max", type=int, default=d.u_max, help="at most u_max-1 resampling trials per step")
-    g.add_argument("--u-min", type=int, default=d.u_min, help="from trial u_min on, a rejected trial stops resampling")
-    g.add_argument("--jump", type=int, default=d.jump, help="resample at steps t %% jump == 0")
-    g.add_argument("--re", type=int, default=d.re, help="forward re-noising steps of the structure per trial")
-    g.add_argument("--switch", type=float, default=d.switch, help="early stage for t >= floor(switch*T)")
-    g.add_argument("--accept", choices=ACCEPT, default=d.accept,
-                   help="keep a trial when its critic score is lower (reference) or higher than the first sample's")
-    g.add_argument("--late-guidance", choices=LATE_GUIDANCE, default=d.late_guidance,
-                   help="late-stage guidance: mean over RGB (reference) or BT.709 gray")
-    g.add_argument("--hole-fill", type=float, default=d.hole_fill, help="value of hole pixels in the degraded input")
-    g.add_argument("--T", type=int, default=r.T, dest="T",
-                   help="diffusion steps the networks were trained with (checked against the checkpoints; "
-                        "required for the authors' bare state dicts)")
-    g.add_argument("--sigma", type=float, default=r.sigma,
-                   help="Canny sigma of structure computed on the fly (reference test: 2)")
-    g.add_argument("--save-structure", action="store_true", help="also write the final structure state to structure/")
+    """Options of the diffusion samplers and of own-image mode (``strdiffusion inpaint``), from
+    :class:`SamplerConfig` and :class:`RunSettings`."""
+    add_arguments(parser, SamplerConfig, "diffusion sampling (defaults reproduce the reference)")
+    add_arguments(parser, RunSettings, "how the sampler runs (results unchanged unless noted)")
     c = parser.add_argument_group("networks")
-    for net in ("structure", "texture", "critic", "irsde"):
+    for net in NETWORKS:
         c.add_argument(f"--{net}-checkpoint", metavar="FILE", help=f"{net} network checkpoint")
     c.add_argument("--checkpoints", metavar="DIR",
-                   help="folder with structure.pt, texture.pt, critic.pt, irsde.pt (explicit --*-checkpoint wins)")
-    p = parser.add_argument_group("device and speed (results unchanged unless noted)")
-    p.add_argument("--device", default=r.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default=r.autocast,
-                   help="CUDA mixed precision (changes results slightly)")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (changes results slightly)")
+                   help=f"folder with {', '.join(n + '.pt' for n in NETWORKS)} (explicit --*-checkpoint wins)")
     u = parser.add_argument_group("own images (instead of a pipeline shard)")
     u.add_argument("--image", metavar="IMG|DIR", help="image file, or folder of images (any size)")
     u.add_argument("--mask", metavar="MASK|DIR",

@@ -1,10 +1,13 @@
-"""The inpainting methods: the one list the workflow, the inpaint stage and the schema test read.
+"""The inpainting methods and the network kinds: the one list of each, read by the workflow, the
+train and inpaint stages, the checkpoints and the schema test.
 
-``CLASSICAL`` methods need no network. ``DIFFUSION`` maps each diffusion method to the network
-kinds it samples with (checkpoints of the same names: ``structure.pt``, ...).
+``NETWORKS`` are the kinds of network trained (in this order) and stored in checkpoints of the same
+names (``structure.pt``, ...); ``irsde`` is the texture UNet without guidance. ``CLASSICAL`` methods
+need no network. ``DIFFUSION`` maps each diffusion method to the network kinds it samples with.
 """
 from __future__ import annotations
 
+NETWORKS = ("structure", "texture", "critic", "irsde")
 CLASSICAL = ("mean_fill", "telea", "navier_stokes", "biharmonic")
 DIFFUSION = {
     "strdiffusion": ("structure", "texture", "critic"),

@@ -24,66 +24,16 @@ trialling draw nothing, so a batch gives the same result as sampling its images 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 
 import torch
 
 from .sde import IRSDE, randn_like_per_sample
-from .utils import UserError, seed_for
+from .settings import SamplerConfig
+from .utils import seed_for
 
-ACCEPT = ("lower", "higher")
-LATE_GUIDANCE = ("rgb_mean", "gray")
 # skimage.color.rgb2gray weights (ITU-R BT.709), for late_guidance="gray"
 _GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
-
-
-@dataclasses.dataclass
-class SamplerConfig:
-    """Constants of the StrDiffusion reverse process; defaults reproduce the reference sampler.
-
-    u_max: trials per resampling step are at most ``u_max - 1``. u_min: from trial ``u_min`` on,
-    a rejected trial stops the resampling (earlier rejected trials are averaged in).
-    jump: resample at steps t with ``t % jump == 0`` (early stage only). re: forward re-noising
-    steps of the structure per trial (clipped at T). switch: the early stage (structure network,
-    critic) runs for t = T .. floor(switch * T). accept: ``lower`` keeps a trial when its critic
-    score D_p < D_n (the reference), ``higher`` when D_p > D_n. late_guidance: guidance map of the
-    late stage, ``rgb_mean`` (the reference: mean over RGB of the texture state) or ``gray``
-    (BT.709 luma). hole_fill: value of hole pixels in the texture mean ``mu`` (reference 0).
-    resample: False gives ``strdiffusion_noresample`` (no trials, no critic).
-    """
-
-    u_max: int = 6
-    u_min: int = 3
-    jump: int = 5
-    re: int = 5
-    switch: float = 0.4
-    accept: str = "lower"
-    late_guidance: str = "rgb_mean"
-    hole_fill: float = 0.0
-    resample: bool = True
-
-    def __post_init__(self):
-        for name in ("u_max", "u_min", "jump", "re"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
-                raise UserError(f"sampling.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0.0 <= self.switch <= 1.0:
-            raise UserError(f"sampling.switch must be in [0, 1], got {self.switch}")
-        if self.accept not in ACCEPT:
-            raise UserError(f"sampling.accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
-        if self.late_guidance not in LATE_GUIDANCE:
-            raise UserError(f"sampling.late_guidance must be one of {', '.join(LATE_GUIDANCE)}, "
-                            f"got {self.late_guidance!r}")
-
-    def switch_step(self, T: int) -> int:
-        """First t of the late stage plus one: the early stage is t = T .. int(switch * T)."""
-        return int(self.switch * T)  # the reference's int(0.4 * T)
-
-    def trial_steps(self, t: int, T: int) -> int:
-        """Forward re-noising steps of a trial at step t (0: no resampling at this t)."""
-        if not self.resample or self.u_max <= 1 or t % self.jump != 0:
-            return 0
-        return min(self.re, T - t + 1)
 
 
 def make_generators(seed, image_ids, bin_name="") -> list[torch.Generator]:

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 import torch
 
-SCHEDULES = ("cosine", "linear", "constant")
+from .settings import SCHEDULES, SDESettings
+
+_DEFAULT = SDESettings()
 
 
 def _theta_schedule(name: str, T: int) -> torch.Tensor:
@@ -55,11 +57,11 @@ class IRSDE:
     ``sigma_bars`` (std of the forward marginal). ``dt`` is a 0-d float32 tensor chosen so that
     exp(-thetas_cumsum[T] * dt) = eps, i.e. at t = T only a fraction ``eps`` of x0 - mu is left.
     ``lam`` is lambda, the stationary std (a python float): max_sigma / 255, or max_sigma itself when
-    it is below 1 (the reference rule).
+    it is below 1 (the reference rule). The defaults are :class:`strdiffusion.settings.SDESettings`'.
     """
 
-    def __init__(self, T: int = 100, max_sigma: float = 30.0, schedule: str = "cosine",
-                 eps: float = 0.005, device=None):
+    def __init__(self, T: int = _DEFAULT.T, max_sigma: float = _DEFAULT.max_sigma, schedule: str = _DEFAULT.schedule,
+                 eps: float = _DEFAULT.eps, device=None):
         if int(T) != T or T < 1:
             raise ValueError(f"T must be a positive integer, got {T!r}")
         if not max_sigma > 0:

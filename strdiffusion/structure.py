@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .options import add_arguments, from_namespace
+from .settings import StructureSettings
 from .utils import UserError, atomic_dir, read_image_rgb, save_png_atomic
 
 log = logging.getLogger("strdiffusion.structure")
@@ -83,11 +85,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="strdiffusion structure", description=__doc__.splitlines()[0])
     p.add_argument("--images", required=True, help="folder of RGB PNGs")
     p.add_argument("--out", required=True, help="output folder (gray/, edge/)")
-    p.add_argument("--sigma", type=float, required=True, help="Canny sigma (reference: 3 train, 2 test)")
+    add_arguments(p, StructureSettings)
     a = p.parse_args(argv)
-    if a.sigma <= 0:
-        raise UserError(f"Canny sigma must be positive, got {a.sigma}; fix config key structure.sigma_*")
-    extract(Path(a.images), Path(a.out), a.sigma)
+    s = from_namespace(StructureSettings, a)
+    if s.sigma <= 0:
+        raise UserError(f"Canny sigma must be positive, got {s.sigma}; fix config key structure.sigma_*")
+    extract(Path(a.images), Path(a.out), s.sigma)
     return 0
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .metrics import status_path
+from .options import add_arguments, from_namespace
+from .settings import TableSettings
 from .utils import UserError, seed_for, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger("strdiffusion.tables")
@@ -238,21 +240,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="strdiffusion tables", description=__doc__.splitlines()[0])
     p.add_argument("--per-image", nargs="*", default=[], help="per-image metric CSVs")
     p.add_argument("--sets", nargs="*", default=[], help="per-set metric CSVs (FID, KID)")
-    p.add_argument("--methods", required=True, help="comma-separated, in row order")
-    p.add_argument("--bins", required=True, help="comma-separated bin labels, e.g. 10-20,20-30")
-    p.add_argument("--columns", default="psnr,ssim,lpips,fid", help="metrics shown in the main table")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--reference", default="", help="published reference row, e.g. paris_streetview")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output prefix; writes PREFIX.md, PREFIX.tex, PREFIX.csv")
+    add_arguments(p, TableSettings)
     a = p.parse_args(argv)
-    methods, bins = a.methods.split(","), a.bins.split(",")
-    columns = [c for c in a.columns.split(",") if c]
+    s = from_namespace(TableSettings, a)
+    methods, bins, columns = list(s.methods), list(s.bins), list(s.columns)
     for c in columns:
         if c not in METRICS:
             raise UserError(f"unknown table column '{c}'; choose from {', '.join(METRICS)}")
-    long, unavailable = summarise(a.per_image, a.sets, methods, bins, a.seed)
-    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, a.reference)
+    long, unavailable = summarise(a.per_image, a.sets, methods, bins, s.seed)
+    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference)
     long.insert(0, "dataset", a.dataset)
     write_csv_atomic(long, a.out + ".csv")
     write_text_atomic(a.out + ".md", md)

@@ -9,7 +9,7 @@ One trainer for all four kinds; only the objective differs:
   trainer does (``--guidance-state marginal`` uses a forward sample of the structure at t - 1 instead).
 - ``irsde``: the texture UNet without guidance (the IR-SDE baseline). ``--recipe irsde`` (default) is
   IR-SDE's own inpainting recipe: unweighted L1 matching loss, t in {1..T}, holes of mu filled with 1
-  (white); ``--recipe texture`` trains it like the texture net (10x hole weight, holes 0, t in {2..T}).
+  (white); ``--recipe reference`` trains it like the texture net (10x hole weight, holes 0, t in {2..T}).
 - ``critic``: real = D(t, x*_{t-1}, S), fake = D(t, x_t, S), S = the structure's optimal x*_{t-1};
   loss = mean softplus(-real) + mean softplus(fake) + TripletMargin(anchor = D(t, x*_{t-1} m + x_t (1-m), S),
   real, fake) (margin 1, p 2, scores as (B, 1) vectors, as in the reference).
@@ -44,6 +44,8 @@ every ``--checkpoint-every`` iterations; re-running the same command resumes fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
 import math
 import os
@@ -56,13 +58,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .utils import UserError, atomic_path, seed_for
+from .gpu import resolve_device as _device
+from .methods import NETWORKS
 from .objectives import objective, recipe
+from .options import add_arguments, from_namespace, nested, option
+from .settings import ModelSettings, TrainSettings
 from .training_data import IterationBatches, build_dataset
+from .utils import UserError, atomic_path, seed_for
 
 log = logging.getLogger("strdiffusion.train")
-
-KINDS = ("structure", "texture", "critic", "irsde")
 
 
 # ---------------------------------------------------------------------- EMA, lr and state
@@ -144,101 +148,64 @@ def _set_rng_state(state: dict) -> None:
 
 # ---------------------------------------------------------------------- command line
 
-def parse_args(argv):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainJob:
+    """One training job: the network, its files and processes (command line only), and its settings."""
+
+    net: str = option(help="which network to train", choices=NETWORKS)
+    images: Path = option(help="folder of training images (RGB PNG)")
+    structure: Path = option(help="structure folder of the training images (gray/, edge/)")
+    masks: Path = option(help="folder of training masks (white = hole)")
+    out: Path = option(help="final checkpoint (.pt)")
+    state_dir: Path = option(help="folder of the resumable state and losses.csv")
+    curve: Path | None = option(None, "learning-curve CSV (default: curve.csv in --state-dir)")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = option(0, "torch CPU threads (0 = torch's default); split over ranks")
+    nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
+    settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")
+
+    def __post_init__(self):
+        if self.nproc < 1:
+            raise UserError(f"--nproc must be >= 1, got {self.nproc}")
+        if self.curve is None:
+            object.__setattr__(self, "curve", self.state_dir / "curve.csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strdiffusion train", description=__doc__.splitlines()[0])
-    p.add_argument("--net", required=True, choices=KINDS, help="which network to train")
-    p.add_argument("--images", required=True, type=Path, help="folder of training images (RGB PNG)")
-    p.add_argument("--structure", required=True, type=Path, help="structure folder of the training images (gray/, edge/)")
-    p.add_argument("--masks", required=True, type=Path, help="folder of training masks (white = hole)")
-    p.add_argument("--out", required=True, type=Path, help="final checkpoint (.pt)")
-    p.add_argument("--state-dir", required=True, type=Path, help="folder of the resumable state and losses.csv")
-    p.add_argument("--curve", type=Path, default=None,
-                   help="learning-curve CSV (default: curve.csv in --state-dir)")
-    p.add_argument("--size", type=int, default=0, help="working size in px (random crops); 0 = the images' size")
-    p.add_argument("--nf", type=int, default=64, help="UNet base width (paper 64)")
-    p.add_argument("--depth", type=int, default=4, help="UNet depth (paper 4)")
-    p.add_argument("--critic-ngf", type=int, default=64, help="critic base width (paper 64)")
-    p.add_argument("--attn-heads", type=int, default=4, help="UNet attention heads (paper 4)")
-    p.add_argument("--attn-dim-head", type=int, default=32, help="UNet channels per attention head (paper 32)")
-    p.add_argument("--T", type=int, default=100)
-    p.add_argument("--max-sigma", type=float, default=30.0)
-    p.add_argument("--schedule", default="cosine", choices=("cosine", "linear", "constant"))
-    p.add_argument("--eps", type=float, default=0.005)
-    p.add_argument("--iterations", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over DDP ranks)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--betas", default="0.9,0.99", help="Adam betas, e.g. 0.9,0.99 (critic: 0.5,0.99)")
-    p.add_argument("--milestones", default="",
-                   help="comma-separated fractions of --iterations where the lr is multiplied by --gamma "
-                        "(reference: 0.25,0.5,0.75)")
-    p.add_argument("--gamma", type=float, default=0.5)
-    p.add_argument("--warmup", type=float, default=0.0, help="linear lr warm-up over this fraction of the run")
-    p.add_argument("--ema", type=float, default=0.0,
-                   help="EMA decay; 0 = off, the reference (then the raw weights are saved and sampled)")
-    p.add_argument("--ema-warmup", action="store_true", help="EMA decay min(ema, (1+n)/(10+n)) at update n")
-    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm; 0 = off")
-    p.add_argument("--loss", default="l1", choices=("l1", "l2"))
-    p.add_argument("--guidance-state", default="optimal", choices=("optimal", "marginal"),
-                   help="texture guidance: the structure's optimal step from t (reference) or its sample at t-1")
-    p.add_argument("--recipe", default="irsde", choices=("irsde", "reference"),
-                   help="IR-SDE baseline only: IR-SDE's inpainting recipe (plain L1, t in 1..T, holes 1) or "
-                        "the texture net's (10x hole weight, t in 2..T, holes 0)")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--val-count", type=int, default=8,
-                   help="held-out training crops scored every --checkpoint-every iterations (0 = no curve)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0 = main process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="mixed precision (CUDA only)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default); split over ranks")
-    p.add_argument("--sigma", type=float, default=3.0, help="Canny sigma of the structure maps (metadata)")
-    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs); >1 relaunches under torch.distributed.run")
-    a = p.parse_args(argv)
-    try:
-        a.betas = tuple(float(v) for v in a.betas.split(","))
-        a.milestones = [float(v) for v in a.milestones.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--betas must be two numbers like 0.9,0.99 and --milestones fractions like 0.5,0.75; "
-                        f"got {a.betas!r} and {a.milestones!r}") from None
-    if len(a.betas) != 2:
-        raise UserError(f"--betas needs two values, got {a.betas}")
-    bad = [m for m in a.milestones if not 0 < m < 1]
-    if bad:
-        raise UserError(f"--milestones are fractions of --iterations in (0, 1), got {bad[0]}; "
-                        f"e.g. 0.5 halves the lr half-way")
-    for name in ("iterations", "batch_size", "checkpoint_every", "T", "nf", "depth", "critic_ngf", "nproc",
-                 "attn_heads", "attn_dim_head"):
-        if getattr(a, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if not 0 <= a.ema < 1:
-        raise UserError(f"--ema must be in [0, 1), got {a.ema}")
-    if not 0 <= a.warmup < 1:
-        raise UserError(f"--warmup must be a fraction in [0, 1), got {a.warmup}")
-    if a.curve is None:
-        a.curve = a.state_dir / "curve.csv"
-    return a
+    add_arguments(p, TrainJob)
+    return p
 
 
-def ctor_kwargs(a) -> dict:
+def parse_args(argv) -> TrainJob:
+    return from_namespace(TrainJob, build_parser().parse_args(argv))
+
+
+def ctor_kwargs(net: str, model: ModelSettings) -> dict:
+    """Constructor settings of network ``net`` at ``model``'s size. The paper's attention (the
+    ModelSettings defaults) stays implicit, so such checkpoints read as before attention was a setting."""
     from .checkpoints import default_ctor_kwargs
 
-    kwargs = default_ctor_kwargs(a.net)
-    if a.net == "critic":
-        kwargs["ngf"] = a.critic_ngf
+    kwargs = default_ctor_kwargs(net)
+    if net == "critic":
+        kwargs["ngf"] = model.critic_ngf
     else:
-        kwargs.update(nf=a.nf, depth=a.depth)
-        if (a.attn_heads, a.attn_dim_head) != (4, 32):  # the paper's values stay implicit
-            kwargs.update(attn_heads=a.attn_heads, attn_dim_head=a.attn_dim_head)
+        kwargs.update(nf=model.nf, depth=model.depth)
+        paper = ModelSettings()
+        if (model.attn_heads, model.attn_dim_head) != (paper.attn_heads, paper.attn_dim_head):
+            kwargs.update(attn_heads=model.attn_heads, attn_dim_head=model.attn_dim_head)
     return kwargs
 
 
-def run_settings(a) -> dict:
+def run_settings(job: TrainJob) -> dict:
     """Settings a resumed run must share with the saved state (iterations may grow)."""
-    return {"net": a.net, "ctor_kwargs": ctor_kwargs(a), "sde": [a.T, a.max_sigma, a.schedule, a.eps],
-            "batch_size": a.batch_size, "lr": a.lr, "betas": list(a.betas), "milestones": a.milestones,
-            "gamma": a.gamma, "warmup": a.warmup, "ema": a.ema, "ema_warmup": a.ema_warmup,
-            "grad_clip": a.grad_clip, "loss": a.loss, "seed": a.seed, "size": a.size,
-            "guidance_state": a.guidance_state, "recipe": recipe(a.net, a.recipe), "val_count": a.val_count}
+    s = job.settings
+    return {"net": job.net, "ctor_kwargs": ctor_kwargs(job.net, s.model),
+            "sde": [s.sde.T, s.sde.max_sigma, s.sde.schedule, s.sde.eps],
+            "batch_size": s.batch_size, "lr": s.lr, "betas": list(s.betas), "milestones": list(s.milestones),
+            "gamma": s.gamma, "warmup": s.warmup, "ema": s.ema, "ema_warmup": s.ema_warmup,
+            "grad_clip": s.grad_clip, "loss": s.loss, "seed": s.seed, "size": s.size,
+            "guidance_state": s.guidance_state, "recipe": recipe(job.net, s.recipe), "val_count": s.val_count}
 
 
 def _relaunch(argv, nproc: int) -> int:
@@ -260,18 +227,15 @@ def _relaunch(argv, nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-from .gpu import resolve_device as _device  # noqa: E402  one device resolver for every stage (issue 14)
-
-
 # ---------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = parse_args(argv)
+    job = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if a.nproc > 1 and world_size == 1:
-        return _relaunch(argv, a.nproc)
-    return train(a, world_size)
+    if job.nproc > 1 and world_size == 1:
+        return _relaunch(argv, job.nproc)
+    return train(job, world_size)
 
 
 class Run:
@@ -279,13 +243,13 @@ class Run:
 
     HISTORY = ("iteration", "loss", "lr", "seconds")
 
-    def __init__(self, a, net, optimizer, scaler, ema, rank: int, metrics: tuple):
-        self.a, self.net, self.optimizer, self.scaler, self.ema, self.rank = a, net, optimizer, scaler, ema, rank
+    def __init__(self, job: TrainJob, net, optimizer, scaler, ema, rank: int, metrics: tuple):
+        self.job, self.net, self.optimizer, self.scaler, self.ema, self.rank = job, net, optimizer, scaler, ema, rank
         self.history = {k: [] for k in self.HISTORY}
         self.curve = {k: [] for k in ("iteration", "seconds", "loss", "lr", *metrics, "val_seconds")}
         self.start, self.elapsed = 0, 0.0
-        self.settings = run_settings(a)
-        self.path = a.state_dir / "state.pt"
+        self.settings = run_settings(job)
+        self.path = job.state_dir / "state.pt"
 
     def resume(self) -> None:
         if not self.path.is_file():
@@ -326,8 +290,8 @@ class Run:
             state["ema"], state["ema_updates"] = self.ema.state_dict(net), self.ema.updates
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
-        write_losses(self.a.state_dir / "losses.csv", self.history)
-        write_curve(self.a.curve, self.curve)
+        write_losses(self.job.state_dir / "losses.csv", self.history)
+        write_curve(self.job.curve, self.curve)
 
     def record(self, iteration: int, loss: float, lr: float) -> None:
         for k, v in zip(self.HISTORY, (iteration, loss, lr, self.elapsed)):
@@ -346,9 +310,9 @@ def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fi
     losses = run.history["loss"][len(run.history["loss"]) - (iteration - since):]  # one loss per iteration
     tick = time.perf_counter()
     val_net.load_state_dict(run.weights())
-    scores = evaluate(run.a.net, val_net, sde, val_batch, device, hole_fill)
+    scores = evaluate(run.job.net, val_net, sde, val_batch, device, hole_fill)
     row = {"iteration": iteration, "seconds": run.elapsed, "loss": float(np.mean(losses)) if losses else float("nan"),
-           "lr": run.history["lr"][-1] if run.history["lr"] else run.a.lr, **scores,
+           "lr": run.history["lr"][-1] if run.history["lr"] else run.job.settings.lr, **scores,
            "val_seconds": time.perf_counter() - tick}
     for k in run.curve:
         run.curve[k].append(float(row[k]))
@@ -356,40 +320,41 @@ def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fi
              ", ".join(f"{k} {scores[k]:.4g}" for k in scores))
 
 
-def _setup(a, world_size: int):
+def _setup(job: TrainJob, world_size: int):
     """Device, ranks and process group of a run."""
+    s = job.settings
     rank = int(os.environ.get("RANK", "0"))
-    device = _device(a.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = _device(job.device, int(os.environ.get("LOCAL_RANK", "0")))
     if world_size > 1:
         import torch.distributed as dist
 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if a.batch_size % world_size:
-        raise UserError(f"--batch-size {a.batch_size} is not divisible by the {world_size} processes")
-    per_rank = a.batch_size // world_size
-    if a.net == "critic" and per_rank > 4 and per_rank % 4:
+    if s.batch_size % world_size:
+        raise UserError(f"--batch-size {s.batch_size} is not divisible by the {world_size} processes")
+    per_rank = s.batch_size // world_size
+    if job.net == "critic" and per_rank > 4 and per_rank % 4:
         raise UserError(f"the critic's minibatch-stddev groups of 4 need a per-process batch divisible by 4, "
                         f"got {per_rank}")
-    if a.threads > 0 and device.type == "cpu":
-        torch.set_num_threads(max(1, a.threads // world_size))
-    amp = a.amp if device.type == "cuda" else "none"
-    if a.amp != "none" and amp == "none":
-        log.warning("--amp %s ignored: mixed precision is used on CUDA only", a.amp)
+    if job.threads > 0 and device.type == "cpu":
+        torch.set_num_threads(max(1, job.threads // world_size))
+    amp = s.amp if device.type == "cuda" else "none"
+    if s.amp != "none" and amp == "none":
+        log.warning("--amp %s ignored: mixed precision is used on CUDA only", s.amp)
     if rank == 0:
         log.info("training %s on %s: %d process(es), batch %d per process, effective batch %d, lr %.3g, betas %s",
-                 a.net, device, world_size, per_rank, a.batch_size, a.lr, a.betas)
+                 job.net, device, world_size, per_rank, s.batch_size, s.lr, s.betas)
     return rank, device, amp
 
 
 def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float, world_size: int) -> float:
     """One optimiser step; returns the (all-reduced) loss. A non-finite loss raises before the step."""
-    a = run.a
+    net, s = run.job.net, run.job.settings
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(batch["image"].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        loss = objective(model, sde, batch, a.net, a.loss, a.guidance_state, a.recipe)
+        loss = objective(model, sde, batch, net, s.loss, s.guidance_state, s.recipe)
     value = loss.detach().float()
     if world_size > 1:
         import torch.distributed as dist
@@ -400,13 +365,13 @@ def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float
     if not math.isfinite(value):
         run.save(iteration - 1)
         where = f"; the last good state (iteration {iteration - 1}) is in {run.path}" if run.rank == 0 else ""
-        raise UserError(f"the {a.net} loss became {value} at iteration {iteration}{where}; lower --lr or set "
+        raise UserError(f"the {net} loss became {value} at iteration {iteration}{where}; lower --lr or set "
                         f"--grad-clip, then re-run")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
-    if a.grad_clip > 0:
+    if s.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.net.parameters(), a.grad_clip)
+        nn.utils.clip_grad_norm_(run.net.parameters(), s.grad_clip)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     if run.ema is not None:
@@ -414,73 +379,13 @@ def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float
     return value
 
 
-def train(a, world_size: int = 1) -> int:
-    from tqdm import tqdm
-
-    from . import checkpoints
-    from .sde import IRSDE
-    from .validation import metric_names, validation_batch
-
-    rank, device, amp = _setup(a, world_size)
-    _, t_min, hole_fill = recipe(a.net, a.recipe)
-    sde = IRSDE(T=a.T, max_sigma=a.max_sigma, schedule=a.schedule, eps=a.eps, device=device)
-    dataset, val_set = build_dataset(a.images, a.structure, a.masks, a.size, a.T, a.seed, a.net, t_min, a.val_count)
-    kwargs = ctor_kwargs(a)
-    torch.manual_seed(seed_for(a.seed, a.net, "init"))
-    net = checkpoints.build_network(a.net, **kwargs).to(device)
-    net.train()
+def train(job: TrainJob, world_size: int = 1) -> int:
+    """Train ``job.net`` to ``job.out``, resuming from ``job.state_dir``; ``world_size`` DDP processes."""
+    rank, device, amp = _setup(job, world_size)
+    run, parts = _build(job, rank, device, amp)
+    iteration = _loop(run, parts, device, amp, world_size)
     if rank == 0:
-        log.info("%s network %s: %.2f M parameters; %d training images (%d held out for validation), %d masks, %d px",
-                 a.net, kwargs, sum(p.numel() for p in net.parameters()) / 1e6, len(dataset),
-                 len(val_set) if val_set else 0, len(dataset.masks), dataset.size)
-    optimizer = torch.optim.Adam(net.parameters(), lr=a.lr, betas=a.betas)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    ema = EMA(net, a.ema, a.ema_warmup) if a.ema > 0 else None
-    run = Run(a, net, optimizer, scaler, ema, rank, metric_names(a.net))
-    run.resume()
-    val_batch = val_net = None
-    if val_set is not None and rank == 0:
-        val_batch = validation_batch(val_set, range(len(val_set)), a.seed, a.T, t_min)
-        val_net = checkpoints.build_network(a.net, **kwargs).to(device)
-
-    model = net
-    if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=IterationBatches(run.start, a.iterations, a.batch_size, rank, world_size),
-        num_workers=a.workers, pin_memory=device.type == "cuda", persistent_workers=False)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    bar = tqdm(total=a.iterations, initial=run.start, desc=f"train {a.net}", unit="it", file=sys.stderr,
-               disable=rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    if val_batch is not None and not run.curve["iteration"]:
-        _validate(run, val_net, val_batch, sde, device, run.start, hole_fill)  # the untrained network
-    iteration = run.start
-    tick = time.perf_counter()
-    try:
-        for batch in loader:
-            iteration += 1
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            lr = learning_rate(a.lr, iteration, a.iterations, a.milestones, a.gamma, a.warmup)
-            value = _step(run, model, sde, batch, autocast_dtype, iteration, lr, world_size)
-            now = time.perf_counter()
-            run.elapsed += now - tick
-            run.record(iteration, value, lr)
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-            if iteration % a.checkpoint_every == 0 or iteration == a.iterations:
-                if val_batch is not None:
-                    _validate(run, val_net, val_batch, sde, device, iteration, hole_fill)
-                run.save(iteration)
-                if rank == 0:
-                    losses = run.history["loss"]
-                    log.info("iteration %d/%d: loss %.4g (mean of the last %d), lr %.3g, %.1f it/s", iteration,
-                             a.iterations, float(np.mean(losses[-a.checkpoint_every:])),
-                             min(a.checkpoint_every, len(losses)), lr, len(losses) / max(run.elapsed, 1e-9))
-            tick = time.perf_counter()
-    finally:
-        bar.close()
-    if rank == 0:
-        _finish(run, checkpoints, kwargs, sde, dataset, max(iteration, run.start), hole_fill)
+        _finish(run, parts, max(iteration, run.start))
     if world_size > 1:
         import torch.distributed as dist
 
@@ -489,32 +394,131 @@ def train(a, world_size: int = 1) -> int:
     return 0
 
 
-def _finish(run: Run, checkpoints, kwargs, sde, dataset, iteration: int, hole_fill: float) -> None:
+@dataclasses.dataclass
+class _Parts:
+    """What a run trains with: the SDE, the data, the network settings, and the validation (rank 0)."""
+
+    sde: object
+    dataset: object
+    kwargs: dict
+    hole_fill: float
+    val_net: object = None
+    val_batch: dict | None = None
+
+
+def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
+    """SDE, data, network, optimiser and EMA, the run resumed from its state, and the validation set-up.
+    The global torch RNG is seeded and used in a fixed order (network, resumed state, validation network)."""
+    from . import checkpoints
+    from .sde import IRSDE
+    from .validation import metric_names, validation_batch
+
+    s = job.settings
+    _, t_min, hole_fill = recipe(job.net, s.recipe)
+    sde = IRSDE(**dataclasses.asdict(s.sde), device=device)
+    dataset, val_set = build_dataset(job.images, job.structure, job.masks, s.size, s.sde.T, s.seed, job.net, t_min,
+                                     s.val_count)
+    kwargs = ctor_kwargs(job.net, s.model)
+    torch.manual_seed(seed_for(s.seed, job.net, "init"))
+    net = checkpoints.build_network(job.net, **kwargs).to(device)
+    net.train()
+    if rank == 0:
+        log.info("%s network %s: %.2f M parameters; %d training images (%d held out for validation), %d masks, %d px",
+                 job.net, kwargs, sum(p.numel() for p in net.parameters()) / 1e6, len(dataset),
+                 len(val_set) if val_set else 0, len(dataset.masks), dataset.size)
+    optimizer = torch.optim.Adam(net.parameters(), lr=s.lr, betas=s.betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    ema = EMA(net, s.ema, s.ema_warmup) if s.ema > 0 else None
+    run = Run(job, net, optimizer, scaler, ema, rank, metric_names(job.net))
+    run.resume()
+    parts = _Parts(sde, dataset, kwargs, hole_fill)
+    if val_set is not None and rank == 0:
+        parts.val_batch = validation_batch(val_set, range(len(val_set)), s.seed, s.sde.T, t_min)
+        parts.val_net = checkpoints.build_network(job.net, **kwargs).to(device)
+    return run, parts
+
+
+def _loop(run: Run, parts: _Parts, device, amp: str, world_size: int) -> int:
+    """The training iterations from ``run.start`` on, with validation and saved state every
+    ``checkpoint_every`` iterations; returns the last iteration done."""
+    from tqdm import tqdm
+
+    job, s = run.job, run.job.settings
+    model = run.net
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = torch.utils.data.DataLoader(
+        parts.dataset, batch_sampler=IterationBatches(run.start, s.iterations, s.batch_size, run.rank, world_size),
+        num_workers=s.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    bar = tqdm(total=s.iterations, initial=run.start, desc=f"train {job.net}", unit="it", file=sys.stderr,
+               disable=run.rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    validate = None
+    if parts.val_batch is not None:
+        validate = functools.partial(_validate, run, parts.val_net, parts.val_batch, parts.sde, device,
+                                     hole_fill=parts.hole_fill)
+        if not run.curve["iteration"]:
+            validate(run.start)  # the untrained network
+    iteration = run.start
+    tick = time.perf_counter()
+    try:
+        for batch in loader:
+            iteration += 1
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            lr = learning_rate(s.lr, iteration, s.iterations, s.milestones, s.gamma, s.warmup)
+            value = _step(run, model, parts.sde, batch, autocast_dtype, iteration, lr, world_size)
+            run.elapsed += time.perf_counter() - tick
+            run.record(iteration, value, lr)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+            if iteration % s.checkpoint_every == 0 or iteration == s.iterations:
+                if validate is not None:
+                    validate(iteration)
+                run.save(iteration)
+                _log_progress(run, iteration, lr)
+            tick = time.perf_counter()
+    finally:
+        bar.close()
+    return iteration
+
+
+def _log_progress(run: Run, iteration: int, lr: float) -> None:
+    if run.rank != 0:
+        return
+    s, losses = run.job.settings, run.history["loss"]
+    log.info("iteration %d/%d: loss %.4g (mean of the last %d), lr %.3g, %.1f it/s", iteration,
+             s.iterations, float(np.mean(losses[-s.checkpoint_every:])),
+             min(s.checkpoint_every, len(losses)), lr, len(losses) / max(run.elapsed, 1e-9))
+
+
+def _finish(run: Run, parts: _Parts, iteration: int) -> None:
     """Final checkpoint (with its provenance and curve), loss plot and summary line."""
-    a = run.a
-    final_net = checkpoints.build_network(a.net, **kwargs)
+    from . import checkpoints
+
+    job, s = run.job, run.job.settings
+    final_net = checkpoints.build_network(job.net, **parts.kwargs)
     final_net.load_state_dict(run.weights())
-    hole_weight, t_min, _ = recipe(a.net, a.recipe)
-    extra = {"iteration": iteration, "structure_sigma": a.sigma, "ema": run.ema is not None,
-             "ema_decay": a.ema, "image_size": dataset.size, "seed": a.seed, "batch_size": a.batch_size,
-             "loss": a.loss, "lr": a.lr, "milestones": a.milestones, "hole_weight": hole_weight, "t_min": t_min,
-             "hole_fill": hole_fill, "train_seconds": round(run.elapsed, 1),
-             "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(a)}
-    if a.net == "texture":
-        extra["guidance_state"] = a.guidance_state
-    checkpoints.save_checkpoint(a.out, final_net, a.net, kwargs, sde.settings(), extra)
-    write_curve(a.curve, run.curve)
-    plot_losses(run.history, a.out.with_name(a.out.stem + "_loss.png"), a.net)
+    hole_weight, t_min, _ = recipe(job.net, s.recipe)
+    extra = {"iteration": iteration, "structure_sigma": s.sigma, "ema": run.ema is not None,
+             "ema_decay": s.ema, "image_size": parts.dataset.size, "seed": s.seed, "batch_size": s.batch_size,
+             "loss": s.loss, "lr": s.lr, "milestones": list(s.milestones), "hole_weight": hole_weight, "t_min": t_min,
+             "hole_fill": parts.hole_fill, "train_seconds": round(run.elapsed, 1),
+             "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(job)}
+    if job.net == "texture":
+        extra["guidance_state"] = s.guidance_state
+    checkpoints.save_checkpoint(job.out, final_net, job.net, parts.kwargs, parts.sde.settings(), extra)
+    write_curve(job.curve, run.curve)
+    plot_losses(run.history, job.out.with_name(job.out.stem + "_loss.png"), job.net)
     losses = run.history["loss"]
     if losses:
         w = max(1, min(50, len(losses) // 5))
         log.info("%s loss: first %d iterations %.4g -> last %d iterations %.4g (%d iterations, %.1f s, %.2f it/s)",
-                 a.net, w, float(np.mean(losses[:w])), w, float(np.mean(losses[-w:])), len(losses),
+                 job.net, w, float(np.mean(losses[:w])), w, float(np.mean(losses[-w:])), len(losses),
                  run.elapsed, len(losses) / max(run.elapsed, 1e-9))
-    log.info("wrote %s", a.out)
+    log.info("wrote %s", job.out)
 
 
-def provenance(a) -> dict:
+def provenance(job: TrainJob) -> dict:
     """Where a checkpoint came from: the trainer's settings, the command line, and the git commit of
     the package when it runs from a checkout (empty otherwise)."""
     commit = ""
@@ -524,9 +528,9 @@ def provenance(a) -> dict:
         commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         pass
-    settings = run_settings(a)
+    settings = run_settings(job)
     settings["ctor_kwargs"] = dict(settings["ctor_kwargs"])
-    settings["iterations"] = a.iterations
+    settings["iterations"] = job.settings.iterations
     return {"commit": commit, "train_settings": settings, "command": " ".join(sys.argv)}
 
 

@@ -40,7 +40,7 @@ def test_fidelity_ema_off_and_raw_weights_saved(data, tmp_path):
     """The reference never updates its EMA and samples the raw weights: so do our defaults."""
     defaults = train.parse_args(["--net", "structure", "--images", "i", "--structure", "s", "--masks", "m",
                                  "--out", "o.pt", "--state-dir", "d", "--iterations", "1"])
-    assert defaults.ema == 0
+    assert defaults.settings.ema == 0
     for path in CONFIGS:
         if "ema" in _train_section(path):
             assert _train_section(path)["ema"] == 0, path

@@ -1,0 +1,168 @@
+"""Settings dataclasses as the one source of a stage's options (issue 14).
+
+A field made with :func:`option` carries its default, help text, choices and the config key it is
+read from; everything else is derived from the fields:
+
+- :func:`add_arguments`: one command-line option per field, ``--<name with dashes>``; booleans are
+  switches (default off), tuples comma-separated lists, a field without a default a required option.
+  A field made with :func:`nested` (another settings object) adds that object's options in a group.
+- :func:`from_namespace`: the object back from the parsed options.
+- :func:`from_config`: the object from the validated config: ``key`` is a dotted path such as
+  ``train.lr`` or ``datasets.{dataset}.source`` (formatted with the job's wildcards); a key the config
+  leaves out keeps the default, a field without ``key`` is not read from the config.
+- :func:`to_argv` renders the config-read fields as options again (a switch only when on, an empty
+  value only when it differs from the default) and :func:`command_line` quotes them for a shell: the
+  one place where the workflow's values, paths among them, are quoted.
+
+No argparse import: :func:`add_arguments` takes the parser it fills, and a bad list value raises
+ValueError, which argparse reports as an invalid value of that option.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import types
+import typing
+
+REQUIRED = dataclasses.MISSING
+
+
+def option(default=REQUIRED, help: str = "", *, key: str | None = None, choices=None, cli: bool = True):
+    """A settings field: ``default`` (none: required), ``help``, ``choices``, the config ``key`` it is read
+    from (None: command line only); ``cli=False`` keeps it off the command line."""
+    meta = {"help": help, "key": key, "choices": tuple(choices) if choices else None, "cli": cli}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def nested(cls, title: str = ""):
+    """A field holding another settings object; its options form a group titled ``title``."""
+    meta = {"nested": True, "title": title}
+    if all(f.default is not REQUIRED or f.default_factory is not REQUIRED for f in dataclasses.fields(cls)):
+        return dataclasses.field(default_factory=cls, metadata=meta)
+    return dataclasses.field(metadata=meta)
+
+
+def flag(name: str) -> str:
+    """The command-line option of field ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _scalar(tp):
+    """(tuple?, element type) of a field type: ``int | None`` -> int, ``tuple[float, ...]`` -> float."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is tuple:
+        return True, typing.get_args(tp)[0]
+    return False, tp
+
+
+def _list_parser(elem):
+    def parse(text: str) -> tuple:
+        return tuple(elem(v) for v in str(text).split(",") if v.strip())
+
+    parse.__name__ = f"comma-separated {elem.__name__} list"
+    return parse
+
+
+def add_arguments(parser, cls, title: str | None = None) -> None:
+    """Add the options of settings class ``cls`` to ``parser`` (in a group when ``title`` is given)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            add_arguments(parser, hints[f.name], f.metadata.get("title") or f.name)
+            continue
+        if not f.metadata.get("cli", True):
+            continue
+        is_list, elem = _scalar(hints[f.name])
+        kw = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
+        if elem is bool:
+            assert f.default is False, f"{cls.__name__}.{f.name}: a switch is off by default"
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = _list_parser(elem) if is_list else elem
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            if f.default is REQUIRED:
+                kw["required"] = True
+            else:
+                kw["default"] = f.default
+                if f.default not in (None, "", ()):
+                    shown = ",".join(map(str, f.default)) if is_list else f.default
+                    kw["help"] = f"{kw['help']} (default {shown})".lstrip()
+        group.add_argument(flag(f.name), **kw)
+
+
+def from_namespace(cls, namespace):
+    """Settings object ``cls`` from parsed options (the attributes named after its fields)."""
+    hints, values = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            values[f.name] = from_namespace(hints[f.name], namespace)
+        elif f.metadata.get("cli", True):
+            values[f.name] = getattr(namespace, f.name)
+    return cls(**values)
+
+
+def _lookup(config: dict, path: str):
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return REQUIRED
+        node = node[part]
+    return node
+
+
+def _coerce(value, tp):
+    is_list, elem = _scalar(tp)
+    if is_list:
+        return tuple(elem(v) for v in value)
+    return value if value is None or elem not in (int, float, str) else elem(value)
+
+
+def config_values(cls, config: dict, **where) -> dict:
+    """Field values of ``cls`` found in ``config`` (keys formatted with ``where``), nested objects built."""
+    hints, values = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            values[f.name] = from_config(hints[f.name], config, **where)
+        elif f.metadata.get("key"):
+            value = _lookup(config, f.metadata["key"].format(**where))
+            if value is not REQUIRED:
+                values[f.name] = _coerce(value, hints[f.name])
+    return values
+
+
+def from_config(cls, config: dict, **where):
+    """Settings object ``cls`` from the validated config; ``where`` fills the keys' {placeholders}."""
+    build = getattr(cls, "from_config", None)
+    return build(config, **where) if build else cls(**config_values(cls, config, **where))
+
+
+def to_argv(settings) -> list[str]:
+    """The config-read fields of ``settings`` as command-line options (see the module docstring)."""
+    argv = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata.get("nested"):
+            argv += to_argv(value)
+        elif not f.metadata.get("key") or not f.metadata.get("cli", True):
+            continue
+        elif isinstance(value, bool):
+            argv += [flag(f.name)] if value else []
+        elif value in (None, "", ()) and value == f.default:
+            continue
+        elif isinstance(value, tuple):
+            argv += [flag(f.name), ",".join(str(v) for v in value)]
+        else:
+            argv += [flag(f.name), str(value)]
+    return argv
+
+
+def command_line(argv) -> str:
+    """``argv`` as one shell-quoted string."""
+    return " ".join(shlex.quote(str(a)) for a in argv)

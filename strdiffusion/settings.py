@@ -1,0 +1,287 @@
+"""The settings of each pipeline stage: the one place where an option's name, type, default, help and
+config key live (issue 14). The stages' command lines are derived from these classes and the
+workflow's job options rendered from them (:mod:`strdiffusion.options`); defaults are the reference's.
+
+- :class:`SDESettings` (config ``sde``) and :class:`ModelSettings` (``model``): shared by training and
+  the checkpoints; :class:`TrainSettings`: how one network is trained (``train``, plus ``seed``,
+  ``image_size``, ``structure.sigma_train``).
+- :class:`SamplerConfig`: the reverse process's constants (``sampling``); :class:`RunSettings`: how
+  the inpaint stage runs a diffusion method (seed, batch, T, device, speed).
+- :class:`DataSettings` (``datasets.<name>``), :class:`StructureSettings`, :class:`TableSettings`,
+  :class:`FigureSettings`.
+
+:func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
+reads it when it parses the rules.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .methods import CLASSICAL
+from .options import command_line, config_values, from_config, nested, option, to_argv
+from .utils import UserError, bin_label
+
+SCHEDULES = ("cosine", "linear", "constant")
+ACCEPT = ("lower", "higher")
+LATE_GUIDANCE = ("rgb_mean", "gray")
+PRECISIONS = ("none", "bf16", "fp16")
+
+
+def _positive(settings, names) -> None:
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# SDE, networks and training
+
+
+@dataclasses.dataclass(frozen=True)
+class SDESettings:
+    """The mean-reverting SDE (:class:`strdiffusion.sde.IRSDE`, whose defaults these are): T steps,
+    max_sigma in 0..255 units (below 1: lambda itself), the theta schedule, and eps, the share of
+    x0 - mu left at t = T."""
+
+    T: int = option(100, "diffusion steps", key="sde.T")
+    max_sigma: float = option(30.0, "stationary std in 0..255 units (below 1: used as is)", key="sde.max_sigma")
+    schedule: str = option("cosine", "theta schedule", key="sde.schedule", choices=SCHEDULES)
+    eps: float = option(0.005, "share of x0 - mu left at t = T", key="sde.eps")
+
+    def __post_init__(self):
+        _positive(self, ("T",))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """Network sizes; the defaults are the paper's (UNet width 64, depth 4, 4 attention heads of 32
+    channels; critic width 64)."""
+
+    nf: int = option(64, "UNet base width", key="model.nf")
+    depth: int = option(4, "UNet depth", key="model.depth")
+    critic_ngf: int = option(64, "critic base width", key="model.critic_ngf")
+    attn_heads: int = option(4, "UNet attention heads", key="model.attn_heads")
+    attn_dim_head: int = option(32, "UNet channels per attention head", key="model.attn_dim_head")
+
+    def __post_init__(self):
+        _positive(self, ("nf", "depth", "critic_ngf", "attn_heads", "attn_dim_head"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """How one network is trained. ``milestones`` are FRACTIONS of ``iterations`` (the reference halves
+    the lr at 0.25, 0.5, 0.75 of 8M); the critic's lr and betas come from ``train.critic_lr`` and
+    ``train.critic_betas`` (:meth:`from_config`). ``ema`` 0 (the reference) saves and samples the raw
+    weights."""
+
+    model: ModelSettings = nested(ModelSettings, "network size (config: model)")
+    sde: SDESettings = nested(SDESettings, "SDE (config: sde)")
+    iterations: int = option(help="training iterations", key="train.iterations")
+    batch_size: int = option(16, "global batch (split over DDP ranks)", key="train.batch_size")
+    lr: float = option(1e-4, "Adam learning rate", key="train.lr")
+    betas: tuple[float, ...] = option((0.9, 0.99), "Adam betas, e.g. 0.9,0.99 (critic: 0.5,0.99)", key="train.betas")
+    milestones: tuple[float, ...] = option((), "comma-separated fractions of --iterations where the lr is multiplied "
+                                           "by --gamma (reference: 0.25,0.5,0.75)", key="train.lr_milestones")
+    gamma: float = option(0.5, "lr factor at each milestone", key="train.lr_gamma")
+    warmup: float = option(0.0, "linear lr warm-up over this fraction of the run", key="train.lr_warmup")
+    ema: float = option(0.0, "EMA decay; 0 = off, the reference (then the raw weights are saved and sampled)",
+                        key="train.ema")
+    ema_warmup: bool = option(False, "EMA decay min(ema, (1+n)/(10+n)) at update n", key="train.ema_warmup")
+    grad_clip: float = option(0.0, "max gradient norm; 0 = off", key="train.grad_clip")
+    loss: str = option("l1", "loss of the denoisers", key="train.loss", choices=("l1", "l2"))
+    guidance_state: str = option("optimal", "texture guidance: the structure's optimal step from t (reference) or "
+                                 "its sample at t-1", key="train.guidance_state", choices=("optimal", "marginal"))
+    recipe: str = option("irsde", "IR-SDE baseline only: IR-SDE's inpainting recipe (plain L1, t in 1..T, holes 1) "
+                         "or the texture net's (10x hole weight, t in 2..T, holes 0)", key="train.irsde_recipe",
+                         choices=("irsde", "reference"))
+    checkpoint_every: int = option(200, "iterations between saved states and learning-curve points",
+                                   key="train.checkpoint_every")
+    val_count: int = option(8, "held-out training crops scored every --checkpoint-every iterations (0 = no curve)",
+                            key="train.val_count")
+    workers: int = option(0, "DataLoader workers (0 = main process)", key="train.workers")
+    seed: int = option(0, "global seed", key="seed")
+    size: int = option(0, "working size in px (random crops); 0 = the images' size", key="image_size")
+    sigma: float = option(3.0, "Canny sigma of the structure maps (metadata)", key="structure.sigma_train")
+    amp: str = option("none", "mixed precision (CUDA only)", key="train.amp", choices=PRECISIONS)
+
+    def __post_init__(self):
+        if len(self.betas) != 2:
+            raise UserError(f"--betas needs two values like 0.9,0.99, got {','.join(map(str, self.betas))}")
+        bad = [m for m in self.milestones if not 0 < m < 1]
+        if bad:
+            raise UserError(f"--milestones are fractions of --iterations in (0, 1), got {bad[0]}; "
+                            f"e.g. 0.5 halves the lr half-way")
+        _positive(self, ("iterations", "batch_size", "checkpoint_every"))
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.warmup < 1:
+            raise UserError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
+
+    @classmethod
+    def from_config(cls, config: dict, net: str, **_) -> TrainSettings:
+        values = config_values(cls, config)
+        if net == "critic":
+            t = config["train"]
+            values.update(lr=float(t["critic_lr"]), betas=tuple(float(b) for b in t["critic_betas"]))
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# inpainting
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    """Constants of the StrDiffusion reverse process; defaults reproduce the reference sampler.
+
+    u_max: trials per resampling step are at most ``u_max - 1``. u_min: from trial ``u_min`` on,
+    a rejected trial stops the resampling (earlier rejected trials are averaged in).
+    jump: resample at steps t with ``t % jump == 0`` (early stage only). re: forward re-noising
+    steps of the structure per trial (clipped at T). switch: the early stage (structure network,
+    critic) runs for t = T .. floor(switch * T). accept: ``lower`` keeps a trial when its critic
+    score D_p < D_n (the reference), ``higher`` when D_p > D_n. late_guidance: guidance map of the
+    late stage, ``rgb_mean`` (the reference: mean over RGB of the texture state) or ``gray``
+    (BT.709 luma). hole_fill: value of hole pixels in the texture mean ``mu`` (reference 0).
+    resample: False gives ``strdiffusion_noresample`` (no trials, no critic); set by the method.
+    """
+
+    u_max: int = option(6, "at most u_max-1 resampling trials per step", key="sampling.u_max")
+    u_min: int = option(3, "from trial u_min on, a rejected trial stops resampling", key="sampling.u_min")
+    jump: int = option(5, "resample at steps t % jump == 0", key="sampling.jump")
+    re: int = option(5, "forward re-noising steps of the structure per trial", key="sampling.re")
+    switch: float = option(0.4, "early stage for t >= floor(switch*T)", key="sampling.switch")
+    accept: str = option("lower", "keep a trial when its critic score is lower (reference) or higher than the "
+                         "first sample's", key="sampling.accept", choices=ACCEPT)
+    late_guidance: str = option("rgb_mean", "late-stage guidance: mean over RGB (reference) or BT.709 gray",
+                                key="sampling.late_guidance", choices=LATE_GUIDANCE)
+    hole_fill: float = option(0.0, "value of hole pixels in the degraded input", key="sampling.hole_fill")
+    resample: bool = option(True, cli=False)
+
+    def __post_init__(self):
+        for name in ("u_max", "u_min", "jump", "re"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise UserError(f"sampling.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.switch <= 1.0:
+            raise UserError(f"sampling.switch must be in [0, 1], got {self.switch}")
+        if self.accept not in ACCEPT:
+            raise UserError(f"sampling.accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
+        if self.late_guidance not in LATE_GUIDANCE:
+            raise UserError(f"sampling.late_guidance must be one of {', '.join(LATE_GUIDANCE)}, "
+                            f"got {self.late_guidance!r}")
+
+    def switch_step(self, T: int) -> int:
+        """First t of the late stage plus one: the early stage is t = T .. int(switch * T)."""
+        return int(self.switch * T)  # the reference's int(0.4 * T)
+
+    def trial_steps(self, t: int, T: int) -> int:
+        """Forward re-noising steps of a trial at step t (0: no resampling at this t)."""
+        if not self.resample or self.u_max <= 1 or t % self.jump != 0:
+            return 0
+        return min(self.re, T - t + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How the inpaint stage runs a diffusion method. compile and channels_last change speed only;
+    autocast and tf32 are CUDA only and change results slightly."""
+
+    seed: int = option(0, "global seed; image noise is seeded from (seed, image id, bin)", key="seed")
+    batch_size: int = option(16, "images sampled together (results do not depend on it)", key="sampling.batch_size")
+    sigma: float = option(2.0, "Canny sigma of structure computed on the fly (reference test: 2)")
+    T: int | None = option(None, "diffusion steps the networks were trained with (checked against the "
+                           "checkpoints; required for the authors' bare state dicts)", key="sde.T")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    compile: bool = option(False, "torch.compile the networks", key="sampling.compile")
+    channels_last: bool = option(False, "channels-last memory format", key="sampling.channels_last")
+    autocast: str = option("none", "CUDA mixed precision (changes results slightly)", key="sampling.autocast",
+                           choices=PRECISIONS)
+    tf32: bool = option(False, "allow TF32 matmuls on CUDA (changes results slightly)", key="sampling.tf32")
+    save_structure: bool = option(False, "also write the final structure state to structure/")
+
+
+# ---------------------------------------------------------------------------------------------
+# data, structure, report
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """A data set: the builtin photographs, or a folder tree split by file lists or by a hash."""
+
+    source: str = option("builtin", "builtin photographs or a folder", key="datasets.{dataset}.source",
+                         choices=("builtin", "folder"))
+    path: str = option("", "image folder (source folder)", key="datasets.{dataset}.path")
+    test_path: str = option("", "folder of test images (then all of --path is training)",
+                            key="datasets.{dataset}.test_path")
+    train_list: str = option("", "file of training image paths relative to --path", key="datasets.{dataset}.train_list")
+    test_list: str = option("", "file of test image paths relative to --path", key="datasets.{dataset}.test_list")
+    test_fraction: float = option(0.1, "share of test images (hash split)", key="datasets.{dataset}.test_fraction")
+    resize: str = option("center_crop", "how images reach the working size", key="datasets.{dataset}.resize",
+                         choices=("center_crop", "resize", "random_crop"))
+    max_train: int = option(0, "cap on training images (0 = all)", key="datasets.{dataset}.max_train")
+    skip_bad_files: bool = option(False, "list undecodable files instead of stopping",
+                                  key="datasets.{dataset}.skip_bad_files")
+    size: int = option(64, "working size in px", key="image_size")
+    seed: int = option(0, "seed of the split", key="seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class StructureSettings:
+    sigma: float = option(help="Canny sigma (reference: 3 train, 2 test)", key="structure.sigma_{split}")
+
+
+def _with_bin_labels(cls, config: dict, dataset: str):
+    """``cls`` from the config, its ``bins`` the labels of the data set's bins (10-20, ...)."""
+    labels = tuple(bin_label(lo, hi) for lo, hi in config["datasets"][dataset]["masks"]["bins"])
+    return cls(**{**config_values(cls, config, dataset=dataset), "bins": labels})
+
+
+_BINS = "datasets.{dataset}.masks.bins"
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureSettings:
+    methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
+    bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
+    per_bin: int = option(2, "example rows per bin in the qualitative grid")
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, **_) -> FigureSettings:
+        return _with_bin_labels(cls, config, dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSettings:
+    methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
+    bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
+    seed: int = option(0, "seed of the bootstrap", key="seed")
+    reference: str = option("", "published reference row, e.g. paris_streetview",
+                            key="datasets.{dataset}.reference_row")
+    columns: tuple[str, ...] = option(("psnr", "ssim", "lpips", "fid"), "metrics shown in the main table")
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, **_) -> TableSettings:
+        return _with_bin_labels(cls, config, dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# the workflow's jobs
+
+
+# the settings each stage's jobs take from the config
+JOBS = {
+    "data": (DataSettings,),
+    "structure": (StructureSettings,),
+    "train": (TrainSettings,),
+    "inpaint": (SamplerConfig, RunSettings),
+    "figures": (FigureSettings,),
+    "tables": (TableSettings,),
+}
+
+
+def job_options(stage: str, config: dict, **where) -> str:
+    """Shell-quoted options of one workflow job of ``strdiffusion <stage>``, rendered from the stage's
+    settings built from the validated ``config``; ``where``: the job's wildcards (dataset, split, method)
+    and, for training, the network (``net``). A classical method takes no sampling options."""
+    if stage == "inpaint" and where.get("method") in CLASSICAL:
+        return ""
+    return command_line([arg for cls in JOBS[stage] for arg in to_argv(from_config(cls, config, **where))])

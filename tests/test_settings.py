@@ -1,0 +1,141 @@
+"""Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py):
+one source for each stage's option names, defaults and config keys (issue 14)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import typing
+from importlib import resources
+
+import pytest
+import yaml
+
+from strdiffusion import checkpoints, inpaint, train
+from strdiffusion.config import validate
+from strdiffusion.methods import NETWORKS
+from strdiffusion.options import add_arguments, command_line, from_config, from_namespace, to_argv
+from strdiffusion.sde import IRSDE
+from strdiffusion.settings import (JOBS, DataSettings, ModelSettings, RunSettings, SamplerConfig, SDESettings,
+                                   TrainSettings, job_options)
+from strdiffusion.utils import UserError
+
+
+@pytest.fixture(scope="module")
+def config(repo_root):
+    return validate(yaml.safe_load((repo_root / "config" / "config.yaml").read_text()))
+
+
+def _flat_fields(cls):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            yield from _flat_fields(hints[f.name])
+        else:
+            yield f
+
+
+def _parse(cls, argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p, cls)
+    return from_namespace(cls, p.parse_args(argv))
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_train_settings_round_trip_through_the_command_line(config, net):
+    s = TrainSettings.from_config(config, net=net)
+    assert _parse(TrainSettings, shlex.split(command_line(to_argv(s)))) == s
+    t = config["train"]
+    assert (s.lr, list(s.betas)) == ((t["critic_lr"], t["critic_betas"]) if net == "critic" else (t["lr"], t["betas"]))
+    assert (s.sde.T, s.model.nf, s.size, s.sigma) == (config["sde"]["T"], config["model"]["nf"], config["image_size"],
+                                                      config["structure"]["sigma_train"])
+
+
+def test_every_config_setting_survives_rendering_and_parsing(config):
+    cfg = {**config, "sampling": {**config["sampling"], "autocast": "bf16", "compile": True, "switch": 1}}
+    for cls in (SamplerConfig, RunSettings):
+        s = from_config(cls, cfg)
+        assert _parse(cls, shlex.split(command_line(to_argv(s)))) == s
+    assert from_config(SamplerConfig, cfg).switch == 1.0 and isinstance(from_config(SamplerConfig, cfg).switch, float)
+    folder = {"source": "folder", "path": "/data/my images", "test_path": "", "train_list": "", "test_list": "",
+              "test_fraction": 0.25, "resize": "resize", "max_train": 3, "skip_bad_files": True, "n_test": 1,
+              "masks": config["datasets"]["builtin"]["masks"]}
+    s = from_config(DataSettings, {**config, "datasets": {"x": folder}}, dataset="x")
+    argv = to_argv(s)
+    assert "--test-path" not in argv and "--skip-bad-files" in argv  # empty defaults and off switches stay out
+    assert _parse(DataSettings, shlex.split(command_line(argv))) == s
+    assert shlex.split(command_line(argv))[argv.index("--path") + 1] == "/data/my images"  # quoted once
+
+
+def test_settings_keys_are_config_keys():
+    """Every ``key`` of a settings field names a property of the config schema."""
+    schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
+
+    def exists(path):
+        node = schema
+        for part in path.split("."):
+            if part == "{dataset}":
+                node = node["additionalProperties"]
+            else:
+                node = node["properties"][part]
+            while "$ref" in node:
+                node = schema["$defs"][node["$ref"].split("/")[-1]]
+        return True
+
+    seen = 0
+    for classes in JOBS.values():
+        for cls in classes:
+            for f in _flat_fields(cls):
+                if f.metadata.get("key"):
+                    key = f.metadata["key"].replace("sigma_{split}", "sigma_test")
+                    assert exists(key), key
+                    seen += 1
+    assert seen > 40
+
+
+def test_sde_defaults_live_in_one_place():
+    assert IRSDE().settings() == dataclasses.asdict(SDESettings())
+    assert checkpoints.default_ctor_kwargs("texture")["nf"] == ModelSettings().nf
+    assert checkpoints.default_ctor_kwargs("critic")["ngf"] == ModelSettings().critic_ngf
+
+
+def test_network_kinds_have_one_definition():
+    assert checkpoints.NET_KINDS is NETWORKS
+    assert tuple(train.build_parser()._option_string_actions["--net"].choices) == NETWORKS
+    actions = inpaint.build_parser()._option_string_actions
+    assert all(f"--{net}-checkpoint" in actions for net in NETWORKS)
+
+
+def test_stage_command_lines_are_derived_from_the_settings():
+    train_flags = train.build_parser()._option_string_actions
+    for f in _flat_fields(TrainSettings):
+        assert "--" + f.name.replace("_", "-") in train_flags, f.name
+    inpaint_flags = inpaint.build_parser()._option_string_actions
+    for cls in (SamplerConfig, RunSettings):
+        for f in dataclasses.fields(cls):
+            assert (f"--{f.name.replace('_', '-')}" in inpaint_flags) == f.metadata.get("cli", True), f.name
+    defaults = train.parse_args(["--net", "irsde", "--images", "i", "--structure", "s", "--masks", "m", "--out", "o",
+                                 "--state-dir", "d", "--iterations", "5"]).settings
+    assert defaults == TrainSettings(iterations=5)
+
+
+def test_train_settings_are_checked():
+    with pytest.raises(UserError, match="fractions"):
+        TrainSettings(iterations=10, milestones=(120.0,))
+    with pytest.raises(UserError, match="two values"):
+        TrainSettings(iterations=10, betas=(0.9,))
+    with pytest.raises(UserError, match="--iterations must be >= 1"):
+        TrainSettings(iterations=0)
+    with pytest.raises(UserError, match="--T must be >= 1"):
+        SDESettings(T=0)
+
+
+def test_job_options(config):
+    assert job_options("inpaint", config, dataset="builtin", method="telea") == ""
+    argv = shlex.split(job_options("inpaint", config, dataset="builtin", method="strdiffusion"))
+    assert argv[argv.index("--T") + 1] == str(config["sde"]["T"]) and "--channels-last" in argv
+    argv = shlex.split(job_options("tables", config, dataset="builtin"))
+    assert argv[argv.index("--bins") + 1] == "10-20,20-30,30-40,40-50"
+    assert "--reference" not in argv  # empty, as its default
+    argv = shlex.split(job_options("structure", config, dataset="builtin", split="train"))
+    assert argv == ["--sigma", str(config["structure"]["sigma_train"])]
