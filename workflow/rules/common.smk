@@ -1,4 +1,5 @@
-# Config validation, wildcard constraints and input functions shared by the rule files.
+# Config validation, wildcard constraints and input functions shared by the rule files. A job's
+# options come from its stage's settings object (strdiffusion/settings.py), built from the config.
 import importlib.util
 import math
 import os
@@ -18,6 +19,8 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
+from strdiffusion.options import command_line
+from strdiffusion.settings import job_options
 from strdiffusion.utils import UserError, bin_label
 
 
@@ -52,8 +55,18 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-# the methods and the networks each diffusion method samples with: one list, in the library
-from strdiffusion.methods import CLASSICAL, DIFFUSION as METHOD_NETS
+# the methods, the networks each diffusion method samples with, the network kinds: one list each, in the library
+from strdiffusion.methods import DIFFUSION as METHOD_NETS, NETWORKS
+
+
+def options(stage, **fixed):
+    """A params function: the options of a `strdiffusion <stage>` job, rendered and shell-quoted by the library
+    from the stage's settings built from the config, the job's wildcards and ``fixed`` (a train rule's network)."""
+
+    def job(wildcards):
+        return job_options(stage, config, **dict(wildcards.items()), **fixed)
+
+    return job
 
 
 def dataset_cfg(wildcards):
@@ -82,31 +95,15 @@ def method_models(wildcards):
 
 
 def shard_dirs(wildcards):
-    return expand(
-        "results/{dataset}/inpaint/{method}/{bin}/shard_{shard}",
-        dataset=wildcards.dataset,
-        method=wildcards.method,
-        bin=wildcards.bin,
-        shard=range(n_shards(wildcards.dataset)),
-    )
+    shards = range(n_shards(wildcards.dataset))
+    return expand("results/{dataset}/inpaint/{method}/{bin}/shard_{shard}", **wildcards, shard=shards)
 
 
 def table_inputs(wildcards):
     ds = wildcards.dataset
-    return {
-        "per_image": expand(
-            "results/{dataset}/metrics/{method}/{bin}/per_image.csv",
-            dataset=ds,
-            method=config["methods"],
-            bin=bins(ds),
-        ),
-        "sets": expand(
-            "results/{dataset}/metrics/{method}/{bin}/set.csv",
-            dataset=ds,
-            method=config["methods"],
-            bin=bins(ds),
-        ),
-    }
+    metrics = "results/{dataset}/metrics/{method}/{bin}/{name}.csv"
+    return {key: expand(metrics, dataset=ds, method=config["methods"], bin=bins(ds), name=name)
+            for key, name in (("per_image", "per_image"), ("sets", "set"))}
 
 
 def run_datasets():
@@ -114,72 +111,37 @@ def run_datasets():
 
 
 def figure_inputs(wildcards):
-    ds = wildcards.dataset
-    return {
-        "per_image": table_inputs(wildcards)["per_image"],
-        "shards": expand(
-            "results/{dataset}/inpaint/{method}/{bin}/shard_0", dataset=ds, method=config["methods"], bin=bins(ds)
-        ),
-    }
-
-
-def figure_args(wildcards):
-    ds = wildcards.dataset
-    return f"--methods {','.join(config['methods'])} --bins {','.join(bins(ds))}"
+    shards = "results/{dataset}/inpaint/{method}/{bin}/shard_0"
+    return {"per_image": table_inputs(wildcards)["per_image"],
+            "shards": expand(shards, dataset=wildcards.dataset, method=config["methods"], bin=bins(wildcards.dataset))}
 
 
 def all_targets():
     tables = expand("results/tables/{dataset}.{ext}", dataset=run_datasets(), ext=["md", "tex", "csv"])
-    figures = expand(
-        "results/figures/{dataset}/{name}.{ext}",
-        dataset=run_datasets(),
-        name=["qualitative", "metrics_vs_hole_ratio"],
-        ext=["png", "pdf"],
-    )
-    weights = ["results/weights.json"] if config["metrics"]["fetch_weights"] else []
-    curves = [] if not trained_nets() else expand(
-        "results/figures/{dataset}/learning_curves.{ext}", dataset=run_datasets(), ext=["png", "pdf"]
-    )
-    return tables + figures + weights + curves
+    figure = "results/figures/{dataset}/{name}.{ext}"
+    figures = expand(figure, dataset=run_datasets(), name=["qualitative", "metrics_vs_hole_ratio"], ext=["png", "pdf"])
+    curves = expand(figure, dataset=run_datasets(), name="learning_curves", ext=["png", "pdf"]) if trained_nets() else []
+    return tables + figures + weights_status(None) + curves
 
 
 def trained_nets():
     """Networks the configured methods sample with, in a fixed order."""
     needed = {net for method in config["methods"] for net in METHOD_NETS.get(method, [])}
-    return [net for net in ("structure", "texture", "critic", "irsde") if net in needed]
+    return [net for net in NETWORKS if net in needed]
 
 
 def curve_sources(wildcards):
     """Per network: its learning-curve CSV when trained here, else the given checkpoint (curve in its metadata)."""
-    ds = wildcards.dataset
-    return {
-        net: (config["checkpoints"][net] or f"results/{ds}/curves/{net}.csv") for net in trained_nets()
-    }
+    return {net: config["checkpoints"][net] or f"results/{wildcards.dataset}/curves/{net}.csv" for net in trained_nets()}
 
 
-def curve_args(wildcards):
-    return "--inputs " + " ".join(f"{net}={path}" for net, path in curve_sources(wildcards).items())
+def curve_options(wildcards, input):
+    return command_line(["--inputs", *(f"{net}={getattr(input, net)}" for net in trained_nets())])
 
 
-def data_args(wildcards):
-    """Command-line options of the data stage for one data set (from config)."""
-    ds = dataset_cfg(wildcards)
-    args = ["--source", ds["source"], "--size", config["image_size"], "--seed", config["seed"]]
-    if ds["source"] == "folder":
-        if ds["test_path"]:
-            args += ["--test-path", ds["test_path"]]
-        args += ["--path", ds["path"], "--test-fraction", ds["test_fraction"], "--resize", ds["resize"]]
-        args += ["--max-train", ds["max_train"]]
-        for key in ("train_list", "test_list"):
-            if ds.get(key):
-                args += [f"--{key.replace('_', '-')}", ds[key]]
-        if ds["skip_bad_files"]:
-            args.append("--skip-bad-files")
-    return " ".join(f"'{a}'" if " " in str(a) else str(a) for a in args)
-
-
-def structure_sigma(wildcards):
-    return config["structure"][f"sigma_{wildcards.split}"]
+def checkpoint_options(wildcards):
+    """The inpaint job's `--<net>-checkpoint FILE` of each network its method samples with."""
+    return command_line([arg for net, path in method_models(wildcards).items() for arg in (f"--{net}-checkpoint", path)])
 
 
 def mask_args(wildcards):
@@ -216,21 +178,6 @@ def pairs_args(wildcards):
     return f"--bins {bins_arg(wildcards.dataset)} --n-test {dataset_cfg(wildcards)['n_test']} --seed {config['seed']}"
 
 
-def sampling_args(wildcards):
-    """Sampler options of the inpaint stage (diffusion methods only)."""
-    if wildcards.method in CLASSICAL:
-        return ""
-    s = config["sampling"]
-    args = [f"--seed {config['seed']}", f"--batch-size {s['batch_size']}"]
-    args += [f"--{k.replace('_', '-')} {s[k]}" for k in ("u_max", "u_min", "jump", "re", "switch", "accept", "late_guidance", "hole_fill")]
-    args += [f"--T {config['sde']['T']}"]
-    args += [f"--{k.replace('_', '-')}" for k in ("channels_last", "compile", "tf32") if s.get(k)]
-    if s.get("autocast", "none") != "none":
-        args.append(f"--autocast {s['autocast']}")
-    args += [f"--{net}-checkpoint {path}" for net, path in method_models(wildcards).items()]
-    return " ".join(args)
-
-
 def metric_list(kind):
     return ",".join(config["metrics"][kind])
 
@@ -258,53 +205,6 @@ def weights_fetch_args(wildcards):
     m = config["metrics"]
     args = [f"--{name}-weights {shlex.quote(m[f'{name}_weights'])}" for name in ("alexnet", "inception") if m[f"{name}_weights"]]
     return " ".join(args)
-
-
-def table_args(wildcards):
-    ds = wildcards.dataset
-    args = [f"--dataset {ds}", f"--methods {','.join(config['methods'])}", f"--bins {','.join(bins(ds))}"]
-    args.append(f"--seed {config['seed']}")
-    if config["datasets"][ds].get("reference_row"):
-        args.append(f"--reference {config['datasets'][ds]['reference_row']}")
-    return " ".join(args)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training (workflow/rules/train.smk, issue 4): option and input functions of the train_* rules.
-
-
-def train_masks_dir(wildcards):
-    """Training masks: the pool, generated or imported from masks.train_source (polarity, resize: issue 15)."""
-    return f"results/{wildcards.dataset}/masks/pool"
-
-
-def train_args(net):
-    """A params function giving the `strdiffusion train` options of network `net` (from config)."""
-
-    def args(wildcards):
-        t, m, s = config["train"], config["model"], config["sde"]
-        critic = net == "critic"
-        lr = t["critic_lr"] if critic else t["lr"]
-        betas = t["critic_betas"] if critic else t["betas"]
-        opts = [
-            f"--nf {m['nf']}", f"--depth {m['depth']}", f"--critic-ngf {m['critic_ngf']}",
-            f"--attn-heads {m['attn_heads']}", f"--attn-dim-head {m['attn_dim_head']}",
-            f"--T {s['T']}", f"--max-sigma {s['max_sigma']}", f"--schedule {s['schedule']}", f"--eps {s['eps']}",
-            f"--iterations {t['iterations']}", f"--batch-size {t['batch_size']}", f"--lr {lr}",
-            f"--betas {betas[0]},{betas[1]}", f"--gamma {t['lr_gamma']}", f"--ema {t['ema']}",
-            f"--warmup {t['lr_warmup']}", f"--guidance-state {t['guidance_state']}", f"--recipe {t['irsde_recipe']}",
-            f"--val-count {t['val_count']}",
-            f"--grad-clip {t['grad_clip']}", f"--loss {t['loss']}", f"--checkpoint-every {t['checkpoint_every']}",
-            f"--workers {t['workers']}", f"--seed {config['seed']}", f"--size {config['image_size']}",
-            f"--sigma {config['structure']['sigma_train']}", f"--amp {t.get('amp', 'none')}",
-        ]
-        if t["ema_warmup"]:
-            opts.append("--ema-warmup")
-        if t["lr_milestones"]:
-            opts.append(f"--milestones {','.join(str(v) for v in t['lr_milestones'])}")
-        return " ".join(opts)
-
-    return args
 
 
 def train_nproc(wildcards, resources):

@@ -5,7 +5,7 @@ rule prepare_data:
         manifest="results/{dataset}/data/manifest.csv",
     params:
         out="results/{dataset}/data",
-        args=data_args,
+        args=options("data"),
     log:
         "logs/{dataset}/prepare_data.log",
     conda:

@@ -8,7 +8,8 @@ rule inpaint_shard:
         directory("results/{dataset}/inpaint/{method}/{bin}/shard_{shard}"),
     params:
         shard_size=config["sampling"]["shard_size"],
-        sampling=sampling_args,
+        sampling=options("inpaint"),
+        checkpoints=checkpoint_options,
     log:
         "logs/{dataset}/inpaint/{method}_{bin}_{shard}.log",
     resources:
@@ -20,4 +21,4 @@ rule inpaint_shard:
     shell:
         "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion inpaint --method {wildcards.method} --pairs {input.pairs} --bin {wildcards.bin} "
         "--gt-dir {input.gt} --structure-dir {input.structure} --shard {wildcards.shard} "
-        "--shard-size {params.shard_size} {params.sampling} --out {output} > {log} 2>&1"
+        "--shard-size {params.shard_size} {params.sampling} {params.checkpoints} --out {output} > {log} 2>&1"

@@ -12,13 +12,13 @@ rule table:
         ),
     params:
         prefix="results/tables/{dataset}",
-        args=table_args,
+        args=options("tables"),
     log:
         "logs/{dataset}/table.log",
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "python -m strdiffusion tables --per-image {input.per_image} --sets {input.sets} {params.args} "
+        "python -m strdiffusion tables --per-image {input.per_image} --sets {input.sets} --dataset {wildcards.dataset} {params.args} "
         "--out {params.prefix} > {log} 2>&1"
 
 
@@ -44,7 +44,7 @@ rule figures:
         ),
         curves_pdf="results/figures/{dataset}/metrics_vs_hole_ratio.pdf",
     params:
-        args=figure_args,
+        args=options("figures"),
     log:
         "logs/{dataset}/figures.log",
     conda:
@@ -67,7 +67,7 @@ rule learning_curves:
         ),
         pdf="results/figures/{dataset}/learning_curves.pdf",
     params:
-        args=curve_args,
+        args=curve_options,
     log:
         "logs/{dataset}/learning_curves.log",
     conda:

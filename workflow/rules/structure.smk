@@ -4,10 +4,10 @@ rule extract_structure:
     output:
         directory("results/{dataset}/structure/{split}"),
     params:
-        sigma=structure_sigma,
+        args=options("structure"),
     log:
         "logs/{dataset}/structure_{split}.log",
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "python -m strdiffusion structure --images {input.images} --out {output} --sigma {params.sigma} > {log} 2>&1"
+        "python -m strdiffusion structure --images {input.images} --out {output} {params.args} > {log} 2>&1"
