@@ -8,7 +8,7 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
 - :class:`SamplerConfig`: the reverse process's constants (``sampling``); :class:`RunSettings`: how
   the inpaint stage runs a diffusion method (seed, batch, T, device, speed).
 - :class:`DataSettings` (``datasets.<name>``), :class:`StructureSettings`, :class:`TableSettings`,
-  :class:`FigureSettings`.
+  :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
 
 :func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
 reads it when it parses the rules.
@@ -264,6 +264,28 @@ class TableSettings:
 
 
 # ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def _alexnet_weights():
+    return option("", "path of LPIPS's AlexNet weights (default: in the torch hub cache)",
+                  key="metrics.alexnet_weights")
+
+
+def _inception_weights():
+    return option("", "path of the FID/KID Inception weights (default: in the torch hub cache)",
+                  key="metrics.inception_weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSettings:
+    """Where the metric networks' pretrained weights are (fetched once by ``strdiffusion weights fetch``)."""
+
+    alexnet_weights: str = _alexnet_weights()
+    inception_weights: str = _inception_weights()
+
+
+# ---------------------------------------------------------------------------------------------
 # the workflow's jobs
 
 
@@ -275,6 +297,7 @@ JOBS = {
     "inpaint": (SamplerConfig, RunSettings),
     "figures": (FigureSettings,),
     "tables": (TableSettings,),
+    "weights": (WeightSettings,),
 }
 
 

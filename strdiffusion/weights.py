@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .options import add_arguments
+from .settings import WeightSettings
 from .utils import UserError, atomic_path, write_text_atomic
 
 log = logging.getLogger("strdiffusion.weights")
@@ -176,8 +178,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download the LPIPS AlexNet and FID Inception weights (verified) if missing")
     f.add_argument("--only", default="alexnet,inception", help="which: alexnet, inception (comma separated)")
-    f.add_argument("--alexnet-weights", default="", help=f"target path of {ALEXNET_FILE} (default: hub cache)")
-    f.add_argument("--inception-weights", default="", help=f"target path of {INCEPTION_FILE} (default: hub cache)")
+    add_arguments(f, WeightSettings)
     f.add_argument("--alexnet-url", default="", help="download address (default: torchvision's)")
     f.add_argument("--inception-url", default="", help="download address (default: pytorch-fid's release)")
     f.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")

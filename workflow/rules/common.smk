@@ -201,12 +201,6 @@ def weights_present(kind):
     return "present" if target_path_no_torch(name, config["metrics"][key]).is_file() else "missing"
 
 
-def weights_fetch_args(wildcards):
-    m = config["metrics"]
-    args = [f"--{name}-weights {shlex.quote(m[f'{name}_weights'])}" for name in ("alexnet", "inception") if m[f"{name}_weights"]]
-    return " ".join(args)
-
-
 def train_nproc(wildcards, resources):
     """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
     return max(1, int(getattr(resources, "gpu", 0) or 0))

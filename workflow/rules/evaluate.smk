@@ -7,7 +7,7 @@ rule weights:
     output:
         "results/weights.json",
     params:
-        args=weights_fetch_args,
+        args=options("weights"),
     log:
         "logs/weights.log",
     conda:
