@@ -9,10 +9,13 @@ read from; everything else is derived from the fields:
 - :func:`from_namespace`: the object back from the parsed options.
 - :func:`from_config`: the object from the validated config: ``key`` is a dotted path such as
   ``train.lr`` or ``datasets.{dataset}.source`` (formatted with the job's wildcards); a key the config
-  leaves out keeps the default, a field without ``key`` is not read from the config.
+  leaves out keeps the default, a field without ``key`` is not read from the config. A field with
+  ``when=(name, value)`` is read only when field ``name`` has that value (``source`` is ``folder``):
+  other settings keep its default, so a job does not change when a key it ignores does.
 - :func:`to_argv` renders the config-read fields as options again (a switch only when on, an empty
-  value only when it differs from the default) and :func:`command_line` quotes them for a shell: the
-  one place where the workflow's values, paths among them, are quoted.
+  value only when it differs from the default, a ``when`` field only when it applies) and
+  :func:`command_line` quotes them for a shell: the one place where the workflow's values, paths
+  among them, are quoted.
 
 No argparse import: :func:`add_arguments` takes the parser it fills, and a bad list value raises
 ValueError, which argparse reports as an invalid value of that option.
@@ -27,10 +30,12 @@ import typing
 REQUIRED = dataclasses.MISSING
 
 
-def option(default=REQUIRED, help: str = "", *, key: str | None = None, choices=None, cli: bool = True):
+def option(default=REQUIRED, help: str = "", *, key: str | None = None, choices=None, cli: bool = True,
+           when: tuple[str, object] | None = None):
     """A settings field: ``default`` (none: required), ``help``, ``choices``, the config ``key`` it is read
-    from (None: command line only); ``cli=False`` keeps it off the command line."""
-    meta = {"help": help, "key": key, "choices": tuple(choices) if choices else None, "cli": cli}
+    from (None: command line only), ``when`` it applies (see the module docstring); ``cli=False`` keeps it
+    off the command line."""
+    meta = {"help": help, "key": key, "choices": tuple(choices) if choices else None, "cli": cli, "when": when}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -124,13 +129,22 @@ def _coerce(value, tp):
     return value if value is None or elem not in (int, float, str) else elem(value)
 
 
+def _applies(f, values) -> bool:
+    """Whether field ``f`` applies given the other fields' ``values`` (a mapping or a settings object)."""
+    if not f.metadata.get("when"):
+        return True
+    name, value = f.metadata["when"]
+    return (values.get(name) if isinstance(values, dict) else getattr(values, name)) == value
+
+
 def config_values(cls, config: dict, **where) -> dict:
     """Field values of ``cls`` found in ``config`` (keys formatted with ``where``), nested objects built."""
     hints, values = _hints(cls), {}
-    for f in dataclasses.fields(cls):
+    fields = sorted(dataclasses.fields(cls), key=lambda f: bool(f.metadata.get("when")))  # conditions first
+    for f in fields:
         if f.metadata.get("nested"):
             values[f.name] = from_config(hints[f.name], config, **where)
-        elif f.metadata.get("key"):
+        elif f.metadata.get("key") and _applies(f, values):
             value = _lookup(config, f.metadata["key"].format(**where))
             if value is not REQUIRED:
                 values[f.name] = _coerce(value, hints[f.name])
@@ -150,7 +164,7 @@ def to_argv(settings) -> list[str]:
         value = getattr(settings, f.name)
         if f.metadata.get("nested"):
             argv += to_argv(value)
-        elif not f.metadata.get("key") or not f.metadata.get("cli", True):
+        elif not f.metadata.get("key") or not f.metadata.get("cli", True) or not _applies(f, settings):
             continue
         elif isinstance(value, bool):
             argv += [flag(f.name)] if value else []

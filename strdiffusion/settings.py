@@ -203,23 +203,30 @@ class RunSettings:
 # data, structure, report
 
 
+_FOLDER = ("source", "folder")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-    """A data set: the builtin photographs, or a folder tree split by file lists or by a hash."""
+    """A data set: the builtin photographs, or a folder tree split by file lists or by a hash (the
+    folder options apply to source folder only)."""
 
     source: str = option("builtin", "builtin photographs or a folder", key="datasets.{dataset}.source",
                          choices=("builtin", "folder"))
-    path: str = option("", "image folder (source folder)", key="datasets.{dataset}.path")
+    path: str = option("", "image folder (source folder)", key="datasets.{dataset}.path", when=_FOLDER)
     test_path: str = option("", "folder of test images (then all of --path is training)",
-                            key="datasets.{dataset}.test_path")
-    train_list: str = option("", "file of training image paths relative to --path", key="datasets.{dataset}.train_list")
-    test_list: str = option("", "file of test image paths relative to --path", key="datasets.{dataset}.test_list")
-    test_fraction: float = option(0.1, "share of test images (hash split)", key="datasets.{dataset}.test_fraction")
+                            key="datasets.{dataset}.test_path", when=_FOLDER)
+    train_list: str = option("", "file of training image paths relative to --path",
+                             key="datasets.{dataset}.train_list", when=_FOLDER)
+    test_list: str = option("", "file of test image paths relative to --path", key="datasets.{dataset}.test_list",
+                            when=_FOLDER)
+    test_fraction: float = option(0.1, "share of test images (hash split)", key="datasets.{dataset}.test_fraction",
+                                  when=_FOLDER)
     resize: str = option("center_crop", "how images reach the working size", key="datasets.{dataset}.resize",
-                         choices=("center_crop", "resize", "random_crop"))
-    max_train: int = option(0, "cap on training images (0 = all)", key="datasets.{dataset}.max_train")
+                         choices=("center_crop", "resize", "random_crop"), when=_FOLDER)
+    max_train: int = option(0, "cap on training images (0 = all)", key="datasets.{dataset}.max_train", when=_FOLDER)
     skip_bad_files: bool = option(False, "list undecodable files instead of stopping",
-                                  key="datasets.{dataset}.skip_bad_files")
+                                  key="datasets.{dataset}.skip_bad_files", when=_FOLDER)
     size: int = option(64, "working size in px", key="image_size")
     seed: int = option(0, "seed of the split", key="seed")
 

@@ -134,6 +134,16 @@ def test_train_settings_are_checked():
         SDESettings(T=0)
 
 
+def test_options_that_do_not_apply_are_neither_read_nor_rendered(config):
+    """The folder options of a builtin data set stay at their defaults and off its command line, so that
+    changing one does not change (and re-run) the job."""
+    builtin = {**config["datasets"]["builtin"], "test_fraction": 0.5, "max_train": 3, "skip_bad_files": True}
+    cfg = {**config, "datasets": {"builtin": builtin}}
+    assert from_config(DataSettings, cfg, dataset="builtin") == DataSettings(size=config["image_size"],
+                                                                             seed=config["seed"])
+    assert job_options("data", cfg, dataset="builtin") == f"--source builtin --size {config['image_size']} --seed 0"
+
+
 def test_job_options(config):
     assert job_options("inpaint", config, dataset="builtin", method="telea") == ""
     argv = shlex.split(job_options("inpaint", config, dataset="builtin", method="strdiffusion"))
