@@ -18,7 +18,7 @@ The generic protocol ``folder`` (config ``masks.protocol: folder``, ``masks.sour
 
 ``count`` masks per bin are chosen by a permutation seeded by (seed, protocol, bin). A bin with fewer
 candidates keeps them all, with a warning; a bin with fewer masks than ``n_test`` warns that test
-images will share masks. In memory a mask is ``hole``: uint8, 1 = HOLE (as in masks.py).
+images will share masks. In memory a mask is ``hole``: uint8, 1 = HOLE (``mask_bins.py``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .mask_bins import MaskBin, check_bins, check_size, hole_ratio, in_bin
 from .utils import UserError, bin_label, seed_for
 
 log = logging.getLogger("strdiffusion.masks")
@@ -139,14 +140,12 @@ def import_folder(source, size: int, bins, count: int, seed: int, *, polarity: s
                   binning: str = "ratio", files_per_bin: int = 0, threshold: int = 128, resize: str = "nearest",
                   n_test: int = 0, protocol: str = "folder", group_of=None, border: str = "both",
                   key: str = "masks.source", extensions=MASK_EXTENSIONS):
-    """Import binned masks (list of masks.MaskBin); see the module docstring.
+    """Import binned masks (a list of ``MaskBin``); see the module docstring.
 
     ``group_of(lo, hi)`` maps a requested bin to its index group (default: its position in ``bins``);
     ``files_per_bin`` (index binning) defaults to ``count``.
     """
-    from .masks import MaskBin, _check_bins, _check_size, _in_bin, hole_ratio
-
-    size, bins = _check_size(size), _check_bins(bins)
+    size, bins = check_size(size), check_bins(bins)
     _check_choice(polarity, POLARITIES, "masks.polarity")
     _check_choice(binning, BINNINGS, "masks.binning")
     _check_choice(resize, RESIZES, "masks.resize")
@@ -167,7 +166,7 @@ def import_folder(source, size: int, bins, count: int, seed: int, *, polarity: s
                 k = group_of(lo, hi) if group_of else g
                 cand = [i for i in kept if i // files_per_bin == k]
             elif binning == "ratio":
-                cand = [i for i in kept if _in_bin(hole_ratio(loaded[i]), lo, hi)]
+                cand = [i for i in kept if in_bin(hole_ratio(loaded[i]), lo, hi)]
             else:
                 cand = list(kept)
             if not cand:
@@ -183,7 +182,7 @@ def import_folder(source, size: int, bins, count: int, seed: int, *, polarity: s
                 log.warning("%s bin %s %%: %d masks for n_test = %d test images; images will share masks",
                             protocol, label, len(chosen), n_test)
             masks = [loaded[i] if i in loaded else src.load(i, size, **load) for i in chosen]
-            outside = sum(not _in_bin(hole_ratio(m), lo, hi) for m in masks)
+            outside = sum(not in_bin(hole_ratio(m), lo, hi) for m in masks)
             if outside:
                 log.warning("%s %s %%: %d of %d masks have a measured hole ratio outside the bin (%s binning)",
                             protocol, label, outside, len(masks), binning)
@@ -197,9 +196,7 @@ def import_pool(source, size: int, count: int, seed: int, *, polarity: str = "ho
                 resize: str = "nearest", protocol: str = "folder", border: str = "both", files_per_bin: int = 2,
                 key: str = "masks.train_source", extensions=MASK_EXTENSIONS) -> list[np.ndarray]:
     """``count`` training masks (1 = hole): a seeded permutation of the source's files, cycled."""
-    from .masks import _check_size
-
-    size = _check_size(size)
+    size = check_size(size)
     _check_choice(polarity, POLARITIES, "masks.train_polarity")
     _check_choice(resize, RESIZES, "masks.resize")
     with MaskSource(source, key, "NVIDIA mask source" if protocol == "nvidia" else "training mask folder",

@@ -42,10 +42,7 @@ def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
 
 # Known circles, closed by a function-level import, to be removed by the owner of the module (issue 14).
 # Each entry is checked to still exist, so a fixed circle must also be taken off this list.
-KNOWN_LAZY_EDGES = {
-    # mask_folder.py imports masks' bin helpers inside functions; masks.py imports mask_folder lazily
-    ("strdiffusion.mask_folder", "strdiffusion.masks"),
-}
+KNOWN_LAZY_EDGES = set()
 
 
 def package_graph(top_level_only: bool = False, ignore=frozenset()) -> dict[str, set[str]]:

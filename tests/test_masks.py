@@ -1,4 +1,5 @@
-"""Tests of strdiffusion/masks.py: protocols, binning, NVIDIA import, pairing, CLI (all names contain 'mask')."""
+"""Tests of strdiffusion/masks.py and mask_generators.py: protocols, binning, NVIDIA import, pairing, CLI
+(all names contain 'mask')."""
 from __future__ import annotations
 
 import zipfile
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from strdiffusion import mask_generators as G
 from strdiffusion import masks as M
 from strdiffusion.utils import UserError, seed_for
 
@@ -24,7 +26,7 @@ def _read_png(path) -> np.ndarray:
 
 def _natural_ratios(protocol, size, n, seed=0):
     rng = np.random.default_rng(seed)
-    return np.array([M.hole_ratio(M.PROTOCOLS[protocol].natural(size, size, rng)) for _ in range(n)])
+    return np.array([M.hole_ratio(G.PROTOCOLS[protocol].natural(size, size, rng)) for _ in range(n)])
 
 
 # ---------------------------------------------------------------------------------------------- protocols
@@ -36,13 +38,13 @@ def test_mask_repaint_fixed_ratios(size):
         (b,) = M.generate_binned(protocol, size, [(0.1, 0.2)], 7, seed=0)
         assert len(b.masks) == 1 and b.label == protocol.split("_")[1]
         assert M.hole_ratio(b.masks[0]) == ratio
-    hole = M.repaint_expand(size, size)
+    hole = G.repaint_expand(size, size)
     k = size // 4
     top = (size - k) // 2
     assert not hole[top:top + k, top:top + k].any() and hole.sum() == size * size - k * k
-    assert M.repaint_half(size, size)[:, : size // 2].sum() == 0          # left half known
-    assert M.repaint_lines(size, size)[1::2].sum() == 0                   # odd rows known
-    assert M.repaint_sr2(size, size)[1::2, 1::2].sum() == 0 and M.repaint_sr2(size, size)[0::2].all()
+    assert G.repaint_half(size, size)[:, : size // 2].sum() == 0          # left half known
+    assert G.repaint_lines(size, size)[1::2].sum() == 0                   # odd rows known
+    assert G.repaint_sr2(size, size)[1::2, 1::2].sum() == 0 and G.repaint_sr2(size, size)[0::2].all()
 
 
 @pytest.mark.parametrize("size", [64, 256])
@@ -66,7 +68,7 @@ def test_mask_lama_natural_ratios_match_published_means():
     assert 0.22 < thick.mean() < 0.29
     assert medium.mean() < thin.mean() and thick.mean() < thin.mean()
     for r in (thin, medium, thick):
-        assert r.max() <= M.MAX_TAMPER_AREA and r.min() > 0          # max_tamper_area redraws
+        assert r.max() <= G.MAX_TAMPER_AREA and r.min() > 0          # max_tamper_area redraws
 
 
 def test_mask_lama_and_deepfill_scale_with_size():
@@ -83,16 +85,16 @@ def test_mask_lama_and_deepfill_scale_with_size():
 
 def test_mask_lama_stroke_width_scaled_at_64px():
     # a single thick stroke segment at 64 px is at most (5 + 99) * 64/256 = 26 px wide
-    p = M.LAMA_PRESETS["lama_thick"]
+    p = G.LAMA_PRESETS["lama_thick"]
     hole = np.zeros((64, 64), np.uint8)
     u = [0.5, 0.5, 0.0, 0.0, 0.0, 0.999999]               # one segment, angle 2pi-0.01 (downwards), length 10
-    M._lama_stroke(hole, 0, u + [0.0] * (M._STROKE_DRAWS - len(u)), p, 64 / 256)
+    G._lama_stroke(hole, 0, u + [0.0] * (G._STROKE_DRAWS - len(u)), p, 64 / 256)
     cols = np.flatnonzero(hole.any(axis=0))
     assert 20 <= cols.size <= 28
 
 
 def test_mask_box_center_is_centred_square():
-    hole = M.box_center(64, 64, ratio=0.25)
+    hole = G.box_center(64, 64, ratio=0.25)
     assert hole[16:48, 16:48].all() and hole.sum() == 32 * 32
     for hole in M.generate_binned("box_center", 64, [(0.2, 0.3)], 5, seed=1)[0].masks:
         rows, cols = np.flatnonzero(hole.any(1)), np.flatnonzero(hole.any(0))
@@ -121,7 +123,7 @@ def test_mask_bins_have_independent_streams():
     rng = np.random.default_rng(seed_for(9, "lama_medium", "30-40"))
     kept = []
     while len(kept) < 5:
-        hole = M.lama_medium(64, 64, rng)
+        hole = G.lama_medium(64, 64, rng)
         if 0.3 < hole.mean() <= 0.4:
             kept.append(hole)
     assert alone[0].fill == "natural" and all(np.array_equal(a, b) for a, b in zip(kept, alone[0].masks))
