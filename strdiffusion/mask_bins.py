@@ -1,7 +1,11 @@
 """What the mask modules share: the in-memory hole mask, its hole ratio, hole-ratio bins, a bin of masks.
 
 - In memory a mask is ``hole``: uint8 HxW, 1 = HOLE, 0 = known.
-- Its hole ratio (:func:`hole_ratio`) is the fraction of hole pixels, in [0, 1].
+- Its hole ratio (:func:`hole_ratio`) is the number of hole pixels divided by the number of pixels,
+  an exact fraction in [0, 1] (a count, not a float32 mean: 0.3 must not read 0.30000001). Every
+  measurement of a ratio in the mask modules (generating, binning, importing, stats, pairing) goes
+  through this one function; a mask FILE is first read as ``read_mask(path) == 0`` (white = hole,
+  binarised at 128).
 - A hole-ratio bin ``(lo, hi)`` holds masks with ``lo < hole_ratio <= hi`` (:func:`in_bin`); its folder
   is ``utils.bin_label`` ('10-20').
 

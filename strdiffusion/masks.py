@@ -1,8 +1,8 @@
 """The mask stage: generate or import hole masks per hole-ratio bin, build a training pool, pair them with test images.
 
 Conventions (``mask_bins.py``):
-- In memory a mask is ``hole``: uint8 HxW, 1 = HOLE, 0 = known. ``hole_ratio`` is
-  ``hole.mean()``, a fraction in [0, 1].
+- In memory a mask is ``hole``: uint8 HxW, 1 = HOLE, 0 = known. Its hole ratio is the exact
+  fraction of hole pixels (``mask_bins.hole_ratio``, the one measure used everywhere).
 - Mask FILES are 8-bit grayscale PNGs, white (255) = HOLE, black (0) = known.
 - A hole-ratio bin ``(lo, hi)`` holds masks with ``lo < hole_ratio <= hi``; its folder is
   ``utils.bin_label`` ('10-20').
@@ -293,9 +293,8 @@ def _bin_labels(bins, masks_dir: Path) -> list[str]:
 
 
 def _file_hole_ratio(path) -> float:
-    """Exact hole fraction of a mask file (a count, not a float32 mean: 0.3 must not read 0.30000001)."""
-    mask = read_mask(path)
-    return np.count_nonzero(mask == 0) / mask.size
+    """Hole ratio of a mask file (white = hole, binarised at 128): :func:`hole_ratio` of its holes."""
+    return hole_ratio(read_mask(path) == 0)
 
 
 def make_pairs(test_ids, bins, masks_dir, n_test: int, seed: int):

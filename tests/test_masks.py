@@ -337,6 +337,22 @@ def test_mask_pairs_deterministic_and_order_independent(mask_dir):
     assert set(c.bin) == {"10-20", "30-40"} and list(c["mask"]) != list(a["mask"])
 
 
+def test_mask_hole_ratio_is_one_measure_in_memory_and_on_file(mask_dir):
+    # the ratios written at generation (masks.csv), read back for pairing and measured by `masks stats`
+    # are the same exact fractions
+    listing = pd.read_csv(mask_dir / "masks.csv", dtype={"bin": str})
+    written = dict(zip(listing.file, listing.hole_ratio))
+    pairs = M.make_pairs([f"{k:04d}" for k in range(5)], None, mask_dir, 5, seed=0)
+    assert len(pairs) == 10
+    for path, ratio in zip(pairs["mask"], pairs.hole_ratio):
+        assert ratio == written[Path(path).relative_to(mask_dir).as_posix()]
+        assert ratio == np.count_nonzero(_read_png(path) == 255) / _read_png(path).size
+    generated = pd.read_csv(mask_dir / "stats.csv", dtype={"bin": str}).set_index("bin")
+    measured = M.measure(mask_dir).set_index("bin")
+    for col in ("count", "hole_min", "hole_mean", "hole_max", "hist_10-15", "hist_15-20", "hist_30-35", "hist_35-40"):
+        assert list(measured[col]) == list(generated.loc[measured.index, col]), col
+
+
 def test_mask_pairs_too_few_images(mask_dir):
     with pytest.raises(UserError, match=r"only 3 test images but n_test = 4.*n_test"):
         M.make_pairs(["a", "b", "c"], [(0.1, 0.2)], mask_dir, 4, seed=0)
