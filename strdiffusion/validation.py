@@ -91,7 +91,7 @@ def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     ``clipped`` is the sampler's own diagnostic (:func:`strdiffusion.sampling.clipped_share`, the
     share of hole pixels outside [0, 1]), averaged over the images, as the tables report it.
     """
-    from .metrics import ssim
+    from .metric_math import ssim
     from .sampling import clipped_share
 
     out = torch.where(mask > 0.5, target, raw.clamp(0, 1))

@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/metrics.py.
+"""Tests for strdiffusion/metrics.py (the stage), metric_math.py and metric_nets.py.
 
 Pretrained weights cannot be downloaded here, so the LPIPS / FID tests write random-weight
 stand-ins with the real file names into a temporary $TORCH_HOME and go through the packages' real
@@ -16,6 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from strdiffusion import metric_math as MM
+from strdiffusion import metric_nets as MN
 from strdiffusion import metrics as M
 from strdiffusion.utils import UserError
 
@@ -39,7 +41,7 @@ def _noisy(img, sigma, seed):
 def _standin_inception_state_dict():
     """Random weights in pytorch-fid's FID Inception layout, with BatchNorm statistics calibrated
     on random inputs so that features are O(1) instead of vanishing."""
-    from strdiffusion.metrics import random_fid_inception
+    from strdiffusion.metric_nets import random_fid_inception
 
     torch.manual_seed(0)
     net = random_fid_inception(init_weights=True)
@@ -59,9 +61,9 @@ def weights_dir(tmp_path_factory):
     import torchvision
 
     d = tmp_path_factory.mktemp("weights")
-    torch.save(_standin_inception_state_dict(), d / M.INCEPTION_FILE)
+    torch.save(_standin_inception_state_dict(), d / MN.INCEPTION_FILE)
     torch.manual_seed(1)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), d / M.ALEXNET_FILE)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), d / MN.ALEXNET_FILE)
     return d
 
 
@@ -70,7 +72,7 @@ def standin_home(weights_dir, tmp_path, monkeypatch):
     """A $TORCH_HOME whose hub cache holds the stand-in weights (as links)."""
     ck = tmp_path / "torch_home" / "hub" / "checkpoints"
     ck.mkdir(parents=True)
-    for name in (M.INCEPTION_FILE, M.ALEXNET_FILE):
+    for name in (MN.INCEPTION_FILE, MN.ALEXNET_FILE):
         (ck / name).symlink_to(weights_dir / name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     return ck
@@ -115,19 +117,19 @@ def test_psnr_known_value_and_no_uint8_wraparound():
     a = np.full((16, 16, 3), 100, np.uint8)
     b = np.full((16, 16, 3), 110, np.uint8)
     expected = 20 * math.log10(255 / 10)
-    assert M.psnr(a, b) == pytest.approx(expected, abs=1e-12)
-    assert M.psnr(b, a) == pytest.approx(expected, abs=1e-12)  # a < b: uint8 a - b would wrap to 246
-    assert M.psnr(a, a) == math.inf
+    assert MM.psnr(a, b) == pytest.approx(expected, abs=1e-12)
+    assert MM.psnr(b, a) == pytest.approx(expected, abs=1e-12)  # a < b: uint8 a - b would wrap to 246
+    assert MM.psnr(a, a) == math.inf
 
 
 def test_psnr_crop_removes_border():
     a = _photo(32)
     b = a.copy()
     b[:2] = 0  # damage only the top 2 rows
-    assert math.isfinite(M.psnr(a, b))
-    assert M.psnr(a, b, crop=2) == math.inf
+    assert math.isfinite(MM.psnr(a, b))
+    assert MM.psnr(a, b, crop=2) == math.inf
     with pytest.raises(ValueError):
-        M.psnr(a, b, crop=16)
+        MM.psnr(a, b, crop=16)
 
 
 def test_ssim_wang_settings_match_skimage_and_differ_from_defaults():
@@ -135,40 +137,40 @@ def test_ssim_wang_settings_match_skimage_and_differ_from_defaults():
 
     a = _photo(64)
     b = _noisy(a, 20, seed=3)
-    assert M.ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert MM.ssim(a, a) == pytest.approx(1.0, abs=1e-12)
     wang = structural_similarity(a, b, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
                                  use_sample_covariance=False)
     default = structural_similarity(a, b, data_range=255, channel_axis=-1)
-    assert M.ssim(a, b) == pytest.approx(wang, abs=1e-12)
-    assert abs(M.ssim(a, b) - default) > 1e-3
+    assert MM.ssim(a, b) == pytest.approx(wang, abs=1e-12)
+    assert abs(MM.ssim(a, b) - default) > 1e-3
     cropped = structural_similarity(a[4:-4, 4:-4], b[4:-4, 4:-4], data_range=255, channel_axis=-1,
                                     gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-    assert M.ssim(a, b, crop=4) == pytest.approx(cropped, abs=1e-12)
+    assert MM.ssim(a, b, crop=4) == pytest.approx(cropped, abs=1e-12)
 
 
 def test_l1_known_value():
     a = np.full((8, 8, 3), 200, np.uint8)
     b = a.copy()
     b[:4] = 149  # half the pixels off by 51 = 0.2 in [0, 1] units
-    assert M.l1(a, b) == pytest.approx(0.1, abs=1e-12)
-    assert M.l1(b, a) == pytest.approx(0.1, abs=1e-12)
-    assert M.l1(a, a) == 0.0
+    assert MM.l1(a, b) == pytest.approx(0.1, abs=1e-12)
+    assert MM.l1(b, a) == pytest.approx(0.1, abs=1e-12)
+    assert MM.l1(a, a) == 0.0
 
 
 def test_compute_image_metrics_columns_values_and_errors():
     gts = [_photo(32, s) for s in range(3)]
     preds = [_noisy(g, 10, s) for s, g in enumerate(gts)]
-    df = M.compute_image_metrics(gts, preds, ["psnr", "ssim", "l1"], crop=2)
+    df = MM.compute_image_metrics(gts, preds, ["psnr", "ssim", "l1"], crop=2)
     assert list(df.columns) == ["psnr", "ssim", "l1"] and len(df) == 3
-    assert df["psnr"].tolist() == [M.psnr(g, p, crop=2) for g, p in zip(gts, preds)]
-    assert df["ssim"].tolist() == [M.ssim(g, p, crop=2) for g, p in zip(gts, preds)]
-    assert df["l1"].tolist() == [M.l1(g, p) for g, p in zip(gts, preds)]
+    assert df["psnr"].tolist() == [MM.psnr(g, p, crop=2) for g, p in zip(gts, preds)]
+    assert df["ssim"].tolist() == [MM.ssim(g, p, crop=2) for g, p in zip(gts, preds)]
+    assert df["l1"].tolist() == [MM.l1(g, p) for g, p in zip(gts, preds)]
     with pytest.raises(ValueError, match="unknown"):
-        M.compute_image_metrics(gts, preds, ["psnr", "mse"])
+        MM.compute_image_metrics(gts, preds, ["psnr", "mse"])
     with pytest.raises(ValueError, match="lpips_metric"):
-        M.compute_image_metrics(gts, preds, ["lpips"])
+        MM.compute_image_metrics(gts, preds, ["lpips"])
     with pytest.raises(ValueError, match="shape"):
-        M.compute_image_metrics(gts[:1], [_photo(16)], ["psnr"])
+        MM.compute_image_metrics(gts[:1], [_photo(16)], ["psnr"])
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -178,9 +180,9 @@ def test_lpips_matches_direct_lpips_call(standin_home):
 
     gts = [_photo(64, s) for s in range(4)] + [_photo(48, 9)]  # two sizes: batches split by shape
     preds = [_noisy(g, 25, s) for s, g in enumerate(gts)]
-    metric = M.LPIPSMetric("cpu", batch_size=3)
+    metric = MN.LPIPSMetric("cpu", batch_size=3)
     assert metric.available and metric.reason == ""
-    assert Path(metric.weights_path) == standin_home / M.ALEXNET_FILE
+    assert Path(metric.weights_path) == standin_home / MN.ALEXNET_FILE
     ours = metric(gts, preds)
 
     ref_net = lpips.LPIPS(net="alex", version="0.1", verbose=False).eval()  # same cached stand-in trunk
@@ -192,8 +194,8 @@ def test_lpips_matches_direct_lpips_call(standin_home):
 
 
 def test_lpips_local_weights_path_and_hub_dir_restored(weights_dir, empty_home):
-    assert not M.LPIPSMetric("cpu").available
-    metric = M.LPIPSMetric("cpu", alexnet_weights=weights_dir / M.ALEXNET_FILE)
+    assert not MN.LPIPSMetric("cpu").available
+    metric = MN.LPIPSMetric("cpu", alexnet_weights=weights_dir / MN.ALEXNET_FILE)
     assert metric.available
     assert Path(torch.hub.get_dir()) == empty_home.parent  # the temporary hub folder is gone again
     a, b = _photo(32), _noisy(_photo(32), 30, 1)
@@ -201,21 +203,21 @@ def test_lpips_local_weights_path_and_hub_dir_restored(weights_dir, empty_home):
 
 
 def test_lpips_missing_weights_gives_nan_and_reason(empty_home):
-    metric = M.LPIPSMetric("cpu")
+    metric = MN.LPIPSMetric("cpu")
     assert not metric.available
-    assert M.ALEXNET_FILE in metric.reason and str(empty_home) in metric.reason
+    assert MN.ALEXNET_FILE in metric.reason and str(empty_home) in metric.reason
     assert "metrics.alexnet_weights" in metric.reason
     out = metric([_photo(32)], [_photo(32, 1)])
     assert out.shape == (1,) and np.isnan(out[0])
-    missing = M.LPIPSMetric("cpu", alexnet_weights="/nonexistent/alex.pth")
+    missing = MN.LPIPSMetric("cpu", alexnet_weights="/nonexistent/alex.pth")
     assert not missing.available and "/nonexistent/alex.pth" in missing.reason
 
 
 def test_lpips_corrupt_weights_file_is_a_user_error(empty_home):
     empty_home.mkdir(parents=True)
-    (empty_home / M.ALEXNET_FILE).write_bytes(b"truncated download")
-    with pytest.raises(UserError, match=M.ALEXNET_FILE):
-        M.LPIPSMetric("cpu")
+    (empty_home / MN.ALEXNET_FILE).write_bytes(b"truncated download")
+    with pytest.raises(UserError, match=MN.ALEXNET_FILE):
+        MN.LPIPSMetric("cpu")
 
 
 def test_lpips_images_cli_with_and_without_weights(tmp_path, standin_home, monkeypatch):
@@ -226,8 +228,8 @@ def test_lpips_images_cli_with_and_without_weights(tmp_path, standin_home, monke
     assert list(df.columns) == ["method", "bin", "image_id", "psnr", "ssim", "l1", "lpips"]
     assert df["image_id"].tolist() == [f"img{i:03d}" for i in range(4)]
     assert (df["method"] == "toy").all() and (df["bin"] == "10-20").all()
-    np.testing.assert_allclose(df["psnr"], [M.psnr(g, p, crop=4) for g, p in zip(gts, preds)], rtol=1e-12)
-    np.testing.assert_allclose(df["lpips"], M.LPIPSMetric("cpu")(gts, preds), rtol=1e-6)
+    np.testing.assert_allclose(df["psnr"], [MM.psnr(g, p, crop=4) for g, p in zip(gts, preds)], rtol=1e-12)
+    np.testing.assert_allclose(df["lpips"], MN.LPIPSMetric("cpu")(gts, preds), rtol=1e-6)
     status = json.loads((tmp_path / "res" / "per_image.status.json").read_text())
     assert status["lpips"] == {"available": True, "reason": ""}
 
@@ -239,7 +241,7 @@ def test_lpips_images_cli_with_and_without_weights(tmp_path, standin_home, monke
     assert df["lpips"].isna().all() and np.isfinite(df["psnr"]).all()
     status = json.loads((tmp_path / "res" / "per_image.status.json").read_text())
     assert status["lpips"]["available"] is False
-    assert M.ALEXNET_FILE in status["lpips"]["reason"]
+    assert MN.ALEXNET_FILE in status["lpips"]["reason"]
     assert str(empty / "hub" / "checkpoints") in status["lpips"]["reason"]
     assert status["psnr"]["available"] is True
 
@@ -274,14 +276,14 @@ def test_fid_from_features_low_dim_known_values():
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     d = f1.mean(0) - f2.mean(0)
     expected = d @ d + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
-    assert M.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-9)
-    assert M.fid_from_features(f1, f2, "exact") == pytest.approx(expected, rel=1e-9)  # eigh branch
-    assert M.frechet_distance_exact(f1, f2) == pytest.approx(_frechet_exact(f1, f2), rel=1e-9)
-    assert abs(M.fid_from_features(f1, f1)) < 1e-9 and abs(M.fid_from_features(f1, f1, "exact")) < 1e-9
+    assert MM.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-9)
+    assert MM.fid_from_features(f1, f2, "exact") == pytest.approx(expected, rel=1e-9)  # eigh branch
+    assert MM.frechet_distance_exact(f1, f2) == pytest.approx(_frechet_exact(f1, f2), rel=1e-9)
+    assert abs(MM.fid_from_features(f1, f1)) < 1e-9 and abs(MM.fid_from_features(f1, f1, "exact")) < 1e-9
     with pytest.raises(ValueError, match="at least 2"):
-        M.fid_from_features(f1[:1], f2)
+        MM.fid_from_features(f1[:1], f2)
     with pytest.raises(ValueError, match="unknown FID method"):
-        M.fid_from_features(f1, f2, "clean-fid")
+        MM.fid_from_features(f1, f2, "clean-fid")
 
 
 def test_fid_exact_small_sets_agree_with_pytorch_fid():
@@ -290,22 +292,22 @@ def test_fid_exact_small_sets_agree_with_pytorch_fid():
     basis = rng.random((4, 40))
     f1 = np.maximum(rng.normal(size=(9, 4)) @ basis, 0)
     f2 = np.maximum(rng.normal(size=(7, 4)) @ basis + 0.2, 0)
-    exact = M.fid_from_features(f1, f2, "exact")
+    exact = MM.fid_from_features(f1, f2, "exact")
     assert exact == pytest.approx(_frechet_exact(f1, f2), rel=1e-12)
-    assert exact == pytest.approx(M.fid_from_features(f1, f2, "pytorch-fid"), rel=1e-4)
+    assert exact == pytest.approx(MM.fid_from_features(f1, f2, "pytorch-fid"), rel=1e-4)
 
 
 def test_kid_identical_sets_closed_form_and_shift_positive():
     rng = np.random.default_rng(1)
     f = rng.random((40, 32))
-    mean, std = M.kid_from_features(f, f)
+    mean, std = MM.kid_from_features(f, f)
     # unbiased estimator on a set against itself: -2 (mean diagonal k - mean off-diagonal k) / m
     k = (f @ f.T / 32 + 1) ** 3
     m = len(f)
     off = (k.sum() - np.trace(k)) / (m * (m - 1))
     assert mean == pytest.approx(-2 * (np.trace(k) / m - off) / m, rel=1e-9)
     assert std == 0.0
-    shifted, _ = M.kid_from_features(f, f + 0.3)
+    shifted, _ = MM.kid_from_features(f, f + 0.3)
     assert shifted > 10 * abs(mean)
 
 
@@ -315,7 +317,7 @@ def test_kid_subsets_match_direct_unbiased_estimator():
     # one subset of 10: the same draws as numpy RandomState(seed), then the estimator by loops
     r = np.random.RandomState(7)
     i1, i2 = r.choice(30, 10, replace=False), r.choice(25, 10, replace=False)
-    mean, std = M.kid_from_features(f1, f2, subsets=1, subset_size=10, seed=7)
+    mean, std = MM.kid_from_features(f1, f2, subsets=1, subset_size=10, seed=7)
     assert mean == pytest.approx(_mmd2_unbiased_loops(f1[i1], f2[i2]), rel=1e-10) and std == 0.0
     # several subsets: mean and population std of the per-subset values; size capped at min(n)
     r = np.random.RandomState(0)
@@ -323,11 +325,11 @@ def test_kid_subsets_match_direct_unbiased_estimator():
     for _ in range(5):
         a, b = r.choice(30, 25, replace=False), r.choice(25, 25, replace=False)
         vals.append(_mmd2_unbiased_loops(f1[a], f2[b]))
-    mean, std = M.kid_from_features(f1, f2, subsets=5, subset_size=1000, seed=0)
+    mean, std = MM.kid_from_features(f1, f2, subsets=5, subset_size=1000, seed=0)
     assert mean == pytest.approx(np.mean(vals), rel=1e-10)
     assert std == pytest.approx(np.std(vals), rel=1e-8) and std > 0
     with pytest.raises(ValueError, match="at least 2"):
-        M.kid_from_features(f1[:1], f2)
+        MM.kid_from_features(f1[:1], f2)
 
 
 def test_fid_kid_sets_cli_matches_pytorch_fid(tmp_path, standin_home):
@@ -381,7 +383,7 @@ def test_fid_cli_falls_back_to_exact_when_pytorch_fid_fails(tmp_path, monkeypatc
     out = tmp_path / "set.csv"
     assert _cli("sets", pairs, gt_dir, pred_dir, out, "--metrics", "fid") == 0
     row = pd.read_csv(out).iloc[0]
-    expected = M.frechet_distance_exact(_FakeFeatures()(preds), _FakeFeatures()(gts))
+    expected = MM.frechet_distance_exact(_FakeFeatures()(preds), _FakeFeatures()(gts))
     assert expected > 0 and row["fid"] == pytest.approx(expected, rel=1e-9)
     assert row["fid_backend"] == "pytorch-fid 0.3.0 features, exact Frechet distance"
     status = json.loads((tmp_path / "set.status.json").read_text())
@@ -390,11 +392,11 @@ def test_fid_cli_falls_back_to_exact_when_pytorch_fid_fails(tmp_path, monkeypatc
 
 def test_inception_features_local_weights_path(standin_home, weights_dir):
     img = [_photo(32)]
-    from_cache = M.InceptionFeatures("cpu")(img)
+    from_cache = MN.InceptionFeatures("cpu")(img)
     assert from_cache.shape == (1, 2048) and np.isfinite(from_cache).all()
     # the same weights given as a local path outside the hub cache
-    local = M.InceptionFeatures("cpu", weights=weights_dir / M.INCEPTION_FILE)
-    assert local.available and Path(local.weights_path) == weights_dir / M.INCEPTION_FILE
+    local = MN.InceptionFeatures("cpu", weights=weights_dir / MN.INCEPTION_FILE)
+    assert local.available and Path(local.weights_path) == weights_dir / MN.INCEPTION_FILE
     np.testing.assert_allclose(local(img), from_cache, rtol=1e-5, atol=1e-7)
     assert Path(torch.hub.get_dir()) == standin_home.parent
 
@@ -408,10 +410,10 @@ def test_fid_kid_missing_weights_and_too_few_images(tmp_path, empty_home):
     status = json.loads((tmp_path / "res" / "set.status.json").read_text())
     for name in ("fid", "kid"):
         assert status[name]["available"] is False
-        assert status[name]["reason"].startswith(f"{name.upper()} n/a: put {M.INCEPTION_FILE} into")
+        assert status[name]["reason"].startswith(f"{name.upper()} n/a: put {MN.INCEPTION_FILE} into")
         assert str(empty_home) in status[name]["reason"]
         assert "metrics.inception_weights" in status[name]["reason"]
-    assert not M.InceptionFeatures("cpu", weights=tmp_path / "nope.pth").available
+    assert not MN.InceptionFeatures("cpu", weights=tmp_path / "nope.pth").available
 
     one = tmp_path / "one.csv"
     pd.DataFrame([{"image_id": "img000", "bin": "10-20", "mask": "m.png"}]).to_csv(one, index=False)

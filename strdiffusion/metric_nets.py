@@ -1,0 +1,212 @@
+"""The metric networks: LPIPS (AlexNet) distances and pytorch-fid's Inception features, from local weights.
+
+- LPIPS: the ``lpips`` package, AlexNet trunk, version 0.1, inputs scaled to [-1, 1], whole image.
+- FID/KID features: ``pytorch-fid`` 0.3.0, 2048-d pool3 features of its FID Inception (its own
+  bilinear resize to 299, inputs in [0, 1]).
+
+Pretrained weights are never downloaded here (``strdiffusion weights fetch`` / the workflow's
+``weights`` rule fetches them once, hash-checked). They are looked up in the torch hub cache
+(``$TORCH_HOME/hub/checkpoints/``) or at a path the user gives; when absent, the network is
+unavailable with a reason that says where to put the file (the metrics stage then reports NaN).
+The networks are built through the packages' own loading code (``torch.hub.load_state_dict_from_url``),
+which uses a cached file as is. ``random_fid_inception`` builds the Inception layout with random
+weights, for tests and benchmarks only.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .gpu import resolve_device
+from .utils import UserError, equal_size_runs
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def random_fid_inception(init_weights: bool = False):
+    """pytorch-fid's FID Inception layout (the 1008-class trunk with its FID blocks) with random
+    weights: the module tree whose state dict ``pt_inception-2015-12-05-6726825d.pth`` fills.
+    For tests (stand-in weight files) and throughput benchmarks only; never for reported numbers."""
+    from pytorch_fid import inception as fid
+
+    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=init_weights)
+    net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = fid.FIDInceptionE_1(1280)
+    net.Mixed_7c = fid.FIDInceptionE_2(2048)
+    return net
+
+
+# ----------------------------------------------------------------------------- weights
+
+def hub_checkpoint_dir() -> Path:
+    """The folder where torch.hub (and torchvision, lpips, pytorch-fid) look for cached weights."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_weights(filename: str, local_path=None, setting: str = "") -> tuple[Path | None, str]:
+    """Locate a weights file without downloading: ``local_path`` if given, else the hub cache.
+
+    Returns (path, "") when found, else (None, reason) with a reason that says where to put it.
+    """
+    if local_path:
+        path = Path(local_path).expanduser()
+        if path.is_file():
+            return path, ""
+        return None, (f"{path} (given as {setting}) does not exist; put {filename} there, or into "
+                      f"$TORCH_HOME/hub/checkpoints/ (currently {hub_checkpoint_dir()}) and unset {setting}")
+    cached = hub_checkpoint_dir() / filename
+    if cached.is_file():
+        return cached, ""
+    return None, (f"put {filename} into $TORCH_HOME/hub/checkpoints/ (currently {hub_checkpoint_dir()}) "
+                  f"or set {setting}; online, `strdiffusion weights fetch` downloads it")
+
+
+@contextlib.contextmanager
+def _hub_serving(filename: str, path: Path):
+    """Let torch.hub find ``path`` under ``filename`` so the packages' loaders use it offline.
+
+    When ``path`` is not the hub cache's own file, a temporary hub folder holding a link to it is
+    set for the duration; the previous setting (possibly "follow $TORCH_HOME") is restored.
+    """
+    import torch
+
+    cached = hub_checkpoint_dir() / filename
+    if cached.is_file() and cached.resolve() == Path(path).resolve():
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="strdiffusion-hub-") as tmp:
+        target = Path(tmp) / "checkpoints" / filename
+        target.parent.mkdir()
+        try:
+            target.symlink_to(Path(path).resolve())
+        except OSError:
+            shutil.copyfile(path, target)
+        previous = getattr(torch.hub, "_hub_dir", None)  # None means: follow $TORCH_HOME
+        torch.hub.set_dir(tmp)
+        try:
+            yield
+        finally:
+            torch.hub._hub_dir = previous
+
+
+@contextlib.contextmanager
+def _loading(path: Path, what: str):
+    try:
+        yield
+    except Exception as exc:  # a truncated download, a wrong file: say which file to replace
+        raise UserError(f"{path}: cannot load the {what} weights from this file "
+                        f"({exc.__class__.__name__}: {str(exc)[:200]}); delete or replace it") from None
+
+
+def _batches(items_a, items_b, batch_size: int):
+    """Yield index lists of at most ``batch_size`` consecutive items that share one shape."""
+    for idx in equal_size_runs([np.shape(a) for a in items_a], batch_size):
+        shape = np.shape(items_a[idx[0]])
+        for i in idx:
+            if items_b is not None and np.shape(items_b[i]) != shape:
+                raise ValueError(f"pair {i}: images differ in shape: {shape} vs {np.shape(items_b[i])}")
+        yield idx
+
+
+def _to_tensor(images, idx, device):
+    """uint8 HxWx3 arrays -> float32 Nx3xHxW tensor in [0, 1] (as torchvision's ToTensor)."""
+    import torch
+
+    batch = np.stack([np.asarray(images[i], dtype=np.uint8) for i in idx])
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected uint8 HxWx3 images, got a batch of shape {batch.shape}")
+    return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div(255)
+
+
+# ----------------------------------------------------------------------------- networks
+
+class LPIPSMetric:
+    """LPIPS (AlexNet, v0.1) distance of uint8 image pairs; batched, on ``device``.
+
+    ``available`` is False (and ``reason`` says why) when the AlexNet trunk weights are neither at
+    ``alexnet_weights`` nor in the hub cache; calls then return NaN.
+    """
+
+    def __init__(self, device="cpu", alexnet_weights=None, batch_size: int = 16):
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.weights_path, self.reason = find_weights(
+            ALEXNET_FILE, alexnet_weights, "metrics.alexnet_weights (--alexnet-weights)")
+        self.available = self.weights_path is not None
+        self.model = None
+        if self.available:
+            import lpips
+
+            with _hub_serving(ALEXNET_FILE, self.weights_path), _loading(self.weights_path, "AlexNet"), \
+                    warnings.catch_warnings():
+                # lpips asks torchvision for alexnet(pretrained=True), which warns that it is deprecated
+                warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
+                model = lpips.LPIPS(net="alex", version="0.1", verbose=False)
+            self.model = model.to(self.device).eval()
+
+    def __call__(self, a_batch, b_batch) -> np.ndarray:
+        """Distances (float64, one per pair) of two equal-length sequences of uint8 HxWx3 images."""
+        import torch
+
+        if len(a_batch) != len(b_batch):
+            raise ValueError(f"{len(a_batch)} images vs {len(b_batch)} images")
+        out = np.full(len(a_batch), np.nan)
+        if not self.available:
+            return out
+        with torch.inference_mode():
+            for idx in _batches(a_batch, b_batch, self.batch_size):
+                x = _to_tensor(a_batch, idx, self.device) * 2 - 1
+                y = _to_tensor(b_batch, idx, self.device) * 2 - 1
+                out[idx] = self.model(x, y).reshape(-1).double().cpu().numpy()
+        return out
+
+
+class InceptionFeatures:
+    """2048-d pool3 features of pytorch-fid's FID Inception for uint8 HxWx3 images; batched.
+
+    The network resizes to 299x299 bilinearly and scales [0, 1] to [-1, 1] itself, exactly as in
+    ``pytorch_fid.fid_score.get_activations``. ``available``/``reason`` as in ``LPIPSMetric``.
+    """
+
+    dims = 2048
+
+    def __init__(self, device="cpu", weights=None, batch_size: int = 16):
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.weights_path, self.reason = find_weights(
+            INCEPTION_FILE, weights, "metrics.inception_weights (--inception-weights)")
+        self.available = self.weights_path is not None
+        self.model = None
+        if self.available:
+            from pytorch_fid.inception import InceptionV3
+
+            with _hub_serving(INCEPTION_FILE, self.weights_path), _loading(self.weights_path, "FID Inception"):
+                model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[self.dims]])
+            self.model = model.to(self.device).eval()
+
+    def __call__(self, images) -> np.ndarray:
+        """Features as a float64 N x 2048 array."""
+        import torch
+
+        if not self.available:
+            raise RuntimeError(f"Inception weights unavailable: {self.reason}")
+        feats = np.empty((len(images), self.dims))
+        with torch.inference_mode():
+            for idx in _batches(images, None, self.batch_size):
+                pred = self.model(_to_tensor(images, idx, self.device))[0]
+                feats[idx] = pred.reshape(len(idx), self.dims).cpu().numpy()
+        return feats
