@@ -4,7 +4,9 @@ Every metric is computed on the WHOLE composited image against its ground truth 
 formulas: ``metric_math.py``; the LPIPS and Inception networks and their weights: ``metric_nets.py``).
 ``metrics images`` writes one row per image, ``metrics sets`` one row per set with the image count
 and the FID backend (pytorch-fid's ``calculate_frechet_distance``, or ``--fid-method exact`` and the
-fallback when it fails, which the backend column says).
+fallback when it fails, which the backend column says). Either may be given an empty metric list
+(``--metrics ''`` or ``--metrics`` with no value, as the workflow renders ``metrics.per_set: []``):
+its CSV then has no metric columns (and a set CSV no ``fid_backend``), and the status sidecar is ``{}``.
 
 Pretrained weights are never downloaded here: when they are absent, the metric is reported as NaN
 with a reason, in ``<out stem>.status.json``, that says where to put the file.
@@ -30,10 +32,11 @@ log = logging.getLogger("strdiffusion.metrics")
 
 
 def _parse_metrics(text: str, allowed) -> list[str]:
+    """The metrics named in ``text`` (comma-separated, any case) in ``allowed``'s order; empty text: none."""
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in allowed]
-    if bad or not names:
-        raise UserError(f"--metrics {text}: choose a comma-separated subset of {','.join(allowed)}")
+    if bad:
+        raise UserError(f"--metrics {text}: choose a comma-separated subset of {','.join(allowed)}, or none")
     return [n for n in allowed if n in names]
 
 
@@ -130,13 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("images", help="PSNR, SSIM, L1, LPIPS per image")
     _common_args(p)
-    p.add_argument("--metrics", default="psnr,ssim,l1,lpips", help="subset of psnr,ssim,l1,lpips")
+    p.add_argument("--metrics", nargs="?", const="", default="psnr,ssim,l1,lpips",
+                   help="subset of psnr,ssim,l1,lpips; empty or no value: none")
     p.add_argument("--crop", type=int, default=0, help="border in px removed before PSNR and SSIM (IR-SDE: 4)")
     p.add_argument("--alexnet-weights", default=None,
                    help=f"local {ALEXNET_FILE} (default: the torch hub cache)")
     p = sub.add_parser("sets", help="FID and KID of the set against its ground truths")
     _common_args(p)
-    p.add_argument("--metrics", default="fid,kid", help="subset of fid,kid")
+    p.add_argument("--metrics", nargs="?", const="", default="fid,kid",
+                   help="subset of fid,kid; empty or no value: none")
     p.add_argument("--inception-weights", default=None,
                    help=f"local {INCEPTION_FILE} (default: the torch hub cache)")
     p.add_argument("--fid-method", choices=FID_METHODS, default="pytorch-fid",
@@ -190,7 +195,8 @@ def _run_sets(args) -> None:
         row["fid"] = math.nan
     if "kid" in metrics:
         row.update(kid_mean=math.nan, kid_std=math.nan)
-    row["fid_backend"] = fid_backend(args.fid_method)
+    if metrics:
+        row["fid_backend"] = fid_backend(args.fid_method)
     status = {m: {"available": True, "reason": ""} for m in metrics}
 
     def unavailable(reason: str, which=metrics) -> None:
@@ -198,7 +204,9 @@ def _run_sets(args) -> None:
             status[m] = {"available": False, "reason": f"{m.upper()} n/a: {reason}"}
             log.warning("%s", status[m]["reason"])
 
-    if n < 2:
+    if not metrics:
+        log.info("%s bin %s: %d images, no set metrics asked for", args.method, args.bin, n)
+    elif n < 2:
         unavailable(f"too few images ({n}; at least 2 are needed)")
     else:
         features = InceptionFeatures(args.device, args.inception_weights, args.batch_size)

@@ -424,6 +424,50 @@ def test_fid_kid_missing_weights_and_too_few_images(tmp_path, empty_home):
     assert list(status) == ["fid"] and "too few images" in status["fid"]["reason"]
 
 
+def test_empty_metric_lists_write_csvs_without_metric_columns_and_a_table_without_them(tmp_path, empty_home,
+                                                                                      monkeypatch):
+    """``metrics.per_set: []`` (the set rule then renders ``--metrics`` with no value) and an empty
+    per-image list: the stage writes the CSVs without metric columns, and the tables stage builds a
+    table without FID/KID from them."""
+    from strdiffusion import tables
+
+    class _NoNetwork:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("no metric asked for, no network to load")
+
+    monkeypatch.setattr(M, "InceptionFeatures", _NoNetwork)
+    monkeypatch.setattr(M, "LPIPSMetric", _NoNetwork)
+    pairs, gt_dir, pred_dir, _, _ = _write_set(tmp_path / "data", n=4)
+    res = tmp_path / "res"
+    # the set rule's command line with metrics.per_set: [] (no value after --metrics)
+    assert _cli("sets", pairs, gt_dir, pred_dir, res / "set.csv", "--metrics", "--fid-method", "exact") == 0
+    assert _cli("sets", pairs, gt_dir, pred_dir, res / "set2.csv", "--metrics", "") == 0
+    for name in ("set", "set2"):
+        row = pd.read_csv(res / f"{name}.csv", dtype={"bin": str})
+        assert list(row.columns) == ["method", "bin", "n_images"] and row.iloc[0].tolist() == ["toy", "10-20", 4]
+        assert json.loads((res / f"{name}.status.json").read_text()) == {}
+    assert _cli("images", pairs, gt_dir, pred_dir, res / "img_none.csv", "--metrics", "") == 0
+    none = pd.read_csv(res / "img_none.csv", dtype={"bin": str})
+    assert list(none.columns) == ["method", "bin", "image_id"]
+    assert list(none.image_id) == [f"img{i:03d}" for i in range(4)]
+    assert _cli("images", pairs, gt_dir, pred_dir, res / "per_image.csv", "--metrics", "psnr,ssim") == 0
+
+    long, unavailable = tables.summarise([res / "per_image.csv"], [res / "set.csv"], ["toy"], ["10-20"])
+    assert set(long.metric) == {"psnr", "ssim"} and unavailable == {}
+    md, tex = tables.render(long, unavailable, ["toy"], ["10-20"], ["psnr", "ssim"], "x")
+    assert "FID" not in md and "KID" not in md and "FID" not in tex and "n/a" not in md.split("\n\n95 %")[0]
+    long, _ = tables.summarise([res / "img_none.csv"], [res / "set2.csv"], ["toy"], ["10-20"])
+    assert long.empty
+    prefix = tmp_path / "table" / "x"
+    assert tables.main(["--per-image", str(res / "per_image.csv"), "--sets", str(res / "set.csv"),
+                        "--methods", "toy", "--bins", "10-20", "--columns", "psnr,ssim", "--dataset", "x",
+                        "--out", str(prefix)]) == 0
+    table = pd.read_csv(f"{prefix}.csv")
+    assert set(table.metric) == {"psnr", "ssim"} and "FID" not in (tmp_path / "table" / "x.md").read_text()
+    with pytest.raises(UserError, match="--metrics psnr,fid"):
+        _cli("images", pairs, gt_dir, pred_dir, res / "bad.csv", "--metrics", "psnr,fid")
+
+
 # ----------------------------------------------------------------------------- CLI input errors
 
 def test_cli_errors_name_the_files(tmp_path, empty_home):
