@@ -34,6 +34,7 @@ from .utils import UserError, bin_label, seed_for
 
 log = logging.getLogger("strdiffusion.masks")
 
+NVIDIA_PER_BIN = 2000  # files per hole-ratio bin in NVIDIA's irregular mask test set, in its order
 POLARITIES = ("hole_white", "known_white")
 BINNINGS = ("ratio", "index", "none")
 RESIZES = ("nearest", "center_crop")

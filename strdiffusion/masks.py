@@ -44,14 +44,15 @@ from typing import Callable
 import numpy as np
 
 from .mask_bins import MaskBin, check_bins, check_size, hole_ratio, in_bin
-from .mask_folder import BINNINGS, POLARITIES, RESIZES, import_folder, import_pool
+from .mask_folder import NVIDIA_PER_BIN, import_folder, import_pool
 from .mask_generators import FIXED, MAX_TAMPER_AREA, PROTOCOLS, Protocol
+from .options import add_arguments, from_namespace
+from .settings import MaskSettings, PairSettings, PoolSettings
 from .utils import UserError, atomic_dir, bin_label, parse_bins, read_mask, save_png_atomic, seed_for, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.masks")
 
 NVIDIA_EDGES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-NVIDIA_PER_BIN = 2000
 HIST_BINS = 20                 # histogram of hole ratios in stats: 20 bins of 5 % over [0, 1]
 _PROBE_DRAWS = 200             # auto fill: natural draws used to estimate a bin's acceptance rate
 _NATURAL_DRAWS_PER_MASK = 20   # auto fill: above this expected cost per mask, fill adaptively
@@ -363,108 +364,85 @@ def _parse_bin_arg(text: str | None):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _folder_args(p: argparse.ArgumentParser, binned: bool) -> None:
-    f = p.add_argument_group("protocol folder (strdiffusion/mask_folder.py)")
-    f.add_argument("--source", help="folder or .zip of mask files")
-    f.add_argument("--polarity", default="hole_white", choices=POLARITIES, help="which colour is the hole")
-    f.add_argument("--threshold", type=int, default=128, help="grey value >= threshold is white (1..255)")
-    f.add_argument("--resize", default="nearest", choices=RESIZES,
-                   help="NEAREST to --size; non-square masks are an error unless center_crop")
-    if binned:
-        f.add_argument("--binning", default="ratio", choices=BINNINGS)
-        f.add_argument("--files-per-bin", type=int, default=0,
-                       help="index binning: files per bin in sorted order (default: --count)")
-        f.add_argument("--n-test", type=int, default=0, help="warn when a bin gets fewer masks than this")
-
-
-def _folder_opts(a, binned: bool) -> dict:
-    opts = dict(source=a.source, polarity=a.polarity, threshold=a.threshold, resize=a.resize)
-    if binned:
-        opts.update(binning=a.binning, files_per_bin=a.files_per_bin, n_test=a.n_test)
+def _folder_opts(s: MaskSettings | PoolSettings) -> dict:
+    """The options of protocol folder (:func:`strdiffusion.mask_folder.import_folder`, ``import_pool``)."""
+    opts = dict(source=s.source, polarity=s.polarity, threshold=s.threshold, resize=s.resize)
+    if isinstance(s, MaskSettings):
+        opts.update(binning=s.binning, files_per_bin=s.files_per_bin, n_test=s.n_test)
     return opts
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The subcommands; their options are the fields of MaskSettings, PoolSettings and PairSettings."""
     p = argparse.ArgumentParser(prog="strdiffusion masks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-
     g = sub.add_parser("generate", help="masks per hole-ratio bin: OUT/<bin>/<k:04d>.png + OUT/stats.csv")
-    g.add_argument("--protocol", required=True, help=", ".join(ALL_PROTOCOLS))
-    g.add_argument("--size", type=int, required=True, help="mask size in px (square)")
-    g.add_argument("--bins", help="hole-ratio bins lo:hi,lo:hi (e.g. 0.1:0.2,0.2:0.3); ignored by repaint_*")
-    g.add_argument("--count", type=int, required=True, help="masks per bin")
-    g.add_argument("--seed", type=int, required=True)
     g.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    g.add_argument("--fill", default="auto", choices=["auto", "natural", "adaptive"],
-                   help="how a bin is filled (see the module docstring); default auto")
-    g.add_argument("--nvidia-source", help="folder or .zip of the NVIDIA irregular mask test set")
-    g.add_argument("--nvidia-binning", default="index", choices=["index", "ratio"])
-    g.add_argument("--nvidia-border", default="both", choices=["both", "with", "without"])
-    g.add_argument("--nvidia-per-bin", type=int, default=NVIDIA_PER_BIN,
-                   help="files per NVIDIA bin in the source's order (2000 in the official test set)")
-    _folder_args(g, binned=True)
-
+    add_arguments(g, MaskSettings)
     q = sub.add_parser("pool", help="training masks of mixed hole ratios: OUT/<k:05d>.png + OUT/stats.csv")
-    q.add_argument("--protocol", required=True, help=", ".join(ALL_PROTOCOLS))
-    q.add_argument("--size", type=int, required=True)
-    q.add_argument("--count", type=int, required=True)
-    q.add_argument("--seed", type=int, required=True)
-    q.add_argument("--out", required=True)
-    q.add_argument("--nvidia-source")
-    q.add_argument("--nvidia-border", default="both", choices=["both", "with", "without"])
-    q.add_argument("--nvidia-per-bin", type=int, default=NVIDIA_PER_BIN)
-    _folder_args(q, binned=False)
-
+    q.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    add_arguments(q, PoolSettings)
     r = sub.add_parser("pairs", help="pair test images with masks: CSV image_id, bin, mask, hole_ratio")
     r.add_argument("--manifest", required=True, help="data manifest CSV (columns id, split, ...); split == test used")
     r.add_argument("--masks", required=True, help="folder written by `masks generate`")
-    r.add_argument("--bins", help="bins lo:hi,... or labels (10-20,half); default every sub-folder of --masks")
-    r.add_argument("--n-test", type=int, required=True, help="test images per bin (config key n_test)")
-    r.add_argument("--seed", type=int, required=True)
     r.add_argument("--out", required=True, help="pairs CSV")
-
+    add_arguments(r, PairSettings)
     s = sub.add_parser("stats", help="measure existing mask folders into a stats CSV")
     s.add_argument("--masks", required=True)
     s.add_argument("--protocol", default="")
     s.add_argument("--out", required=True)
+    return p
 
-    a = p.parse_args(argv)
+
+def _generate(s: MaskSettings, out: Path) -> None:
+    bins = _parse_bin_arg(s.bins)
+    if s.protocol not in FIXED and s.protocol in ALL_PROTOCOLS:
+        if bins is None:
+            raise UserError(f"protocol {s.protocol} needs --bins (config key masks.bins), e.g. 0.1:0.2,0.2:0.3")
+        if any(isinstance(b, str) for b in bins):
+            raise UserError(f"--bins '{s.bins}' must be lo:hi pairs, e.g. 0.1:0.2,0.2:0.3")
+    mask_bins = generate_binned(s.protocol, s.size, bins or [], s.count, s.seed, fill=s.fill,
+                                nvidia_source=s.nvidia_source, nvidia_binning=s.nvidia_binning,
+                                nvidia_border=s.nvidia_border, nvidia_per_bin=s.nvidia_per_bin,
+                                folder=_folder_opts(s))
+    write_binned(out, s.protocol, mask_bins)
+
+
+def _pool(s: PoolSettings, out: Path) -> None:
+    pool = generate_pool(s.protocol, s.size, s.count, s.seed, nvidia_source=s.nvidia_source,
+                         nvidia_border=s.nvidia_border, nvidia_per_bin=s.nvidia_per_bin, folder=_folder_opts(s))
+    write_pool(out, s.protocol, pool)
+    log.info("%s pool: %d masks at %d px -> %s", s.protocol, len(pool), s.size, out)
+
+
+def _pairs(s: PairSettings, manifest_csv, masks, out) -> None:
+    import pandas as pd
+
+    try:
+        manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{manifest_csv}: cannot read the manifest CSV ({exc.__class__.__name__}); "
+                        "run `strdiffusion data` first") from None
+    missing = {"id", "split"} - set(manifest.columns)
+    if missing:
+        raise UserError(f"{manifest_csv}: manifest lacks column(s) {', '.join(sorted(missing))}; "
+                        "it must be written by `strdiffusion data`")
+    test = manifest[manifest["split"] == "test"]
+    if "status" in test.columns:
+        test = test[test["status"].isin(["ok", ""])]
+    pairs = make_pairs(test["id"].tolist(), _parse_bin_arg(s.bins), Path(masks), s.n_test, s.seed)
+    write_csv_atomic(pairs, out)
+    log.info("%d pairs (%d bins x %d images) -> %s", len(pairs), pairs["bin"].nunique(), s.n_test, out)
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     if a.cmd == "generate":
-        bins = _parse_bin_arg(a.bins)
-        if a.protocol not in FIXED and a.protocol in ALL_PROTOCOLS:
-            if bins is None:
-                raise UserError(f"protocol {a.protocol} needs --bins (config key masks.bins), e.g. 0.1:0.2,0.2:0.3")
-            if any(isinstance(b, str) for b in bins):
-                raise UserError(f"--bins '{a.bins}' must be lo:hi pairs, e.g. 0.1:0.2,0.2:0.3")
-        mask_bins = generate_binned(a.protocol, a.size, bins or [], a.count, a.seed, fill=a.fill,
-                                    nvidia_source=a.nvidia_source, nvidia_binning=a.nvidia_binning,
-                                    nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin,
-                                    folder=_folder_opts(a, binned=True))
-        write_binned(Path(a.out), a.protocol, mask_bins)
+        _generate(from_namespace(MaskSettings, a), Path(a.out))
     elif a.cmd == "pool":
-        pool = generate_pool(a.protocol, a.size, a.count, a.seed, nvidia_source=a.nvidia_source,
-                             nvidia_border=a.nvidia_border, nvidia_per_bin=a.nvidia_per_bin,
-                             folder=_folder_opts(a, binned=False))
-        write_pool(Path(a.out), a.protocol, pool)
-        log.info("%s pool: %d masks at %d px -> %s", a.protocol, len(pool), a.size, a.out)
+        _pool(from_namespace(PoolSettings, a), Path(a.out))
     elif a.cmd == "pairs":
-        import pandas as pd
-
-        try:
-            manifest = pd.read_csv(a.manifest, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise UserError(f"{a.manifest}: cannot read the manifest CSV ({exc.__class__.__name__}); "
-                            "run `strdiffusion data` first") from None
-        missing = {"id", "split"} - set(manifest.columns)
-        if missing:
-            raise UserError(f"{a.manifest}: manifest lacks column(s) {', '.join(sorted(missing))}; "
-                            "it must be written by `strdiffusion data`")
-        test = manifest[manifest["split"] == "test"]
-        if "status" in test.columns:
-            test = test[test["status"].isin(["ok", ""])]
-        pairs = make_pairs(test["id"].tolist(), _parse_bin_arg(a.bins), Path(a.masks), a.n_test, a.seed)
-        write_csv_atomic(pairs, a.out)
-        log.info("%d pairs (%d bins x %d images) -> %s", len(pairs), pairs["bin"].nunique(), a.n_test, a.out)
+        _pairs(from_namespace(PairSettings, a), a.manifest, a.masks, a.out)
     else:
         write_csv_atomic(measure(a.masks, a.protocol), a.out)
     return 0

@@ -137,11 +137,14 @@ def _applies(f, values) -> bool:
     return (values.get(name) if isinstance(values, dict) else getattr(values, name)) == value
 
 
-def config_values(cls, config: dict, **where) -> dict:
-    """Field values of ``cls`` found in ``config`` (keys formatted with ``where``), nested objects built."""
-    hints, values = _hints(cls), {}
+def config_values(cls, config: dict, *, given: dict | None = None, **where) -> dict:
+    """Field values of ``cls`` found in ``config`` (keys formatted with ``where``), nested objects built;
+    ``given`` values (worked out from the config by the caller) are taken as they are."""
+    hints, values = _hints(cls), dict(given or {})
     fields = sorted(dataclasses.fields(cls), key=lambda f: bool(f.metadata.get("when")))  # conditions first
     for f in fields:
+        if f.name in values:
+            continue
         if f.metadata.get("nested"):
             values[f.name] = from_config(hints[f.name], config, **where)
         elif f.metadata.get("key") and _applies(f, values):

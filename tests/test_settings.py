@@ -73,7 +73,7 @@ STAGE_DEFAULT_DIFFERS: set[str] = set()
 
 def test_settings_keys_are_config_keys_with_the_same_defaults():
     """Every ``key`` of a settings field names a property of the config schema; where the schema fills a
-    default, it is the field's."""
+    default for an option that has one, it is the option's."""
     schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
 
     def schema_node(path):
@@ -90,7 +90,8 @@ def test_settings_keys_are_config_keys_with_the_same_defaults():
             for f in _flat_fields(cls):
                 if f.metadata.get("key"):
                     node = schema_node(f.metadata["key"].replace("{split}", "test"))
-                    if "default" in node and f.metadata["key"] not in STAGE_DEFAULT_DIFFERS:
+                    has_default = f.default is not dataclasses.MISSING  # a required option is always given
+                    if "default" in node and has_default and f.metadata["key"] not in STAGE_DEFAULT_DIFFERS:
                         default = node["default"]
                         assert (tuple(default) if isinstance(default, list) else default) == f.default, f.name
                     seen += 1
@@ -142,6 +143,17 @@ def test_options_that_do_not_apply_are_neither_read_nor_rendered(config):
     assert from_config(DataSettings, cfg, dataset="builtin") == DataSettings(size=config["image_size"],
                                                                              seed=config["seed"])
     assert job_options("data", cfg, dataset="builtin") == f"--source builtin --size {config['image_size']} --seed 0"
+    masks = config["datasets"]["builtin"]["masks"]
+    for protocol, changes in (("lama_medium", False), ("folder", True)):
+        options = []
+        for threshold in (128, 100):
+            m = {**masks, "protocol": protocol, "source": "/masks", "threshold": threshold, "nvidia_source": "/nv"}
+            cfg = {**config, "datasets": {"builtin": {**config["datasets"]["builtin"], "masks": m}}}
+            options.append(job_options("masks generate", cfg, dataset="builtin"))
+        assert (options[0] != options[1]) == changes, options
+        assert ("--nvidia-source" in options[0]) is False and ("--source /masks" in options[0]) == changes
+    pool = shlex.split(job_options("masks pool", config, dataset="builtin"))
+    assert pool[pool.index("--protocol") + 1] == masks["train_protocol"] and "--source" not in pool
 
 
 def test_job_options(config):

@@ -69,16 +69,8 @@ def options(stage, **fixed):
     return job
 
 
-def dataset_cfg(wildcards):
-    return config["datasets"][wildcards.dataset]
-
-
 def bins(dataset):
     return [bin_label(lo, hi) for lo, hi in config["datasets"][dataset]["masks"]["bins"]]
-
-
-def bins_arg(dataset):
-    return ",".join(f"{lo}:{hi}" for lo, hi in config["datasets"][dataset]["masks"]["bins"])
 
 
 def n_shards(dataset):
@@ -142,40 +134,6 @@ def curve_options(wildcards, input):
 def checkpoint_options(wildcards):
     """The inpaint job's `--<net>-checkpoint FILE` of each network its method samples with."""
     return command_line([arg for net, path in method_models(wildcards).items() for arg in (f"--{net}-checkpoint", path)])
-
-
-def mask_args(wildcards):
-    """Options of `masks generate` for the test masks of one data set."""
-    m = dataset_cfg(wildcards)["masks"]
-    args = [
-        "--protocol", m["protocol"], "--size", config["image_size"], "--bins", bins_arg(wildcards.dataset),
-        "--count", m["per_bin"], "--seed", config["seed"],
-    ]
-    if m["protocol"] == "nvidia":
-        args += ["--nvidia-source", m["nvidia_source"], "--nvidia-binning", m["nvidia_binning"]]
-        args += ["--nvidia-border", m["nvidia_border"]]
-    if m["protocol"] == "folder":
-        args += ["--source", m["source"], "--polarity", m["polarity"], "--binning", m["binning"]]
-        args += ["--files-per-bin", m["files_per_bin"], "--threshold", m["threshold"], "--resize", m["resize"]]
-        args += ["--n-test", dataset_cfg(wildcards)["n_test"]]
-    return " ".join(shlex.quote(str(a)) for a in args)
-
-
-def pool_args(wildcards):
-    m = dataset_cfg(wildcards)["masks"]
-    protocol = "folder" if m["train_source"] else m["train_protocol"]
-    args = ["--protocol", protocol, "--size", config["image_size"], "--count", m["train_pool"]]
-    args += ["--seed", config["seed"]]
-    if protocol == "nvidia":
-        args += ["--nvidia-source", m["nvidia_source"]]
-    if protocol == "folder":
-        args += ["--source", m["train_source"], "--polarity", m["train_polarity"], "--threshold", m["threshold"]]
-        args += ["--resize", m["resize"]]
-    return " ".join(shlex.quote(str(a)) for a in args)
-
-
-def pairs_args(wildcards):
-    return f"--bins {bins_arg(wildcards.dataset)} --n-test {dataset_cfg(wildcards)['n_test']} --seed {config['seed']}"
 
 
 def metric_list(kind):

@@ -2,7 +2,7 @@ rule test_masks:
     output:
         directory("results/{dataset}/masks/test"),
     params:
-        args=mask_args,
+        args=options("masks generate"),
     log:
         "logs/{dataset}/test_masks.log",
     conda:
@@ -15,7 +15,7 @@ rule train_masks:
     output:
         directory("results/{dataset}/masks/pool"),
     params:
-        args=pool_args,
+        args=options("masks pool"),
     log:
         "logs/{dataset}/train_masks.log",
     conda:
@@ -31,7 +31,7 @@ rule pair_masks:
     output:
         "results/{dataset}/masks/pairs.csv",
     params:
-        args=pairs_args,
+        args=options("masks pairs"),
     log:
         "logs/{dataset}/pair_masks.log",
     conda:
