@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .metric_math import (FID_METHODS, IMAGE_METRICS, SET_METRICS, compute_image_metrics, fid_backend,
+from .metric_math import (IMAGE_METRICS, SET_METRICS, compute_image_metrics, fid_backend,
                           fid_from_features, kid_from_features)
-from .metric_nets import ALEXNET_FILE, INCEPTION_FILE, InceptionFeatures, LPIPSMetric
+from .metric_nets import InceptionFeatures, LPIPSMetric
+from .options import add_arguments, from_namespace
+from .settings import ImageMetricSettings, SetMetricSettings
 from .utils import UserError, read_image_rgb, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger("strdiffusion.metrics")
@@ -121,8 +123,6 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="method name written into the output")
     p.add_argument("--bin", required=True, help="hole-ratio bin label to evaluate, e.g. 10-20")
     p.add_argument("--out", required=True, help="output CSV; status goes to <out stem>.status.json")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=16, help="images per network batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,44 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("images", help="PSNR, SSIM, L1, LPIPS per image")
     _common_args(p)
-    p.add_argument("--metrics", nargs="?", const="", default="psnr,ssim,l1,lpips",
-                   help="subset of psnr,ssim,l1,lpips; empty or no value: none")
-    p.add_argument("--crop", type=int, default=0, help="border in px removed before PSNR and SSIM (IR-SDE: 4)")
-    p.add_argument("--alexnet-weights", default=None,
-                   help=f"local {ALEXNET_FILE} (default: the torch hub cache)")
+    add_arguments(p, ImageMetricSettings)
     p = sub.add_parser("sets", help="FID and KID of the set against its ground truths")
     _common_args(p)
-    p.add_argument("--metrics", nargs="?", const="", default="fid,kid",
-                   help="subset of fid,kid; empty or no value: none")
-    p.add_argument("--inception-weights", default=None,
-                   help=f"local {INCEPTION_FILE} (default: the torch hub cache)")
-    p.add_argument("--fid-method", choices=FID_METHODS, default="pytorch-fid",
-                   help="pytorch-fid: its calculate_frechet_distance (scipy sqrtm of 2048x2048, about "
-                        "25-100 s per set on a 2-core CPU; falls back to exact if it fails); exact: the "
-                        "same distance from an SVD/eigendecomposition (seconds, stable for small sets)")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
+    add_arguments(p, SetMetricSettings)
     return parser
 
 
-def _run_images(args) -> None:
+def _run_images(args, s: ImageMetricSettings) -> None:
     import pandas as pd
 
-    metrics = _parse_metrics(args.metrics, IMAGE_METRICS)
-    if args.crop < 0:
-        raise UserError(f"--crop {args.crop}: must be >= 0")
+    metrics = _parse_metrics(",".join(s.metrics), IMAGE_METRICS)
+    if s.crop < 0:
+        raise UserError(f"--crop {s.crop}: must be >= 0")
     ids = load_pair_ids(args.pairs, args.bin)
     gts, preds = load_image_pairs(ids, args.gt_dir, args.pred_dir)
     status = {m: {"available": True, "reason": ""} for m in metrics}
     lpips_metric = None
     if "lpips" in metrics:
-        lpips_metric = LPIPSMetric(args.device, args.alexnet_weights, args.batch_size)
+        lpips_metric = LPIPSMetric(s.device, s.alexnet_weights or None, s.batch_size)
         if not lpips_metric.available:
             status["lpips"] = {"available": False, "reason": f"LPIPS n/a: {lpips_metric.reason}"}
             log.warning("%s", status["lpips"]["reason"])
     started = time.perf_counter()
     try:
-        values = compute_image_metrics(gts, preds, metrics, lpips_metric, crop=args.crop)
+        values = compute_image_metrics(gts, preds, metrics, lpips_metric, crop=s.crop)
     except ValueError as exc:
         raise UserError(f"{' '.join(map(str, args.pred_dir))}: {exc}") from None
     log.info("%s bin %s: %d images, %s in %.1f s", args.method, args.bin, len(ids), ",".join(metrics),
@@ -183,10 +170,10 @@ def _run_images(args) -> None:
     _write_status(args.out, status)
 
 
-def _run_sets(args) -> None:
+def _run_sets(args, s: SetMetricSettings) -> None:
     import pandas as pd
 
-    metrics = _parse_metrics(args.metrics, SET_METRICS)
+    metrics = _parse_metrics(",".join(s.metrics), SET_METRICS)
     ids = load_pair_ids(args.pairs, args.bin)
     gts, preds = load_image_pairs(ids, args.gt_dir, args.pred_dir)
     n = len(ids)
@@ -196,7 +183,7 @@ def _run_sets(args) -> None:
     if "kid" in metrics:
         row.update(kid_mean=math.nan, kid_std=math.nan)
     if metrics:
-        row["fid_backend"] = fid_backend(args.fid_method)
+        row["fid_backend"] = fid_backend(s.fid_method)
     status = {m: {"available": True, "reason": ""} for m in metrics}
 
     def unavailable(reason: str, which=metrics) -> None:
@@ -209,7 +196,7 @@ def _run_sets(args) -> None:
     elif n < 2:
         unavailable(f"too few images ({n}; at least 2 are needed)")
     else:
-        features = InceptionFeatures(args.device, args.inception_weights, args.batch_size)
+        features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
         if not features.available:
             unavailable(features.reason)
         else:
@@ -219,7 +206,7 @@ def _run_sets(args) -> None:
             if "fid" in metrics:
                 started = time.perf_counter()
                 try:
-                    row["fid"] = fid_from_features(f_pred, f_gt, args.fid_method)
+                    row["fid"] = fid_from_features(f_pred, f_gt, s.fid_method)
                 except ValueError as exc:  # pytorch-fid: "Imaginary component" from sqrtm
                     row["fid"] = fid_from_features(f_pred, f_gt, "exact")
                     row["fid_backend"] = fid_backend("exact")
@@ -229,7 +216,7 @@ def _run_sets(args) -> None:
                 log.info("Frechet distance (%s) in %.1f s", row["fid_backend"], time.perf_counter() - started)
             if "kid" in metrics:
                 row["kid_mean"], row["kid_std"] = kid_from_features(
-                    f_pred, f_gt, args.kid_subsets, args.kid_subset_size)
+                    f_pred, f_gt, s.kid_subsets, s.kid_subset_size)
     write_csv_atomic(pd.DataFrame([row]), args.out)
     _write_status(args.out, status)
 
@@ -241,7 +228,7 @@ def main(argv=None) -> int:
     if args.command == "sets" and (args.kid_subsets < 1 or args.kid_subset_size < 2):
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
     if args.command == "images":
-        _run_images(args)
+        _run_images(args, from_namespace(ImageMetricSettings, args))
     else:
-        _run_sets(args)
+        _run_sets(args, from_namespace(SetMetricSettings, args))
     return 0

@@ -4,7 +4,8 @@ A field made with :func:`option` carries its default, help text, choices and the
 read from; everything else is derived from the fields:
 
 - :func:`add_arguments`: one command-line option per field, ``--<name with dashes>``; booleans are
-  switches (default off), tuples comma-separated lists, a field without a default a required option.
+  switches (default off), tuples comma-separated lists (no value: empty), a field without a default a
+  required option.
   A field made with :func:`nested` (another settings object) adds that object's options in a group.
 - :func:`from_namespace`: the object back from the parsed options.
 - :func:`from_config`: the object from the validated config: ``key`` is a dotted path such as
@@ -90,6 +91,8 @@ def add_arguments(parser, cls, title: str | None = None) -> None:
             kw["action"] = "store_true"
         else:
             kw["type"] = _list_parser(elem) if is_list else elem
+            if is_list:  # a list option without a value is the empty list
+                kw.update(nargs="?", const=())
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
             if f.default is REQUIRED:

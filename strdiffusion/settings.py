@@ -10,7 +10,8 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
 - :class:`DataSettings` (``datasets.<name>``), :class:`StructureSettings`, :class:`TableSettings`,
   :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
 - :class:`MaskSettings`, :class:`PoolSettings`, :class:`PairSettings` (``datasets.<name>.masks``): the test
-  masks, the training pool and the test pairs.
+  masks, the training pool and the test pairs; :class:`ImageMetricSettings`, :class:`SetMetricSettings`
+  (``metrics``).
 
 :func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
 reads it when it parses the rules.
@@ -21,6 +22,7 @@ import dataclasses
 
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
 from .methods import CLASSICAL
+from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv
 from .utils import UserError, bin_label
 
@@ -28,6 +30,10 @@ SCHEDULES = ("cosine", "linear", "constant")
 ACCEPT = ("lower", "higher")
 LATE_GUIDANCE = ("rgb_mean", "gray")
 PRECISIONS = ("none", "bf16", "fp16")
+
+
+def device_option():
+    return option("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
 
 
 def _positive(settings, names) -> None:
@@ -193,7 +199,7 @@ class RunSettings:
     sigma: float = option(2.0, "Canny sigma of structure computed on the fly (reference test: 2)")
     T: int | None = option(None, "diffusion steps the networks were trained with (checked against the "
                            "checkpoints; required for the authors' bare state dicts)", key="sde.T")
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    device: str = device_option()
     compile: bool = option(False, "torch.compile the networks", key="sampling.compile")
     channels_last: bool = option(False, "channels-last memory format", key="sampling.channels_last")
     autocast: str = option("none", "CUDA mixed precision (changes results slightly)", key="sampling.autocast",
@@ -417,6 +423,40 @@ class WeightSettings:
     inception_weights: str = _inception_weights()
 
 
+def _metric_batch():
+    return option(16, "images per network batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMetricSettings:
+    """Per-image metrics (``metrics images``) of whole composited images against the ground truth."""
+
+    metrics: tuple[str, ...] = option(IMAGE_METRICS, f"subset of {','.join(IMAGE_METRICS)}; empty or no value: none",
+                                      key="metrics.per_image")
+    crop: int = option(0, "border in px removed before PSNR and SSIM (IR-SDE: 4)", key="metrics.crop")
+    alexnet_weights: str = _alexnet_weights()
+    device: str = device_option()
+    batch_size: int = _metric_batch()
+
+
+@dataclasses.dataclass(frozen=True)
+class SetMetricSettings:
+    """Set metrics (``metrics sets``): FID and KID of the inpainted set against its ground truths. The
+    stage's default Frechet distance is pytorch-fid's own; the workflow's (metrics.fid_method) is exact."""
+
+    metrics: tuple[str, ...] = option(SET_METRICS, f"subset of {','.join(SET_METRICS)}; empty or no value: none",
+                                      key="metrics.per_set")
+    inception_weights: str = _inception_weights()
+    fid_method: str = option("pytorch-fid", "pytorch-fid: its calculate_frechet_distance (scipy sqrtm of 2048x2048, "
+                             "about 25-100 s per set on a 2-core CPU; falls back to exact if it fails); exact: the "
+                             "same distance from an SVD/eigendecomposition (seconds, stable for small sets)",
+                             key="metrics.fid_method", choices=FID_METHODS)
+    kid_subsets: int = option(100, "KID: random subsets averaged")
+    kid_subset_size: int = option(1000, "KID: images per subset (at most the set's size)")
+    device: str = device_option()
+    batch_size: int = _metric_batch()
+
+
 # ---------------------------------------------------------------------------------------------
 # the workflow's jobs
 
@@ -433,6 +473,8 @@ JOBS = {
     "masks generate": (MaskSettings,),
     "masks pool": (PoolSettings,),
     "masks pairs": (PairSettings,),
+    "metrics images": (ImageMetricSettings,),
+    "metrics sets": (SetMetricSettings,),
 }
 
 

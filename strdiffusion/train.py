@@ -62,7 +62,7 @@ from .gpu import resolve_device as _device
 from .methods import NETWORKS
 from .objectives import objective, recipe
 from .options import add_arguments, from_namespace, nested, option
-from .settings import ModelSettings, TrainSettings
+from .settings import ModelSettings, TrainSettings, device_option
 from .training_data import IterationBatches, build_dataset
 from .utils import UserError, atomic_path, seed_for
 
@@ -159,7 +159,7 @@ class TrainJob:
     out: Path = option(help="final checkpoint (.pt)")
     state_dir: Path = option(help="folder of the resumable state and losses.csv")
     curve: Path | None = option(None, "learning-curve CSV (default: curve.csv in --state-dir)")
-    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    device: str = device_option()
     threads: int = option(0, "torch CPU threads (0 = torch's default); split over ranks")
     nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
     settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")

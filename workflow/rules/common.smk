@@ -3,7 +3,6 @@
 import importlib.util
 import math
 import os
-import shlex
 import sys
 
 
@@ -134,15 +133,6 @@ def curve_options(wildcards, input):
 def checkpoint_options(wildcards):
     """The inpaint job's `--<net>-checkpoint FILE` of each network its method samples with."""
     return command_line([arg for net, path in method_models(wildcards).items() for arg in (f"--{net}-checkpoint", path)])
-
-
-def metric_list(kind):
-    return ",".join(config["metrics"][kind])
-
-
-def metric_weights_args(kind):
-    key, flag = {"per_image": ("alexnet_weights", "--alexnet-weights"), "per_set": ("inception_weights", "--inception-weights")}[kind]
-    return f"{flag} {config['metrics'][key]}" if config["metrics"][key] else ""
 
 
 def weights_status(wildcards):

@@ -26,10 +26,8 @@ rule image_metrics:
         csv="results/{dataset}/metrics/{method}/{bin}/per_image.csv",
         status="results/{dataset}/metrics/{method}/{bin}/per_image.status.json",
     params:
-        metrics=metric_list("per_image"),
-        weights=metric_weights_args("per_image"),
+        settings=options("metrics images"),
         weights_state=weights_present("per_image"),
-        crop=config["metrics"]["crop"],
     log:
         "logs/{dataset}/metrics/{method}_{bin}_images.log",
     resources:
@@ -38,8 +36,7 @@ rule image_metrics:
         "../envs/strdiffusion.yaml"
     shell:
         "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics images --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
-        "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} --crop {params.crop} "
-        "{params.weights} --out {output.csv} > {log} 2>&1"
+        "--method {wildcards.method} --bin {wildcards.bin} {params.settings} --out {output.csv} > {log} 2>&1"
 
 
 rule set_metrics:
@@ -52,10 +49,8 @@ rule set_metrics:
         csv="results/{dataset}/metrics/{method}/{bin}/set.csv",
         status="results/{dataset}/metrics/{method}/{bin}/set.status.json",
     params:
-        metrics=metric_list("per_set"),
-        weights=metric_weights_args("per_set"),
+        settings=options("metrics sets"),
         weights_state=weights_present("per_set"),
-        fid_method=config["metrics"]["fid_method"],
     log:
         "logs/{dataset}/metrics/{method}_{bin}_set.log",
     resources:
@@ -64,5 +59,4 @@ rule set_metrics:
         "../envs/strdiffusion.yaml"
     shell:
         "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
-        "--method {wildcards.method} --bin {wildcards.bin} --metrics {params.metrics} {params.weights} "
-        "--fid-method {params.fid_method} --out {output.csv} > {log} 2>&1"
+        "--method {wildcards.method} --bin {wildcards.bin} {params.settings} --out {output.csv} > {log} 2>&1"
