@@ -18,6 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
+from strdiffusion.methods import DIFFUSION as METHOD_NETS, NETWORKS  # networks of each diffusion method; all kinds
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
 from strdiffusion.utils import UserError, bin_label
@@ -54,10 +55,6 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-# the methods, the networks each diffusion method samples with, the network kinds: one list each, in the library
-from strdiffusion.methods import DIFFUSION as METHOD_NETS, NETWORKS
-
-
 def options(stage, **fixed):
     """A params function: the options of a `strdiffusion <stage>` job, rendered and shell-quoted by the library
     from the stage's settings built from the config, the job's wildcards and ``fixed`` (a train rule's network)."""
@@ -77,8 +74,7 @@ def n_shards(dataset):
 
 
 def model_path(dataset, net):
-    given = config["checkpoints"].get(net, "")
-    return given if given else f"results/{dataset}/models/{net}.pt"
+    return config["checkpoints"].get(net) or f"results/{dataset}/models/{net}.pt"
 
 
 def method_models(wildcards):
@@ -145,8 +141,7 @@ def weights_present(kind):
     from strdiffusion.weights import target_path_no_torch
 
     name = {"per_image": "alexnet", "per_set": "inception"}[kind]
-    key = f"{name}_weights"
-    return "present" if target_path_no_torch(name, config["metrics"][key]).is_file() else "missing"
+    return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
 def train_nproc(wildcards, resources):
