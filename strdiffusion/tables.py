@@ -162,6 +162,16 @@ def _best(long: pd.DataFrame, metric: str, b: str):
     return sel.value.max() if higher else sel.value.min()
 
 
+def shown_columns(columns, long: pd.DataFrame, unavailable: dict, reference: str = "") -> list[str]:
+    """The table's columns less those no metric file computed or marked unavailable: a metric left out of
+    the config (``metrics.per_set: []``) has no column, one asked for without its weights is an n/a column
+    with its footnote. With a published reference row every column stays (the paper's numbers fill it)."""
+    if reference:
+        return list(columns)
+    computed = set(long["metric"]) if len(long) else set()
+    return [c for c in columns if c in computed or c in unavailable]
+
+
 def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, dataset: str,
            reference: str = "") -> tuple[str, str]:
     """Return (markdown, latex) for the paper-style table."""
@@ -250,6 +260,7 @@ def main(argv=None) -> int:
         if c not in METRICS:
             raise UserError(f"unknown table column '{c}'; choose from {', '.join(METRICS)}")
     long, unavailable = summarise(a.per_image, a.sets, methods, bins, s.seed)
+    columns = shown_columns(columns, long, unavailable, s.reference)
     md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference)
     long.insert(0, "dataset", a.dataset)
     write_csv_atomic(long, a.out + ".csv")

@@ -102,3 +102,23 @@ def test_clipped_share_is_reported_and_footnoted_above_one_percent(tmp_path):
     md, _ = tables.render(long, {}, ["strdiffusion", "irsde", "telea"], ["40-50"], ["psnr"], "x")
     notes = [line for line in md.splitlines() if "outside [0, 1]" in line]
     assert len(notes) == 1 and "StrDiffusion" in notes[0] and "1.5 % in 40-50" in notes[0]
+
+
+def test_a_metric_not_configured_has_no_column_one_without_weights_is_na(tmp_path):
+    """metrics.per_set: [] -> no FID column at all; FID asked for but its weights missing -> an n/a column
+    with its footnote (the default's table)."""
+    f = _per_image(tmp_path, "telea", "10-20", np.full(4, 25.0), np.full(4, 0.7), lpips=np.full(4, 0.2))
+    bare = tmp_path / "bare_set.csv"  # what the set stage writes with no per-set metric
+    pd.DataFrame([{"method": "telea", "bin": "10-20", "n_images": 4}]).to_csv(bare, index=False)
+    args = ["--per-image", str(f), "--methods", "telea", "--bins", "10-20", "--dataset", "toy"]
+    assert tables.main(args + ["--sets", str(bare), "--out", str(tmp_path / "a" / "toy")]) == 0
+    md = (tmp_path / "a" / "toy.md").read_text()
+    assert "FID" not in md and "PSNR" in md and "LPIPS" in md and "n/a" not in md
+
+    missing = tmp_path / "missing_set.csv"
+    pd.DataFrame([{"method": "telea", "bin": "10-20", "n_images": 4, "fid": math.nan}]).to_csv(missing, index=False)
+    (tmp_path / "missing_set.status.json").write_text(json.dumps(
+        {"fid": {"available": False, "reason": "put pt_inception-2015-12-05-6726825d.pth into /x"}}))
+    assert tables.main(args + ["--sets", str(missing), "--out", str(tmp_path / "b" / "toy")]) == 0
+    md = (tmp_path / "b" / "toy.md").read_text()
+    assert "FID↓" in md and "n/a" in md and "FID n/a: put pt_inception" in md
