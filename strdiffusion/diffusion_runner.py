@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .gpu import resolve_device
 from .methods import method_networks
-from .sampling import SamplerConfig, make_generators, net_callables, sample_irsde, sample_strdiffusion
+from .sampling import SamplerConfig, as_noise_fn, make_generators, net_callables, sample_irsde, sample_strdiffusion
 from .sde import IRSDE
 from .settings import RunSettings
 from .utils import UserError
@@ -114,8 +114,13 @@ class DiffusionRunner:
         trained_fill = meta.get("irsde", {}).get("hole_fill")
         self.hole_fill = float(trained_fill) if method == "irsde" and trained_fill is not None else sampler.hole_fill
         self.clipped: dict[str, float] = {}  # image id -> share of hole pixels outside [0, 1] before clamping
-        self.fns = net_callables(self.nets.get("structure"), self.nets.get("texture") or self.nets.get("irsde"),
-                                 self.nets.get("critic"), autocast=run.autocast, channels_last=run.channels_last)
+        s_fn, t_fn, c_fn = net_callables(self.nets.get("structure"), self.nets.get("texture") or self.nets.get("irsde"),
+                                         self.nets.get("critic"), autocast=run.autocast, channels_last=run.channels_last)
+        # what each UNet outputs, from its checkpoint (the authors' and older ones: the noise)
+        self.parameterization = {k: meta.get(k, {}).get("parameterization", "noise") for k in self.nets if k != "critic"}
+        denoiser = "texture" if "texture" in self.nets else "irsde"
+        self.fns = (as_noise_fn(s_fn, self.sde, self.parameterization["structure"]) if s_fn else None,
+                    as_noise_fn(t_fn, self.sde, self.parameterization[denoiser]), c_fn)
         self.multiple = pad_multiple(self.nets)
         self.totals = {"images": 0}
         log.info("%s on %s: T=%d, %s%s", method, self.device, self.sde.T, self.config,

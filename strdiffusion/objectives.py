@@ -46,8 +46,14 @@ def structure_guidance(sde, batch: dict, t: torch.Tensor, state: str = "optimal"
 
 
 def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "optimal",
-                  hole_weight: float = 10.0, hole_fill: float = 0.0):
-    """Loss of the structure / texture / irsde UNet on one batch (dict of tensors, see TrainingSet)."""
+                  hole_weight: float = 10.0, hole_fill: float = 0.0, parameterization: str = "noise"):
+    """Loss of the structure / texture / irsde UNet on one batch (dict of tensors, see TrainingSet).
+
+    ``noise`` (the reference): the output is the noise, and the loss matches the reverse step's mean to
+    the optimal x*_{t-1}. ``x0``: the output is the clean image less mu (x0 = mu + output), and the loss
+    is the same hole-weighted distance on x0 itself; the sampler turns it into noise
+    (:func:`strdiffusion.sampling.as_noise_fn`).
+    """
     mask, t = batch["mask"], batch["t"]
     if kind == "structure":
         x0, mu, noise = batch["gray"], batch["edge"] * mask, batch["noise_s"]
@@ -58,6 +64,8 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
         eps_hat = net(xt, mu, t, guidance=structure_guidance(sde, batch, t, guidance_state))
     else:
         eps_hat = net(xt, mu, t)
+    if parameterization == "x0":
+        return matching_loss(mu + eps_hat, x0, mask, loss, hole_weight)
     pred = sde.reverse_sde_step_mean(xt, mu, sde.score_from_noise(eps_hat, t), t)
     target = sde.optimal_prev(xt, x0, mu, t)
     return matching_loss(pred, target, mask, loss, hole_weight)
@@ -79,8 +87,8 @@ def critic_loss(critic, sde, batch: dict) -> torch.Tensor:
 
 
 def objective(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "optimal",
-              recipe_name: str = "irsde"):
+              recipe_name: str = "irsde", parameterization: str = "noise"):
     if kind == "critic":
         return critic_loss(net, sde, batch)
     hole_weight, _, hole_fill = recipe(kind, recipe_name)
-    return denoiser_loss(net, sde, batch, kind, loss, guidance_state, hole_weight, hole_fill)
+    return denoiser_loss(net, sde, batch, kind, loss, guidance_state, hole_weight, hole_fill, parameterization)

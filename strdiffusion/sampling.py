@@ -256,6 +256,27 @@ def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: flo
 # networks as callables
 
 
+PARAMETERIZATIONS = ("noise", "x0")
+
+
+def as_noise_fn(fn, sde: IRSDE, parameterization: str = "noise"):
+    """The noise predictor the reverse process needs, from a denoiser callable ``fn(x, mu, t, *rest)``.
+
+    ``noise`` (the reference's networks): ``fn`` itself. ``x0``: ``fn`` gives x0 - mu, and the noise is
+    the one that would have made x_t from that x0, (x_t - mu_bar(x0)) / sigma_bar_t. Errors of an x0
+    output are not multiplied by 1/eps on the way back, which makes small-budget networks usable.
+    """
+    if parameterization == "noise":
+        return fn
+    if parameterization != "x0":
+        raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
+
+    def noise(x, mu, t, *rest):
+        return sde.real_noise(x, mu + fn(x, mu, t, *rest), mu, t)
+
+    return noise
+
+
 def net_callables(structure_net=None, texture_net=None, critic_net=None, autocast: str | None = None,
                   channels_last: bool = False):
     """(structure_fn, texture_fn, critic_fn) calling the given networks (None where not given).

@@ -103,6 +103,9 @@ class TrainSettings:
     recipe: str = option("irsde", "IR-SDE baseline only: IR-SDE's inpainting recipe (plain L1, t in 1..T, holes 1) "
                          "or the texture net's (10x hole weight, t in 2..T, holes 0)", key="train.irsde_recipe",
                          choices=("irsde", "reference"))
+    parameterization: str = option("noise", "what the structure, texture and IR-SDE UNets output: the noise "
+                                   "(reference) or the clean image less mu (x0)", key="train.parameterization",
+                                   choices=("noise", "x0"))
     checkpoint_every: int = option(200, "iterations between saved states and learning-curve points",
                                    key="train.checkpoint_every")
     val_count: int = option(8, "held-out training crops scored every --checkpoint-every iterations (0 = no curve)",

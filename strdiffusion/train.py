@@ -192,7 +192,7 @@ def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fi
     losses = run.history["loss"][len(run.history["loss"]) - (iteration - since):]  # one loss per iteration
     tick = time.perf_counter()
     val_net.load_state_dict(run.weights())
-    scores = evaluate(run.job.net, val_net, sde, val_batch, device, hole_fill)
+    scores = evaluate(run.job.net, val_net, sde, val_batch, device, hole_fill, run.job.settings.parameterization)
     row = {"iteration": iteration, "seconds": run.elapsed, "loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": run.history["lr"][-1] if run.history["lr"] else run.job.settings.lr, **scores,
            "val_seconds": time.perf_counter() - tick}
@@ -236,7 +236,7 @@ def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(batch["image"].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        loss = objective(model, sde, batch, net, s.loss, s.guidance_state, s.recipe)
+        loss = objective(model, sde, batch, net, s.loss, s.guidance_state, s.recipe, s.parameterization)
     value = loss.detach().float()
     if world_size > 1:
         import torch.distributed as dist
@@ -388,6 +388,8 @@ def _finish(run: Run, parts: _Parts, iteration: int) -> None:
              "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(job)}
     if job.net == "texture":
         extra["guidance_state"] = s.guidance_state
+    if job.net != "critic":
+        extra["parameterization"] = s.parameterization
     checkpoints.save_checkpoint(job.out, final_net, job.net, parts.kwargs, parts.sde.settings(), extra)
     write_curve(job.curve, run.curve)
     plot_losses(run.history, job.out.with_name(job.out.stem + "_loss.png"), job.net)

@@ -107,8 +107,12 @@ def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float = 0.0) -> dict:
-    """Validation metrics of ``net`` (a structure / texture / irsde UNet or the critic) on ``batch``."""
+def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float = 0.0,
+             parameterization: str = "noise") -> dict:
+    """Validation metrics of ``net`` (a structure / texture / irsde UNet or the critic) on ``batch``;
+    ``parameterization``: what the UNet outputs (noise, or x0 - mu; see :mod:`strdiffusion.objectives`)."""
+    from .sampling import as_noise_fn
+
     was_training = net.training
     net.eval()
     try:
@@ -118,20 +122,22 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
         mask, seed, B = b["mask"], b["seed"], b["mask"].shape[0]
         mu_s = b["edge"] * mask
         if kind == "structure":
-            raw = _reverse(sde, lambda x, t: net(x, mu_s, _t(t, x)), mu_s, _generators(seed, B, "s"))
+            eps_s = as_noise_fn(lambda x, mu_, t: net(x, mu_, _t(t, x)), sde, parameterization)
+            raw = _reverse(sde, lambda x, t: eps_s(x, mu_s, t), mu_s, _generators(seed, B, "s"))
             return hole_scores(raw.cpu(), b["gray"].cpu(), mask.cpu())
         image = b["image"]
         mu = image * mask + hole_fill * (1 - mask)
         if kind == "texture":
             gray, noise_s = b["gray"], b["noise_s"]
 
-            def eps_fn(x, t):
+            def out_fn(x, mu_, t):
                 s_t = sde.forward_marginal(gray, mu_s, t, noise_s)
-                return net(x, mu, _t(t, x), guidance=sde.optimal_prev(s_t, gray, mu_s, t))
+                return net(x, mu_, _t(t, x), guidance=sde.optimal_prev(s_t, gray, mu_s, t))
         else:
-            def eps_fn(x, t):
-                return net(x, mu, _t(t, x))
-        raw = _reverse(sde, eps_fn, mu, _generators(seed, B, "x"))
+            def out_fn(x, mu_, t):
+                return net(x, mu_, _t(t, x))
+        eps = as_noise_fn(out_fn, sde, parameterization)
+        raw = _reverse(sde, lambda x, t: eps(x, mu, t), mu, _generators(seed, B, "x"))
         return hole_scores(raw.cpu(), image.cpu(), mask.cpu())
     finally:
         net.train(was_training)
