@@ -114,11 +114,11 @@ class DiffusionRunner:
         trained_fill = meta.get("irsde", {}).get("hole_fill")
         self.hole_fill = float(trained_fill) if method == "irsde" and trained_fill is not None else sampler.hole_fill
         self.clipped: dict[str, float] = {}  # image id -> share of hole pixels outside [0, 1] before clamping
-        s_fn, t_fn, c_fn = net_callables(self.nets.get("structure"), self.nets.get("texture") or self.nets.get("irsde"),
-                                         self.nets.get("critic"), autocast=run.autocast, channels_last=run.channels_last)
+        denoiser = "texture" if "texture" in self.nets else "irsde"
+        s_fn, t_fn, c_fn = net_callables(self.nets.get("structure"), self.nets[denoiser], self.nets.get("critic"),
+                                         autocast=run.autocast, channels_last=run.channels_last)
         # what each UNet outputs, from its checkpoint (the authors' and older ones: the noise)
         self.parameterization = {k: meta.get(k, {}).get("parameterization", "noise") for k in self.nets if k != "critic"}
-        denoiser = "texture" if "texture" in self.nets else "irsde"
         self.fns = (as_noise_fn(s_fn, self.sde, self.parameterization["structure"]) if s_fn else None,
                     as_noise_fn(t_fn, self.sde, self.parameterization[denoiser]), c_fn)
         self.multiple = pad_multiple(self.nets)

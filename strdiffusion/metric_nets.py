@@ -134,7 +134,19 @@ def _to_tensor(images, idx, device):
 
 # ----------------------------------------------------------------------------- networks
 
-class LPIPSMetric:
+class _WeightedNetwork:
+    """A metric network on ``device`` whose weights file may be missing: ``available`` is False and
+    ``reason`` says where to put the file; ``model`` is set by the subclass when the file is found."""
+
+    def __init__(self, device, batch_size: int, file: str, given, key: str):
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.weights_path, self.reason = find_weights(file, given, key)
+        self.available = self.weights_path is not None
+        self.model = None
+
+
+class LPIPSMetric(_WeightedNetwork):
     """LPIPS (AlexNet, v0.1) distance of uint8 image pairs; batched, on ``device``.
 
     ``available`` is False (and ``reason`` says why) when the AlexNet trunk weights are neither at
@@ -142,12 +154,7 @@ class LPIPSMetric:
     """
 
     def __init__(self, device="cpu", alexnet_weights=None, batch_size: int = 16):
-        self.device = resolve_device(device)
-        self.batch_size = int(batch_size)
-        self.weights_path, self.reason = find_weights(
-            ALEXNET_FILE, alexnet_weights, "metrics.alexnet_weights (--alexnet-weights)")
-        self.available = self.weights_path is not None
-        self.model = None
+        super().__init__(device, batch_size, ALEXNET_FILE, alexnet_weights, "metrics.alexnet_weights (--alexnet-weights)")
         if self.available:
             import lpips
 
@@ -175,7 +182,7 @@ class LPIPSMetric:
         return out
 
 
-class InceptionFeatures:
+class InceptionFeatures(_WeightedNetwork):
     """2048-d pool3 features of pytorch-fid's FID Inception for uint8 HxWx3 images; batched.
 
     The network resizes to 299x299 bilinearly and scales [0, 1] to [-1, 1] itself, exactly as in
@@ -185,12 +192,7 @@ class InceptionFeatures:
     dims = 2048
 
     def __init__(self, device="cpu", weights=None, batch_size: int = 16):
-        self.device = resolve_device(device)
-        self.batch_size = int(batch_size)
-        self.weights_path, self.reason = find_weights(
-            INCEPTION_FILE, weights, "metrics.inception_weights (--inception-weights)")
-        self.available = self.weights_path is not None
-        self.model = None
+        super().__init__(device, batch_size, INCEPTION_FILE, weights, "metrics.inception_weights (--inception-weights)")
         if self.available:
             from pytorch_fid.inception import InceptionV3
 

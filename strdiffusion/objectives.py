@@ -61,12 +61,12 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
         x0, mu, noise = batch["image"], batch["image"] * mask + hole_fill * (1 - mask), batch["noise"]
     xt = sde.forward_marginal(x0, mu, t, noise)
     if kind == "texture":
-        eps_hat = net(xt, mu, t, guidance=structure_guidance(sde, batch, t, guidance_state))
+        out = net(xt, mu, t, guidance=structure_guidance(sde, batch, t, guidance_state))
     else:
-        eps_hat = net(xt, mu, t)
+        out = net(xt, mu, t)
     if parameterization == "x0":
-        return matching_loss(mu + eps_hat, x0, mask, loss, hole_weight)
-    pred = sde.reverse_sde_step_mean(xt, mu, sde.score_from_noise(eps_hat, t), t)
+        return matching_loss(mu + out, x0, mask, loss, hole_weight)
+    pred = sde.reverse_sde_step_mean(xt, mu, sde.score_from_noise(out, t), t)
     target = sde.optimal_prev(xt, x0, mu, t)
     return matching_loss(pred, target, mask, loss, hole_weight)
 

@@ -29,7 +29,7 @@ import sys
 import torch
 
 from .sde import IRSDE, randn_like_per_sample
-from .settings import SamplerConfig
+from .settings import PARAMETERIZATIONS, SamplerConfig
 from .utils import seed_for
 
 # skimage.color.rgb2gray weights (ITU-R BT.709), for late_guidance="gray"
@@ -254,9 +254,6 @@ def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: flo
 
 # ---------------------------------------------------------------------------------------------
 # networks as callables
-
-
-PARAMETERIZATIONS = ("noise", "x0")
 
 
 def as_noise_fn(fn, sde: IRSDE, parameterization: str = "noise"):

@@ -30,6 +30,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 ACCEPT = ("lower", "higher")
 LATE_GUIDANCE = ("rgb_mean", "gray")
 PRECISIONS = ("none", "bf16", "fp16")
+PARAMETERIZATIONS = ("noise", "x0")  # what the UNets output: the noise (reference) or x0 - mu
 
 
 def device_option():
@@ -105,7 +106,7 @@ class TrainSettings:
                          choices=("irsde", "reference"))
     parameterization: str = option("noise", "what the structure, texture and IR-SDE UNets output: the noise "
                                    "(reference) or the clean image less mu (x0)", key="train.parameterization",
-                                   choices=("noise", "x0"))
+                                   choices=PARAMETERIZATIONS)
     checkpoint_every: int = option(200, "iterations between saved states and learning-curve points",
                                    key="train.checkpoint_every")
     val_count: int = option(8, "held-out training crops scored every --checkpoint-every iterations (0 = no curve)",

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from .sampling import as_noise_fn, clipped_share
 from .sde import IRSDE, randn_like_per_sample
 from .utils import seed_for
 
@@ -68,10 +69,11 @@ def _generators(seed: int, n: int, what: str) -> list[torch.Generator]:
 
 
 def _reverse(sde: IRSDE, eps_fn, mu: torch.Tensor, gens) -> torch.Tensor:
-    """Full reverse SDE from x_T = mu + lambda N; returns the raw (unclamped) x_0."""
+    """Full reverse SDE from x_T = mu + lambda N with noise predictor ``eps_fn(x, mu, t)``; returns the raw
+    (unclamped) x_0."""
     x = sde.start_state(mu, randn_like_per_sample(mu, gens))
     for t in range(sde.T, 0, -1):
-        x = sde.reverse_sde_step(x, mu, sde.score_from_noise(eps_fn(x, t), t), t, randn_like_per_sample(x, gens))
+        x = sde.reverse_sde_step(x, mu, sde.score_from_noise(eps_fn(x, mu, t), t), t, randn_like_per_sample(x, gens))
     return x
 
 
@@ -92,7 +94,6 @@ def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     share of hole pixels outside [0, 1]), averaged over the images, as the tables report it.
     """
     from .metric_math import ssim
-    from .sampling import clipped_share
 
     out = torch.where(mask > 0.5, target, raw.clamp(0, 1))
     hole = (mask <= 0.5).expand_as(raw)
@@ -111,8 +112,6 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
              parameterization: str = "noise") -> dict:
     """Validation metrics of ``net`` (a structure / texture / irsde UNet or the critic) on ``batch``;
     ``parameterization``: what the UNet outputs (noise, or x0 - mu; see :mod:`strdiffusion.objectives`)."""
-    from .sampling import as_noise_fn
-
     was_training = net.training
     net.eval()
     try:
@@ -122,8 +121,8 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
         mask, seed, B = b["mask"], b["seed"], b["mask"].shape[0]
         mu_s = b["edge"] * mask
         if kind == "structure":
-            eps_s = as_noise_fn(lambda x, mu_, t: net(x, mu_, _t(t, x)), sde, parameterization)
-            raw = _reverse(sde, lambda x, t: eps_s(x, mu_s, t), mu_s, _generators(seed, B, "s"))
+            eps = as_noise_fn(lambda x, mu_, t: net(x, mu_, _t(t, x)), sde, parameterization)
+            raw = _reverse(sde, eps, mu_s, _generators(seed, B, "s"))
             return hole_scores(raw.cpu(), b["gray"].cpu(), mask.cpu())
         image = b["image"]
         mu = image * mask + hole_fill * (1 - mask)
@@ -136,8 +135,7 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
         else:
             def out_fn(x, mu_, t):
                 return net(x, mu_, _t(t, x))
-        eps = as_noise_fn(out_fn, sde, parameterization)
-        raw = _reverse(sde, lambda x, t: eps(x, mu, t), mu, _generators(seed, B, "x"))
+        raw = _reverse(sde, as_noise_fn(out_fn, sde, parameterization), mu, _generators(seed, B, "x"))
         return hole_scores(raw.cpu(), image.cpu(), mask.cpu())
     finally:
         net.train(was_training)
