@@ -9,6 +9,7 @@ Conventions: images are uint8 HxWx3 arrays; masks float HxW arrays with 1 = KNOW
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -109,12 +110,14 @@ class DiffusionRunner:
             raise UserError(f"--autocast {run.autocast} needs a CUDA device; this run is on {self.device}")
         meta: dict = {}
         self.nets, self.sde = load_method_networks(method, checkpoints, run, self.device, meta)
-        self.config = sampler
-        # The IR-SDE baseline samples with the hole fill it was trained with (IR-SDE's recipe: 1).
-        trained_fill = meta.get("irsde", {}).get("hole_fill")
-        self.hole_fill = float(trained_fill) if method == "irsde" and trained_fill is not None else sampler.hole_fill
-        self.clipped: dict[str, float] = {}  # image id -> share of hole pixels outside [0, 1] before clamping
         denoiser = "texture" if "texture" in self.nets else "irsde"
+        # The denoiser samples with the hole fill it was trained with (IR-SDE's recipe: 1; train.hole_fill
+        # mean: the known mean colour), where its checkpoint records one (ours do; the authors' do not).
+        trained_fill = meta.get(denoiser, {}).get("hole_fill")
+        self.hole_fill = sampler.hole_fill if trained_fill is None else (
+            trained_fill if trained_fill == "mean" else float(trained_fill))
+        self.config = dataclasses.replace(sampler, hole_fill=self.hole_fill)
+        self.clipped: dict[str, float] = {}  # image id -> share of hole pixels outside [0, 1] before clamping
         s_fn, t_fn, c_fn = net_callables(self.nets.get("structure"), self.nets[denoiser], self.nets.get("critic"),
                                          autocast=run.autocast, channels_last=run.channels_last)
         # what each UNet outputs, from its checkpoint (the authors' and older ones: the noise)

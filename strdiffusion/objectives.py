@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .sde import degraded
+
 # Per-kind recipes: (hole weight of the loss, smallest training t, value of hole pixels in mu).
 RECIPES = {"reference": (10.0, 2, 0.0), "irsde": (1.0, 1, 1.0)}
 
@@ -17,6 +19,14 @@ def recipe(kind: str, name: str = "irsde") -> tuple[float, int, float]:
     if kind == "irsde" and name == "irsde":
         return RECIPES["irsde"]
     return RECIPES["reference"]
+
+
+def recipe_fill(kind: str, name: str = "irsde", fill: str = "recipe") -> float | str:
+    """Hole value of network ``kind``'s mu: its recipe's, or ``"mean"`` (the mean colour of the known
+    pixels) where ``fill`` is ``mean``. The structure net's mu is the edge map, whose holes stay 0."""
+    if fill == "mean" and kind != "structure":
+        return "mean"
+    return recipe(kind, name)[2]
 
 
 def matching_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss: str = "l1",
@@ -46,7 +56,7 @@ def structure_guidance(sde, batch: dict, t: torch.Tensor, state: str = "optimal"
 
 
 def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "optimal",
-                  hole_weight: float = 10.0, hole_fill: float = 0.0, parameterization: str = "noise"):
+                  hole_weight: float = 10.0, hole_fill: float | str = 0.0, parameterization: str = "noise"):
     """Loss of the structure / texture / irsde UNet on one batch (dict of tensors, see TrainingSet).
 
     ``noise`` (the reference): the output is the noise, and the loss matches the reverse step's mean to
@@ -58,7 +68,7 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
     if kind == "structure":
         x0, mu, noise = batch["gray"], batch["edge"] * mask, batch["noise_s"]
     else:
-        x0, mu, noise = batch["image"], batch["image"] * mask + hole_fill * (1 - mask), batch["noise"]
+        x0, mu, noise = batch["image"], degraded(batch["image"], mask, hole_fill), batch["noise"]
     xt = sde.forward_marginal(x0, mu, t, noise)
     if kind == "texture":
         out = net(xt, mu, t, guidance=structure_guidance(sde, batch, t, guidance_state))
@@ -71,11 +81,12 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
     return matching_loss(pred, target, mask, loss, hole_weight)
 
 
-def critic_loss(critic, sde, batch: dict) -> torch.Tensor:
-    """Critic loss on one batch: softplus(-real) + softplus(fake) + triplet(anchor, real, fake)."""
+def critic_loss(critic, sde, batch: dict, hole_fill: float | str = 0.0) -> torch.Tensor:
+    """Critic loss on one batch: softplus(-real) + softplus(fake) + triplet(anchor, real, fake).
+    ``hole_fill``: the texture net's, so that the critic sees the states the sampler makes."""
     mask, t = batch["mask"], batch["t"]
     x0 = batch["image"]
-    mu = x0 * mask
+    mu = degraded(x0, mask, hole_fill)
     xt = sde.forward_marginal(x0, mu, t, batch["noise"])
     x_prev = sde.optimal_prev(xt, x0, mu, t)
     s = structure_guidance(sde, batch, t, "optimal")
@@ -87,8 +98,11 @@ def critic_loss(critic, sde, batch: dict) -> torch.Tensor:
 
 
 def objective(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state: str = "optimal",
-              recipe_name: str = "irsde", parameterization: str = "noise"):
+              recipe_name: str = "irsde", parameterization: str = "noise", fill: str = "recipe"):
+    """Loss of network ``kind`` on one batch; ``fill`` ``mean`` overrides the recipe's hole fill
+    (:func:`recipe_fill`)."""
     if kind == "critic":
-        return critic_loss(net, sde, batch)
-    hole_weight, _, hole_fill = recipe(kind, recipe_name)
+        return critic_loss(net, sde, batch, recipe_fill(kind, recipe_name, fill))
+    hole_weight, _, _ = recipe(kind, recipe_name)
+    hole_fill = recipe_fill(kind, recipe_name, fill)
     return denoiser_loss(net, sde, batch, kind, loss, guidance_state, hole_weight, hole_fill, parameterization)

@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from .sde import IRSDE, randn_like_per_sample
+from .sde import IRSDE, degraded, randn_like_per_sample
 from .settings import PARAMETERIZATIONS, SamplerConfig
 from .utils import seed_for
 
@@ -110,7 +110,7 @@ def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, 
     def noise(like, idx):
         return randn_like_per_sample(like, [gens[i] for i in idx.tolist()])
 
-    mu = image * m + config.hole_fill * hole
+    mu = degraded(image, m, config.hole_fill)
     mu_s = edge * m
     x0_s = gray * m
     mu_s_known = mu_s * m
@@ -225,10 +225,12 @@ def _resample(sde, config, t, steps, x, mu, x_cand, s_cand, s_known, m, hole, mu
 
 
 @torch.inference_mode()
-def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: float = 0.0, progress: bool = False):
+def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: float | str = 0.0,
+                 progress: bool = False):
     """Plain IR-SDE inpainting: reverse SDE from x_T = mu + lambda N with an unguided texture net.
 
-    ``texture_fn(x, mu, t, None)``; mu = image*m + hole_fill*(1-m). Returns (result, stats) as
+    ``texture_fn(x, mu, t, None)``; mu = :func:`~strdiffusion.sde.degraded` (image, m, hole_fill).
+    Returns (result, stats) as
     :func:`sample_strdiffusion` (known pixels pasted back, clamped to [0, 1]).
     """
     _check_inputs(image, mask, generators)
@@ -237,7 +239,7 @@ def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: flo
     hole = 1 - m
     gens = list(generators)
     stats = _new_stats(B, image.device)
-    mu = image * m + hole_fill * hole
+    mu = degraded(image, m, hole_fill)
     x = sde.start_state(mu, randn_like_per_sample(mu, gens))
     bar = _progress(T, progress, "sampling")
     try:

@@ -224,3 +224,19 @@ def randn_like_per_sample(x: torch.Tensor, generators: Sequence[torch.Generator]
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
     noise = torch.stack([torch.randn(tuple(x.shape[1:]), generator=g, dtype=dtype) for g in generators])
     return noise.to(x.device)
+
+
+def degraded(image: torch.Tensor, known: torch.Tensor, fill) -> torch.Tensor:
+    """The degraded input mu: ``image`` on its known pixels (``known`` 1), holes at ``fill``.
+
+    ``fill`` is a value (the reference: 0; IR-SDE's recipe: 1) or ``"mean"``: each image's mean colour
+    over its known pixels, per channel (0.5 where an image has none), so that mu is the mean-colour fill.
+    """
+    if fill == "mean":
+        w = known.expand_as(image)
+        count = w.sum(dim=(-2, -1), keepdim=True)
+        value = (image * w).sum(dim=(-2, -1), keepdim=True) / count.clamp(min=1)
+        value = torch.where(count > 0, value, torch.full_like(value, 0.5))
+    else:
+        value = float(fill)
+    return image * known + value * (1 - known)

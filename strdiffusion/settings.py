@@ -31,6 +31,7 @@ ACCEPT = ("lower", "higher")
 LATE_GUIDANCE = ("rgb_mean", "gray")
 PRECISIONS = ("none", "bf16", "fp16")
 PARAMETERIZATIONS = ("noise", "x0")  # what the UNets output: the noise (reference) or x0 - mu
+HOLE_FILLS = ("recipe", "mean")  # hole value of the denoisers' mu: the recipe's (0 or 1) or the known mean colour
 
 
 def device_option():
@@ -107,6 +108,9 @@ class TrainSettings:
     parameterization: str = option("noise", "what the structure, texture and IR-SDE UNets output: the noise "
                                    "(reference) or the clean image less mu (x0)", key="train.parameterization",
                                    choices=PARAMETERIZATIONS)
+    hole_fill: str = option("recipe", "holes of the texture and IR-SDE nets' mu (and the critic's states): the "
+                            "recipe's value (reference 0; IR-SDE's 1) or each image's mean known colour (mean)",
+                            key="train.hole_fill", choices=HOLE_FILLS)
     checkpoint_every: int = option(200, "iterations between saved states and learning-curve points",
                                    key="train.checkpoint_every")
     val_count: int = option(8, "held-out training crops scored every --checkpoint-every iterations (0 = no curve)",

@@ -60,7 +60,7 @@ import torch.nn as nn
 
 from .gpu import resolve_device as _device
 from .methods import NETWORKS
-from .objectives import objective, recipe
+from .objectives import objective, recipe, recipe_fill
 from .options import add_arguments, from_namespace, nested, option
 from .settings import ModelSettings, TrainSettings, device_option
 from .train_state import EMA, Run, write_curve
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     return train(job, world_size)
 
 
-def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float) -> None:
+def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float | str) -> None:
     """Score the current sampling weights on the validation batch; append a curve row."""
     from .validation import evaluate
 
@@ -236,7 +236,7 @@ def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(batch["image"].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        loss = objective(model, sde, batch, net, s.loss, s.guidance_state, s.recipe, s.parameterization)
+        loss = objective(model, sde, batch, net, s.loss, s.guidance_state, s.recipe, s.parameterization, s.hole_fill)
     value = loss.detach().float()
     if world_size > 1:
         import torch.distributed as dist
@@ -283,7 +283,7 @@ class _Parts:
     sde: object
     dataset: object
     kwargs: dict
-    hole_fill: float
+    hole_fill: float | str
     val_net: object = None
     val_batch: dict | None = None
 
@@ -296,7 +296,8 @@ def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
     from .validation import metric_names, validation_batch
 
     s = job.settings
-    _, t_min, hole_fill = recipe(job.net, s.recipe)
+    _, t_min, _ = recipe(job.net, s.recipe)
+    hole_fill = recipe_fill(job.net, s.recipe, s.hole_fill)
     sde = IRSDE(**dataclasses.asdict(s.sde), device=device)
     dataset, val_set = build_dataset(job.images, job.structure, job.masks, s.size, s.sde.T, s.seed, job.net, t_min,
                                      s.val_count)

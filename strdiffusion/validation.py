@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .sampling import as_noise_fn, clipped_share
-from .sde import IRSDE, randn_like_per_sample
+from .sde import IRSDE, degraded, randn_like_per_sample
 from .utils import seed_for
 
 DENOISER_METRICS = ("hole_psnr", "ssim", "clipped")
@@ -108,7 +108,7 @@ def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float = 0.0,
+def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float | str = 0.0,
              parameterization: str = "noise") -> dict:
     """Validation metrics of ``net`` (a structure / texture / irsde UNet or the critic) on ``batch``;
     ``parameterization``: what the UNet outputs (noise, or x0 - mu; see :mod:`strdiffusion.objectives`)."""
@@ -117,7 +117,7 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
     try:
         b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if kind == "critic":
-            return _critic_scores(net, sde, b)
+            return _critic_scores(net, sde, b, hole_fill)
         mask, seed, B = b["mask"], b["seed"], b["mask"].shape[0]
         mu_s = b["edge"] * mask
         if kind == "structure":
@@ -125,7 +125,7 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
             raw = _reverse(sde, eps, mu_s, _generators(seed, B, "s"))
             return hole_scores(raw.cpu(), b["gray"].cpu(), mask.cpu())
         image = b["image"]
-        mu = image * mask + hole_fill * (1 - mask)
+        mu = degraded(image, mask, hole_fill)
         if kind == "texture":
             gray, noise_s = b["gray"], b["noise_s"]
 
@@ -141,11 +141,11 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float =
         net.train(was_training)
 
 
-def _critic_scores(critic, sde: IRSDE, b: dict) -> dict:
+def _critic_scores(critic, sde: IRSDE, b: dict, hole_fill: float | str = 0.0) -> dict:
     from .objectives import structure_guidance
 
     mask, t, x0 = b["mask"], b["t"], b["image"]
-    mu = x0 * mask
+    mu = degraded(x0, mask, hole_fill)
     xt = sde.forward_marginal(x0, mu, t, b["noise"])
     x_prev = sde.optimal_prev(xt, x0, mu, t)
     s = structure_guidance(sde, b, t, "optimal")
