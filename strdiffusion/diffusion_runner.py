@@ -150,7 +150,8 @@ class DiffusionRunner:
         progress = True  # tqdm on stderr
         s_fn, t_fn, c_fn = self.fns
         if self.method == "irsde":
-            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.hole_fill, progress=progress)
+            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.hole_fill, progress=progress,
+                                      denoise_last=self.config.denoise_last)
         else:
             out, stats = sample_strdiffusion(self.sde, s_fn, t_fn, c_fn, img_p, m_p, pad(torch.stack(grays)),
                                              pad(torch.stack(edges)), gens, self.config, progress=progress)

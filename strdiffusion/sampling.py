@@ -121,7 +121,7 @@ def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, 
     def texture_step(x_, mu_, t, guidance, idx):
         eps = texture_fn(x_, mu_, t, guidance)
         stats["texture_calls"][idx] += 1
-        return sde.reverse_sde_step(x_, mu_, sde.score_from_noise(eps, t), t, noise(x_, idx))
+        return _reverse_step(sde, x_, mu_, eps, t, noise(x_, idx), config.denoise_last)
 
     def structure_step(s_, t, idx, s_known_, m_, hole_):
         # paste the known structure, then one reverse step
@@ -162,11 +162,16 @@ def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, 
     return _composite(image, m, x), stats
 
 
+CLIP_TOLERANCE = 0.5 / 255  # half a grey level: a value this close to [0, 1] is saved unchanged by the clamp
+
+
 def clipped_share(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Per image (B,): share of hole pixels whose raw final state lies outside [0, 1] in any channel
-    (or is not finite), before clamping: the divergence diagnostic of the tables. ``m`` is 1 = known."""
+    (or is not finite), before clamping: the divergence diagnostic of the tables. ``m`` is 1 = known.
+    Values within :data:`CLIP_TOLERANCE` of the range round to the same 8-bit value as their clamp
+    and do not count (float rounding of an exact 0 is not divergence)."""
     hole = (m <= 0.5).squeeze(1)
-    outside = ~((x >= 0) & (x <= 1)).all(1)
+    outside = ~((x >= -CLIP_TOLERANCE) & (x <= 1 + CLIP_TOLERANCE)).all(1)
     return ((outside & hole).flatten(1).sum(1).float() / hole.flatten(1).sum(1).clamp(min=1)).cpu()
 
 
@@ -225,11 +230,20 @@ def _resample(sde, config, t, steps, x, mu, x_cand, s_cand, s_known, m, hole, mu
 
 
 @torch.inference_mode()
+def _reverse_step(sde: IRSDE, x, mu, eps, t: int, noise, denoise_last: bool = False):
+    """One reverse-SDE step from t with predicted noise ``eps``; with ``denoise_last``, the step at t = 1
+    returns the x0 estimate instead (no noise is added)."""
+    if denoise_last and t == 1:
+        return sde.x0_from_noise(x, mu, eps, t)
+    return sde.reverse_sde_step(x, mu, sde.score_from_noise(eps, t), t, noise)
+
+
 def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: float | str = 0.0,
-                 progress: bool = False):
+                 progress: bool = False, denoise_last: bool = False):
     """Plain IR-SDE inpainting: reverse SDE from x_T = mu + lambda N with an unguided texture net.
 
-    ``texture_fn(x, mu, t, None)``; mu = :func:`~strdiffusion.sde.degraded` (image, m, hole_fill).
+    ``texture_fn(x, mu, t, None)``; mu = :func:`~strdiffusion.sde.degraded` (image, m, hole_fill);
+    ``denoise_last``: as :attr:`SamplerConfig.denoise_last`.
     Returns (result, stats) as
     :func:`sample_strdiffusion` (known pixels pasted back, clamped to [0, 1]).
     """
@@ -246,7 +260,7 @@ def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: flo
         for t in range(T, 0, -1):
             eps = texture_fn(x, mu, t, None)
             stats["texture_calls"] += 1
-            x = sde.reverse_sde_step(x, mu, sde.score_from_noise(eps, t), t, randn_like_per_sample(x, gens))
+            x = _reverse_step(sde, x, mu, eps, t, randn_like_per_sample(x, gens), denoise_last)
             bar.update(1)
     finally:
         bar.close()

@@ -159,6 +159,8 @@ class SamplerConfig:
     score D_p < D_n (the reference), ``higher`` when D_p > D_n. late_guidance: guidance map of the
     late stage, ``rgb_mean`` (the reference: mean over RGB of the texture state) or ``gray``
     (BT.709 luma). hole_fill: value of hole pixels in the texture mean ``mu`` (reference 0).
+    denoise_last: the step at t = 1 returns the texture net's x0 estimate instead of a reverse-SDE step,
+    i.e. without the last step's noise (the noise-removal step of score-SDE samplers; reference False).
     resample: False gives ``strdiffusion_noresample`` (no trials, no critic); set by the method.
     """
 
@@ -172,6 +174,8 @@ class SamplerConfig:
     late_guidance: str = option("rgb_mean", "late-stage guidance: mean over RGB (reference) or BT.709 gray",
                                 key="sampling.late_guidance", choices=LATE_GUIDANCE)
     hole_fill: float = option(0.0, "value of hole pixels in the degraded input", key="sampling.hole_fill")
+    denoise_last: bool = option(False, "the step at t = 1 returns the x0 estimate, without noise (reference: a "
+                                "reverse-SDE step with noise)", key="sampling.denoise_last")
     resample: bool = option(True, cli=False)
 
     def __post_init__(self):

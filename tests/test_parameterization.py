@@ -14,7 +14,7 @@ import yaml
 from strdiffusion import objectives, train
 from strdiffusion.checkpoints import load_checkpoint
 from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
-from strdiffusion.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde
+from strdiffusion.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde, sample_strdiffusion
 from strdiffusion.sde import IRSDE
 
 from test_train import cli_args, make_data, random_batch
@@ -101,3 +101,32 @@ def test_x0_training_records_it_and_the_runner_reads_it(tmp_path):
         assert len(meta["curve"]["iteration"]) >= 2  # the learning curve scored the x0 network too
         runner = DiffusionRunner("irsde", {"irsde": out}, SamplerConfig(resample=False), RunSettings(device="cpu"))
         assert runner.parameterization == {"irsde": name}
+
+
+def test_denoise_last_ends_on_the_x0_estimate_without_the_last_steps_noise():
+    """sampling.denoise_last: the oracle's fill is exact (the reference's last step leaves noise of std
+    sigma_1 sqrt(dt), 0.018 at T 20, which pushes near-black pixels below 0); off by default and in the
+    paper configs."""
+    sde = IRSDE(T=20)
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(2, 3, 16, 16, generator=g)
+    image[0, :, :8] = 0.0  # a black region inside the hole
+    mask = torch.ones(2, 1, 16, 16)
+    mask[..., 2:12, 3:13] = 0
+    hole = (1 - mask).expand_as(image).bool()
+    fn = as_noise_fn(OracleX0(image), sde, "x0")
+    exact, st = sample_irsde(sde, fn, image, mask, make_generators(0, ["a", "b"]), denoise_last=True)
+    noisy, sn = sample_irsde(sde, fn, image, mask, make_generators(0, ["a", "b"]))
+    assert (exact - image).abs()[hole].max() < 1e-4 and float(st["clipped"].max()) == 0.0
+    assert (noisy - image).abs()[hole].mean() > 0.005 and float(sn["clipped"][0]) > 0.1
+    for config in (SamplerConfig(resample=False, denoise_last=True), SamplerConfig(resample=False)):
+        gray, edge = image.mean(1, keepdim=True), torch.zeros(2, 1, 16, 16)
+        out, _ = sample_strdiffusion(sde, lambda s, mu, t: torch.zeros_like(s),
+                                     lambda x, mu, t, guidance: fn(x, mu, t), None, image, mask, gray, edge,
+                                     make_generators(0, ["a", "b"]), config)
+        error = float((out - image).abs()[hole].max())
+        assert (error < 1e-4) == config.denoise_last, error
+    assert SamplerConfig().denoise_last is False
+    for name in ("psv", "celebahq", "places2"):
+        section = yaml.safe_load((ROOT / "config" / "paper" / f"{name}.yaml").read_text())["sampling"]
+        assert section["denoise_last"] is False, name
