@@ -1,0 +1,51 @@
+"""The presets (README, "Two presets"): the default trains the four tiny networks into results/builtin/;
+the config/laptop.yaml overlay trains them 6x longer into results/laptop/, with the default's recipe."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from strdiffusion.methods import NETWORKS
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def test_the_laptop_overlay_keeps_the_defaults_recipe_and_trains_longer():
+    default, laptop = _config("config.yaml"), _config("laptop.yaml")
+    assert laptop["run_datasets"] == ["laptop"]
+    assert laptop["datasets"]["laptop"] == default["datasets"]["builtin"]  # the same data, masks and pairs
+    assert laptop["train"]["iterations"] > default["train"]["iterations"]
+    for key in ("parameterization", "irsde_recipe"):
+        assert laptop["train"][key] == default["train"][key], key
+    assert laptop["sampling"]["denoise_last"] == default["sampling"]["denoise_last"] is True
+
+
+def _dry_run(work: Path, *configfiles: str) -> str:
+    res = subprocess.run([SNAKEMAKE, "-n", "--cores", "2", *(["--configfile", *configfiles] if configfiles else [])],
+                         cwd=work, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_the_default_and_the_laptop_overlay_train_all_four_networks_apart(tmp_path):
+    work = tmp_path / "work"  # a copy: the checkout's own results/ must not change what a dry run shows
+    work.mkdir()
+    shutil.copy(ROOT / "Snakefile", work / "Snakefile")
+    for item in ("workflow", "config"):
+        shutil.copytree(ROOT / item, work / item)
+    for configfiles, dataset, other in (((), "builtin", "laptop"), (("config/laptop.yaml",), "laptop", "builtin")):
+        out = _dry_run(work, *configfiles)
+        for net in NETWORKS:
+            assert f"results/{dataset}/models/{net}.pt" in out, (configfiles, net)
+        assert f"results/{other}/" not in out, configfiles
