@@ -114,20 +114,27 @@ class DiffusionRunner:
         # The denoiser samples with the hole fill it was trained with (IR-SDE's recipe: 1; train.hole_fill
         # mean: the known mean colour), where its checkpoint records one (ours do; the authors' do not).
         trained_fill = meta.get(denoiser, {}).get("hole_fill")
-        self.hole_fill = sampler.hole_fill if trained_fill is None else (
-            trained_fill if trained_fill == "mean" else float(trained_fill))
-        self.config = dataclasses.replace(sampler, hole_fill=self.hole_fill)
+        if trained_fill is not None:
+            fill = trained_fill if trained_fill == "mean" else float(trained_fill)
+            sampler = dataclasses.replace(sampler, hole_fill=fill)
+        self.config = sampler
         self.clipped: dict[str, float] = {}  # image id -> share of hole pixels outside [0, 1] before clamping
         s_fn, t_fn, c_fn = net_callables(self.nets.get("structure"), self.nets[denoiser], self.nets.get("critic"),
                                          autocast=run.autocast, channels_last=run.channels_last)
         # what each UNet outputs, from its checkpoint (the authors' and older ones: the noise)
-        self.parameterization = {k: meta.get(k, {}).get("parameterization", "noise") for k in self.nets if k != "critic"}
+        self.parameterization = {k: meta.get(k, {}).get("parameterization", "noise")
+                                 for k in self.nets if k != "critic"}
         self.fns = (as_noise_fn(s_fn, self.sde, self.parameterization["structure"]) if s_fn else None,
                     as_noise_fn(t_fn, self.sde, self.parameterization[denoiser]), c_fn)
         self.multiple = pad_multiple(self.nets)
         self.totals = {"images": 0}
         log.info("%s on %s: T=%d, %s%s", method, self.device, self.sde.T, self.config,
-                 f", hole fill {self.hole_fill} (from the checkpoint)" if self.hole_fill != sampler.hole_fill else "")
+                 " (hole fill from the checkpoint)" if trained_fill is not None else "")
+
+    @property
+    def hole_fill(self):
+        """The hole value of mu this runner samples with (the checkpoint's where it records one)."""
+        return self.config.hole_fill
 
     def run(self, images, masks, structures, ids, bin_name):
         """uint8 HxWx3 images, float 1=known HxW masks, (gray, edge) or None -> (uint8 results, structures)."""
@@ -150,7 +157,7 @@ class DiffusionRunner:
         progress = True  # tqdm on stderr
         s_fn, t_fn, c_fn = self.fns
         if self.method == "irsde":
-            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.hole_fill, progress=progress,
+            out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.config.hole_fill, progress=progress,
                                       denoise_last=self.config.denoise_last)
         else:
             out, stats = sample_strdiffusion(self.sde, s_fn, t_fn, c_fn, img_p, m_p, pad(torch.stack(grays)),

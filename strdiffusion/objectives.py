@@ -103,6 +103,5 @@ def objective(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_state
     (:func:`recipe_fill`)."""
     if kind == "critic":
         return critic_loss(net, sde, batch, recipe_fill(kind, recipe_name, fill))
-    hole_weight, _, _ = recipe(kind, recipe_name)
-    hole_fill = recipe_fill(kind, recipe_name, fill)
-    return denoiser_loss(net, sde, batch, kind, loss, guidance_state, hole_weight, hole_fill, parameterization)
+    return denoiser_loss(net, sde, batch, kind, loss, guidance_state, recipe(kind, recipe_name)[0],
+                         recipe_fill(kind, recipe_name, fill), parameterization)

@@ -172,8 +172,7 @@ class IRSDE:
 
     def x0_from_noise(self, xt, mu, noise, t):
         """The x0 that would have made x_t with ``noise``: mu + (x_t - mu - sigma_bar noise) / weight."""
-        t = self._index(t)
-        return mu + (xt - mu - self.sigma_bars[t] * noise) / torch.exp(-self.thetas_cumsum[t] * self.dt)
+        return mu + (xt - mu - self.sigma_bar(t) * noise) / self.weights(t)
 
     def real_score(self, xt, x0, mu, t):
         t = self._index(t)
