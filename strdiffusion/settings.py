@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
-from .methods import CLASSICAL
+from .methods import CLASSICAL, DIFFUSION
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv
 from .utils import UserError, bin_label
@@ -285,10 +285,16 @@ class TableSettings:
     reference: str = option("", "published reference row, e.g. paris_streetview",
                             key="datasets.{dataset}.reference_row")
     columns: tuple[str, ...] = option(("psnr", "ssim", "lpips", "fid"), "metrics shown in the main table")
+    given: tuple[str, ...] = option((), "NET=PATH of each network sampled from a given checkpoint (config "
+                                        "checkpoints:), named in a footnote", key="checkpoints")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> TableSettings:
-        return _with_bin_labels(cls, config, dataset)
+        methods = config["methods"]
+        used = {net for method in methods for net in DIFFUSION.get(method, ())}  # plain rows; `_fresh` ones train
+        given = tuple(f"{net}={path}" for net, path in config["checkpoints"].items() if path and net in used)
+        labels = tuple(bin_label(lo, hi) for lo, hi in config["datasets"][dataset]["masks"]["bins"])
+        return cls(**config_values(cls, config, given={"bins": labels, "given": given}, dataset=dataset))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ METHOD_NAMES = {
     "strdiffusion_noresample": "StrDiffusion w/o resampling",
     "irsde": "IR-SDE (no structure)",
 }
+METHOD_NAMES.update({f"{method}_fresh": f"{METHOD_NAMES[method]} (trained in this run)"
+                     for method in ("strdiffusion", "strdiffusion_noresample", "irsde")})
 # Published numbers (spec §6): StrDiffusion on Paris StreetView, NVIDIA masks.
 REFERENCE_ROWS = {
     "paris_streetview": ("StrDiffusion (paper)", {
@@ -173,8 +175,9 @@ def shown_columns(columns, long: pd.DataFrame, unavailable: dict, reference: str
 
 
 def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, dataset: str,
-           reference: str = "") -> tuple[str, str]:
-    """Return (markdown, latex) for the paper-style table."""
+           reference: str = "", given=()) -> tuple[str, str]:
+    """Return (markdown, latex) for the paper-style table; ``given``: NET=PATH of each network the plain
+    diffusion rows sample from a given checkpoint (named in a footnote)."""
     ref = REFERENCE_ROWS.get(reference)
     header = [f"{b}% {METRICS[m][0]}{'↑' if METRICS[m][1] else '↓'}" for b in bins for m in columns]
     md = [f"### {dataset}: inpainting results by hole ratio", "",
@@ -205,6 +208,10 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
         tex_rows.append(r"\midrule" + "\n" + f"\\textit{{{name}}} & " + " & ".join(c.replace("n/a", "--") for c in cells) + r" \\")
         footnotes.append(f"*{name}*: numbers published by the authors (not computed here).")
     footnotes.append("Bold: best per column. †: differs from StrDiffusion (paired bootstrap over the same images, p < 0.05).")
+    if given:
+        files = ", ".join(f"{net} `{path}`" for net, _, path in (item.partition("=") for item in given))
+        footnotes.append(f"Diffusion rows without \"(trained in this run)\" sample given checkpoints (config "
+                         f"`checkpoints:`), not networks trained by this run: {files}.")
     ns = long[(long.metric == "fid") & long.value.notna()].n.dropna()
     if len(ns):
         count = f"{int(ns.min())}" if ns.min() == ns.max() else f"{int(ns.min())}–{int(ns.max())}"
@@ -261,7 +268,7 @@ def main(argv=None) -> int:
             raise UserError(f"unknown table column '{c}'; choose from {', '.join(METRICS)}")
     long, unavailable = summarise(a.per_image, a.sets, methods, bins, s.seed)
     columns = shown_columns(columns, long, unavailable, s.reference)
-    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference)
+    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference, s.given)
     long.insert(0, "dataset", a.dataset)
     write_csv_atomic(long, a.out + ".csv")
     write_text_atomic(a.out + ".md", md)

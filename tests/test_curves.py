@@ -43,3 +43,21 @@ def test_learning_curves_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="NET=PATH"):
         curves.main(["--inputs", "nonsense", "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_one_panel_shows_a_fresh_run_beside_a_given_checkpoint(tmp_path):
+    pd.DataFrame(_curve("texture")).to_csv(tmp_path / "texture.csv", index=False)
+    net = checkpoints.build_network("texture", nf=4, depth=2)
+    longer = {k: v + v[-1:] for k, v in _curve("texture").items()}
+    longer["iteration"][-1] = 60
+    checkpoints.save_checkpoint(tmp_path / "texture.pt", net, "texture", {"nf": 4, "depth": 2}, None, {"curve": longer})
+    out = tmp_path / "one.png"
+    # the checkpoint first on the command line: the panel still draws this run solid, the checkpoint dashed
+    assert curves.main(["--inputs", f"texture={tmp_path / 'texture.pt'}", f"texture={tmp_path / 'texture.csv'}",
+                        "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size[0] < 1.5 * im.size[1]  # one panel, not two
+    with pytest.raises(UserError, match="twice from the same kind of source"):
+        curves.main(["--inputs", f"texture={tmp_path / 'texture.csv'}", f"texture={tmp_path / 'texture.csv'}",
+                     "--out", str(tmp_path / "two.png")])
+    assert not (tmp_path / "two.png").exists()

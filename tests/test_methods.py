@@ -11,13 +11,20 @@ import yaml
 
 from strdiffusion.checkpoints import sde_mismatch
 from strdiffusion.gpu import resolve_device
-from strdiffusion.methods import CLASSICAL, DIFFUSION, METHODS, method_networks
+from strdiffusion.methods import CLASSICAL, DIFFUSION, METHODS, WORKFLOW_METHODS, base_method, is_fresh, method_networks
 from strdiffusion.utils import UserError, equal_size_runs
 
 
 def test_the_schema_accepts_exactly_the_library_methods():
     schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
-    assert tuple(schema["properties"]["methods"]["items"]["enum"]) == METHODS
+    assert tuple(schema["properties"]["methods"]["items"]["enum"]) == WORKFLOW_METHODS
+
+
+def test_fresh_rows_run_their_base_method():
+    assert set(WORKFLOW_METHODS) - set(METHODS) == {"strdiffusion_fresh", "strdiffusion_noresample_fresh", "irsde_fresh"}
+    assert base_method("strdiffusion_noresample_fresh") == "strdiffusion_noresample" and is_fresh("irsde_fresh")
+    for method in METHODS + ("telea_fresh", "fresh"):
+        assert base_method(method) == method and not is_fresh(method)
 
 
 def test_workflow_and_inpaint_stage_read_the_one_method_list(repo_root):

@@ -122,3 +122,17 @@ def test_a_metric_not_configured_has_no_column_one_without_weights_is_na(tmp_pat
     assert tables.main(args + ["--sets", str(missing), "--out", str(tmp_path / "b" / "toy")]) == 0
     md = (tmp_path / "b" / "toy.md").read_text()
     assert "FID↓" in md and "n/a" in md and "FID n/a: put pt_inception" in md
+
+
+def test_rows_from_given_checkpoints_are_footnoted_and_fresh_rows_named(tmp_path):
+    files = [_per_image(tmp_path, m, "10-20", np.full(4, v), np.full(4, 0.7), lpips=np.full(4, 0.2))
+             for m, v in (("irsde", 26.0), ("irsde_fresh", 24.0))]
+    prefix = tmp_path / "out" / "toy"
+    assert tables.main(["--per-image", *map(str, files), "--methods", "irsde,irsde_fresh", "--bins", "10-20",
+                        "--dataset", "toy", "--given", "irsde=checkpoints/laptop/irsde.pt", "--out", str(prefix)]) == 0
+    md = (tmp_path / "out" / "toy.md").read_text()
+    assert "| IR-SDE (no structure) (trained in this run) | 24.00" in md and "| IR-SDE (no structure) | **26.00**" in md
+    assert "sample given checkpoints" in md and "irsde `checkpoints/laptop/irsde.pt`" in md
+    assert tables.main(["--per-image", *map(str, files), "--methods", "irsde,irsde_fresh", "--bins", "10-20",
+                        "--dataset", "toy", "--out", str(prefix)]) == 0
+    assert "given checkpoints" not in (tmp_path / "out" / "toy.md").read_text()

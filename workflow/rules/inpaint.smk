@@ -10,6 +10,7 @@ rule inpaint_shard:
         shard_size=config["sampling"]["shard_size"],
         sampling=options("inpaint"),
         checkpoints=checkpoint_options,
+        method=lambda wildcards: base_method(wildcards.method),
     log:
         "logs/{dataset}/inpaint/{method}_{bin}_{shard}.log",
     resources:
@@ -19,6 +20,6 @@ rule inpaint_shard:
     conda:
         "../envs/strdiffusion.yaml"
     shell:
-        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion inpaint --method {wildcards.method} --pairs {input.pairs} --bin {wildcards.bin} "
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion inpaint --method {params.method} --pairs {input.pairs} --bin {wildcards.bin} "
         "--gt-dir {input.gt} --structure-dir {input.structure} --shard {wildcards.shard} "
         "--shard-size {params.shard_size} {params.sampling} {params.checkpoints} --out {output} > {log} 2>&1"
