@@ -40,3 +40,41 @@ def method_networks(method: str) -> tuple[str, ...]:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     return DIFFUSION.get(method, ())
+
+
+# ---- which networks the workflow's rows sample (config: methods, checkpoints) --------------------------
+
+
+def row_models(config: dict, dataset: str, method: str) -> dict[str, str]:
+    """Network file of each network kind a workflow row samples: the `checkpoints:` file when one is given
+    (not for a `_fresh` row), else the one this run trains into results/<dataset>/models/."""
+    fresh = is_fresh(method)
+    return {net: (not fresh and config["checkpoints"].get(net)) or f"results/{dataset}/models/{net}.pt"
+            for net in DIFFUSION.get(base_method(method), ())}
+
+
+def needed_networks(config: dict) -> list[str]:
+    """Network kinds the rows of ``config["methods"]`` sample, in a fixed order."""
+    needed = {net for method in config["methods"] for net in DIFFUSION.get(base_method(method), ())}
+    return [net for net in NETWORKS if net in needed]
+
+
+def trained_networks(config: dict) -> list[str]:
+    """Network kinds this run trains: those a `_fresh` row samples or that have no `checkpoints:` file."""
+    trained = {net for method in config["methods"] for net in DIFFUSION.get(base_method(method), ())
+               if is_fresh(method) or not config["checkpoints"].get(net)}
+    return [net for net in NETWORKS if net in trained]
+
+
+def given_checkpoints(config: dict) -> dict[str, str]:
+    """`checkpoints:` files that a plain (not `_fresh`) row of ``config["methods"]`` samples, by network kind."""
+    used = {net for method in config["methods"] for net in DIFFUSION.get(method, ())}
+    return {net: path for net, path in config["checkpoints"].items() if path and net in used}
+
+
+def curve_inputs(config: dict, dataset: str) -> dict[str, str]:
+    """Learning curves to plot: each trained network's CSV (key `<net>`) and each given checkpoint a row
+    samples (key `<net>_given`; the curve is in its metadata)."""
+    sources = {net: f"results/{dataset}/curves/{net}.csv" for net in trained_networks(config)}
+    sources.update({f"{net}_given": path for net, path in given_checkpoints(config).items()})
+    return sources

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
-from .methods import CLASSICAL, DIFFUSION
+from .methods import CLASSICAL, given_checkpoints
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv
 from .utils import UserError, bin_label
@@ -257,10 +257,10 @@ class StructureSettings:
     sigma: float = option(help="Canny sigma (reference: 3 train, 2 test)", key="structure.sigma_{split}")
 
 
-def _with_bin_labels(cls, config: dict, dataset: str):
+def _with_bin_labels(cls, config: dict, dataset: str, **given):
     """``cls`` from the config, its ``bins`` the labels of the data set's bins (10-20, ...)."""
     labels = tuple(bin_label(lo, hi) for lo, hi in config["datasets"][dataset]["masks"]["bins"])
-    return cls(**config_values(cls, config, given={"bins": labels}, dataset=dataset))
+    return cls(**config_values(cls, config, given={"bins": labels, **given}, dataset=dataset))
 
 
 _BINS = "datasets.{dataset}.masks.bins"
@@ -282,19 +282,13 @@ class TableSettings:
     methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
     bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
     seed: int = option(0, "seed of the bootstrap", key="seed")
-    reference: str = option("", "published reference row, e.g. paris_streetview",
-                            key="datasets.{dataset}.reference_row")
+    reference: str = option("", "published reference row, e.g. paris_streetview", key="datasets.{dataset}.reference_row")
     columns: tuple[str, ...] = option(("psnr", "ssim", "lpips", "fid"), "metrics shown in the main table")
-    given: tuple[str, ...] = option((), "NET=PATH of each network sampled from a given checkpoint (config "
-                                        "checkpoints:), named in a footnote", key="checkpoints")
+    given: tuple[str, ...] = option((), "NET=PATH of each given checkpoint a row samples (footnoted)", key="checkpoints")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> TableSettings:
-        methods = config["methods"]
-        used = {net for method in methods for net in DIFFUSION.get(method, ())}  # plain rows; `_fresh` ones train
-        given = tuple(f"{net}={path}" for net, path in config["checkpoints"].items() if path and net in used)
-        labels = tuple(bin_label(lo, hi) for lo, hi in config["datasets"][dataset]["masks"]["bins"])
-        return cls(**config_values(cls, config, given={"bins": labels, "given": given}, dataset=dataset))
+        return _with_bin_labels(cls, config, dataset, given=tuple(f"{n}={p}" for n, p in given_checkpoints(config).items()))
 
 
 # ---------------------------------------------------------------------------------------------

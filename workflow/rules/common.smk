@@ -18,7 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
-from strdiffusion.methods import DIFFUSION as METHOD_NETS, NETWORKS, base_method, is_fresh
+from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, trained_networks
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
 from strdiffusion.utils import UserError, bin_label
@@ -73,19 +73,8 @@ def n_shards(dataset):
     return math.ceil(config["datasets"][dataset]["n_test"] / config["sampling"]["shard_size"])
 
 
-def model_path(dataset, net, fresh=False):
-    """The network a row samples: the `checkpoints:` file when given (not for a `_fresh` row), else the one
-    trained in this run."""
-    given = "" if fresh else config["checkpoints"].get(net)
-    return given or f"results/{dataset}/models/{net}.pt"
-
-
-def method_nets(method):
-    return METHOD_NETS.get(base_method(method), ())
-
-
 def method_models(wildcards):
-    return {net: model_path(wildcards.dataset, net, is_fresh(wildcards.method)) for net in method_nets(wildcards.method)}
+    return row_models(config, wildcards.dataset, wildcards.method)
 
 
 def shard_dirs(wildcards):
@@ -114,31 +103,16 @@ def all_targets():
     tables = expand("results/tables/{dataset}.{ext}", dataset=run_datasets(), ext=["md", "tex", "csv"])
     figure = "results/figures/{dataset}/{name}.{ext}"
     figures = expand(figure, dataset=run_datasets(), name=["qualitative", "metrics_vs_hole_ratio"], ext=["png", "pdf"])
-    curves = expand(figure, dataset=run_datasets(), name="learning_curves", ext=["png", "pdf"]) if needed_nets() else []
+    curves = expand(figure, dataset=run_datasets(), name="learning_curves", ext=["png", "pdf"]) if needed_networks(config) else []
     return tables + figures + weights_status(None) + curves
 
 
-def needed_nets():
-    """Networks the configured methods sample with, in a fixed order."""
-    needed = {net for method in config["methods"] for net in method_nets(method)}
-    return [net for net in NETWORKS if net in needed]
-
-
 def trained_nets():
-    """Networks this run trains: those a `_fresh` row samples or that have no `checkpoints:` file."""
-    trained = {net for method in config["methods"] for net in method_nets(method)
-               if is_fresh(method) or not config["checkpoints"][net]}
-    return [net for net in NETWORKS if net in trained]
+    return trained_networks(config)
 
 
 def curve_sources(wildcards):
-    """Learning curves to plot: the CSV of each network trained here and each given checkpoint a row samples
-    (its curve is in its metadata), keyed `<net>` and `<net>_given`."""
-    given = {net for method in config["methods"] if not is_fresh(method) for net in method_nets(method)
-             if config["checkpoints"][net]}
-    sources = {net: f"results/{wildcards.dataset}/curves/{net}.csv" for net in trained_nets()}
-    sources.update({f"{net}_given": config["checkpoints"][net] for net in NETWORKS if net in given})
-    return sources
+    return curve_inputs(config, wildcards.dataset)
 
 
 def curve_options(wildcards, input):
