@@ -78,3 +78,21 @@ def test_equal_size_runs():
     assert list(equal_size_runs(sizes, 16)) == [[0, 1, 2], [3], [4, 5]]
     assert list(equal_size_runs(sizes, 1)) == [[i] for i in range(6)]
     assert list(equal_size_runs([], 4)) == []
+
+
+def test_rows_sample_given_checkpoints_and_fresh_rows_the_networks_trained_here():
+    from strdiffusion.methods import curve_inputs, given_checkpoints, needed_networks, row_models, trained_networks
+
+    config = {"methods": ["telea", "strdiffusion", "irsde_fresh"],
+              "checkpoints": {"structure": "s.pt", "texture": "t.pt", "critic": "", "irsde": "i.pt"}}
+    assert row_models(config, "d", "strdiffusion") == {"structure": "s.pt", "texture": "t.pt",
+                                                       "critic": "results/d/models/critic.pt"}
+    assert row_models(config, "d", "irsde_fresh") == {"irsde": "results/d/models/irsde.pt"}  # i.pt is not used
+    assert row_models(config, "d", "telea") == {}
+    assert needed_networks(config) == ["structure", "texture", "critic", "irsde"]
+    assert trained_networks(config) == ["critic", "irsde"]
+    assert given_checkpoints(config) == {"structure": "s.pt", "texture": "t.pt"}  # no plain irsde row
+    assert curve_inputs(config, "d") == {"critic": "results/d/curves/critic.csv", "irsde": "results/d/curves/irsde.csv",
+                                         "structure_given": "s.pt", "texture_given": "t.pt"}
+    config["checkpoints"] = dict.fromkeys(config["checkpoints"], "")
+    assert trained_networks(config) == needed_networks(config) and given_checkpoints(config) == {}
