@@ -1,5 +1,6 @@
-"""The presets (README, "Two presets"): the default trains the four tiny networks into results/builtin/;
-the config/laptop.yaml overlay trains them 6x longer into results/laptop/, with the default's recipe."""
+"""The presets (README, "Presets and shipped checkpoints"): the default trains the four tiny networks into
+results/builtin/ (its `_fresh` rows) and evaluates the shipped checkpoints (its plain rows); the
+config/laptop.yaml overlay trains them longer into results/laptop/, with the default's recipe."""
 from __future__ import annotations
 
 import shutil
@@ -42,10 +43,20 @@ def test_the_default_and_the_laptop_overlay_train_all_four_networks_apart(tmp_pa
     work = tmp_path / "work"  # a copy: the checkout's own results/ must not change what a dry run shows
     work.mkdir()
     shutil.copy(ROOT / "Snakefile", work / "Snakefile")
-    for item in ("workflow", "config"):
+    for item in ("workflow", "config", "checkpoints"):
         shutil.copytree(ROOT / item, work / item)
     for configfiles, dataset, other in (((), "builtin", "laptop"), (("config/laptop.yaml",), "laptop", "builtin")):
         out = _dry_run(work, *configfiles)
         for net in NETWORKS:
             assert f"results/{dataset}/models/{net}.pt" in out, (configfiles, net)
+            # the default's plain rows sample the shipped file, its _fresh rows the network trained here
+            assert (f"checkpoints/laptop/{net}.pt" in out) == (dataset == "builtin"), (configfiles, net)
         assert f"results/{other}/" not in out, configfiles
+        assert ("inpaint/strdiffusion_fresh/" in out) == (dataset == "builtin"), configfiles
+
+
+@pytest.mark.parametrize("overlay", ["laptop.yaml", "paper/psv.yaml", "paper/celebahq.yaml", "paper/places2.yaml"])
+def test_overlays_that_train_do_not_inherit_the_defaults_shipped_checkpoints(overlay):
+    config = _config(overlay)
+    assert config["checkpoints"] == {net: "" for net in NETWORKS}  # Snakemake merges overlays key by key
+    assert not any(method.endswith("_fresh") for method in config["methods"])  # no second copy of each row

@@ -1,0 +1,92 @@
+"""The checkpoints shipped in checkpoints/laptop/ (README beside them), which the default evaluates through
+its `checkpoints:` keys: they load strictly with the default's settings, carry their provenance, stay small,
+and inpaint the builtin test crops better than the mean-colour fill."""
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from strdiffusion.checkpoints import load_checkpoint
+from strdiffusion.config import validate
+from strdiffusion.data import builtin_crops
+from strdiffusion.mask_generators import lama_medium
+from strdiffusion.methods import NETWORKS
+from strdiffusion.settings import job_options
+
+
+@pytest.fixture(scope="module")
+def config(repo_root):
+    return validate(yaml.safe_load((repo_root / "config" / "config.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def shipped(repo_root):
+    return repo_root / "checkpoints" / "laptop"
+
+
+def test_the_default_samples_the_shipped_checkpoints_beside_fresh_networks(config):
+    assert config["checkpoints"] == {net: f"checkpoints/laptop/{net}.pt" for net in NETWORKS}
+    for method in ("strdiffusion", "strdiffusion_noresample", "irsde", "mean_fill", "telea"):
+        assert method in config["methods"]
+        if method not in ("mean_fill", "telea"):
+            assert f"{method}_fresh" in config["methods"]  # the networks trained by `make reproduce` itself
+
+
+def test_the_shipped_checkpoints_load_strictly_and_carry_their_provenance(config, shipped, repo_root):
+    laptop = yaml.safe_load((repo_root / "config" / "laptop.yaml").read_text())
+    readme = (shipped / "README.md").read_text()
+    files = sorted(p.name for p in shipped.iterdir())
+    assert files == sorted(["README.md", *(f"{net}.pt" for net in NETWORKS)]), files
+    assert sum((shipped / f"{net}.pt").stat().st_size for net in NETWORKS) <= 10_000_000  # the issue's 10 MB
+    model, sde = config["model"], config["sde"]
+    for net in NETWORKS:
+        path = shipped / f"{net}.pt"
+        ctor = {"ngf": model["critic_ngf"]} if net == "critic" else {"nf": model["nf"], "depth": model["depth"]}
+        _, meta = load_checkpoint(path, kind=net, expect_sde=dict(sde), ctor_kwargs=ctor)
+        assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]) and meta["commit"][:10] in readme, net
+        # the laptop preset's training job, run for its iterations or longer (README there)
+        assert meta["iteration"] >= laptop["train"]["iterations"] and meta["iteration"] == meta["curve"]["iteration"][-1]
+        assert f"--iterations {meta['iteration']} " in meta["command"]
+        assert meta["seed"] == config["seed"] and meta["image_size"] == config["image_size"]
+        assert meta["train_settings"]["ema"] == laptop["train"]["ema"] and meta["ema"] is True
+        assert "--configfile" not in meta["command"] and "train --net " + net in meta["command"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, f"{net}: README lists another file's hash"
+
+
+def _hole_psnr(pred: np.ndarray, gt: np.ndarray, hole: np.ndarray) -> float:
+    err = ((pred.astype(np.float64) - gt.astype(np.float64)) / 255.0)[hole]
+    return float(10 * np.log10(1.0 / max(np.mean(err ** 2), 1e-10)))
+
+
+def test_the_shipped_networks_inpaint_better_than_the_mean_colour_fill(config, shipped, tmp_path, repo_root):
+    """Eight builtin test crops (never trained on), LaMa medium masks; the default's sampling settings."""
+    crops = sorted((cid, crop) for cid, _, split, crop in builtin_crops(config["image_size"]) if split == "test")[:8]
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    holes = {}
+    for cid, crop in crops:
+        hole = lama_medium(*crop.shape[:2], rng).astype(bool)
+        holes[cid] = hole
+        Image.fromarray(crop).save(images / f"{cid}.png")
+        Image.fromarray((hole * 255).astype(np.uint8)).save(masks / f"{cid}.png")  # white = hole
+    scores = {}
+    for method in ("mean_fill", "irsde", "strdiffusion"):
+        options = shlex.split(job_options("inpaint", config, dataset="builtin", method=method))
+        out = tmp_path / method
+        res = subprocess.run([sys.executable, "-m", "strdiffusion", "inpaint", "--method", method, *options,
+                              "--checkpoints", str(shipped), "--image", str(images), "--mask", str(masks),
+                              "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=repo_root)
+        assert res.returncode == 0, res.stderr[-2000:]
+        scores[method] = np.mean([_hole_psnr(np.asarray(Image.open(out / f"{cid}.png").convert("RGB")), crop, holes[cid])
+                                  for cid, crop in crops])
+    assert scores["irsde"] > scores["mean_fill"] + 0.5, scores
+    assert scores["strdiffusion"] > scores["mean_fill"] + 0.5, scores
