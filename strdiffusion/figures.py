@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def qualitative(pairs: pd.DataFrame, gt_dir: Path, structure_dir: Path, inpaint_
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j], fontsize=6)
+                ax.set_title(textwrap.fill(cols[j], 24), fontsize=6)  # long names wrap, not overlap
             if j == 0:
                 ax.set_ylabel(f"{row.bin}%", fontsize=6)
     fig.tight_layout(pad=0.2)
