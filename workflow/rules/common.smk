@@ -18,7 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
-from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, trained_networks
+from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
 from strdiffusion.utils import UserError, bin_label
@@ -105,10 +105,6 @@ def all_targets():
     figures = expand(figure, dataset=run_datasets(), name=["qualitative", "metrics_vs_hole_ratio"], ext=["png", "pdf"])
     curves = expand(figure, dataset=run_datasets(), name="learning_curves", ext=["png", "pdf"]) if needed_networks(config) else []
     return tables + figures + weights_status(None) + curves
-
-
-def trained_nets():
-    return trained_networks(config)
 
 
 def curve_sources(wildcards):
