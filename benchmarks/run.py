@@ -520,8 +520,8 @@ def bench_workflow(timeout_s: int = 3600) -> dict:
         work = Path(tmp) / "run"
         work.mkdir()
         shutil.copy(REPO / "Snakefile", work / "Snakefile")
-        shutil.copytree(REPO / "workflow", work / "workflow")
-        shutil.copytree(REPO / "config", work / "config")
+        for folder in ("workflow", "config", "checkpoints"):  # checkpoints: the shipped nets the default samples
+            shutil.copytree(REPO / folder, work / folder)
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["TORCH_HOME"] = str(Path(tmp) / "torch_home")  # empty, as offline: no metric weights
