@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         path = Path(path)
         source = "checkpoint metadata" if path.suffix == ".pt" else "this run"
         runs = curves.setdefault(net, [])
-        if len(runs) == 2 or any(src == source for _, src in runs):
+        if any(src == source for _, src in runs):  # at most one CSV and one checkpoint
             raise UserError(f"--inputs names {net} twice from the same kind of source ({path}); give at most "
                             f"one curve CSV and one checkpoint per network")
         runs.append((load_curve(path), source))

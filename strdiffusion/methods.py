@@ -45,23 +45,28 @@ def method_networks(method: str) -> tuple[str, ...]:
 # ---- which networks the workflow's rows sample (config: methods, checkpoints) --------------------------
 
 
+def _row_networks(method: str) -> tuple[str, ...]:
+    """Network kinds a workflow row samples (none for a classical method)."""
+    return DIFFUSION.get(base_method(method), ())
+
+
 def row_models(config: dict, dataset: str, method: str) -> dict[str, str]:
     """Network file of each network kind a workflow row samples: the `checkpoints:` file when one is given
     (not for a `_fresh` row), else the one this run trains into results/<dataset>/models/."""
     fresh = is_fresh(method)
     return {net: (not fresh and config["checkpoints"].get(net)) or f"results/{dataset}/models/{net}.pt"
-            for net in DIFFUSION.get(base_method(method), ())}
+            for net in _row_networks(method)}
 
 
 def needed_networks(config: dict) -> list[str]:
     """Network kinds the rows of ``config["methods"]`` sample, in a fixed order."""
-    needed = {net for method in config["methods"] for net in DIFFUSION.get(base_method(method), ())}
+    needed = {net for method in config["methods"] for net in _row_networks(method)}
     return [net for net in NETWORKS if net in needed]
 
 
 def trained_networks(config: dict) -> list[str]:
     """Network kinds this run trains: those a `_fresh` row samples or that have no `checkpoints:` file."""
-    trained = {net for method in config["methods"] for net in DIFFUSION.get(base_method(method), ())
+    trained = {net for method in config["methods"] for net in _row_networks(method)
                if is_fresh(method) or not config["checkpoints"].get(net)}
     return [net for net in NETWORKS if net in trained]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .methods import DIFFUSION, FRESH
 from .metrics import status_path
 from .options import add_arguments, from_namespace
 from .settings import TableSettings
@@ -46,8 +47,7 @@ METHOD_NAMES = {
     "strdiffusion_noresample": "StrDiffusion w/o resampling",
     "irsde": "IR-SDE (no structure)",
 }
-METHOD_NAMES.update({f"{method}_fresh": f"{METHOD_NAMES[method]} (trained in this run)"
-                     for method in ("strdiffusion", "strdiffusion_noresample", "irsde")})
+METHOD_NAMES.update({method + FRESH: f"{METHOD_NAMES[method]} (trained in this run)" for method in DIFFUSION})
 # Published numbers (spec §6): StrDiffusion on Paris StreetView, NVIDIA masks.
 REFERENCE_ROWS = {
     "paris_streetview": ("StrDiffusion (paper)", {

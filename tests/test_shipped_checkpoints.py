@@ -57,7 +57,9 @@ def test_the_shipped_checkpoints_load_strictly_and_carry_their_provenance(config
         assert f"--iterations {meta['iteration']} " in meta["command"]
         assert meta["seed"] == config["seed"] and meta["image_size"] == config["image_size"]
         assert meta["train_settings"]["ema"] == laptop["train"]["ema"] and meta["ema"] is True
-        assert "--configfile" not in meta["command"] and "train --net " + net in meta["command"]
+        assert "train --net " + net in meta["command"]
+        for option in ("--ema 0.999 --ema-warmup", "--guidance-state marginal", "--parameterization x0"):
+            assert option in meta["command"], (net, option)  # config/laptop.yaml's recipe
         assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, f"{net}: README lists another file's hash"
 
 
