@@ -38,8 +38,9 @@ global batches as a single process (rank r takes its slice of every global batch
 Outputs: ``--out FILE.pt`` (final weights, the EMA when enabled, via ``checkpoints.save_checkpoint``;
 the curve rides along in its metadata),
 ``FILE_loss.png`` (loss curve) and, in ``--state-dir``, ``state.pt`` (full training state, written
-every ``--checkpoint-every`` iterations; re-running the same command resumes from it) and
-``losses.csv`` (iteration, loss, lr, seconds).
+every ``--checkpoint-every`` iterations; re-running the same command resumes from it, also with more
+``--iterations``, and the checkpoint's ``resumes`` metadata records each resume's iteration and the
+earlier run's planned iterations) and ``losses.csv`` (iteration, loss, lr, seconds).
 """
 from __future__ import annotations
 
@@ -385,7 +386,7 @@ def _finish(run: Run, parts: _Parts, iteration: int) -> None:
     extra = {"iteration": iteration, "structure_sigma": s.sigma, "ema": run.ema is not None,
              "ema_decay": s.ema, "image_size": parts.dataset.size, "seed": s.seed, "batch_size": s.batch_size,
              "loss": s.loss, "lr": s.lr, "milestones": list(s.milestones), "hole_weight": hole_weight, "t_min": t_min,
-             "hole_fill": parts.hole_fill, "train_seconds": round(run.elapsed, 1),
+             "hole_fill": parts.hole_fill, "train_seconds": round(run.elapsed, 1), "resumes": run.resumes,
              "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(job)}
     if job.net == "texture":
         extra["guidance_state"] = s.guidance_state

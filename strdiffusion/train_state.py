@@ -86,6 +86,9 @@ class Run:
         self.history = {k: [] for k in self.HISTORY}
         self.curve = {k: [] for k in ("iteration", "seconds", "loss", "lr", *metrics, "val_seconds")}
         self.start, self.elapsed = 0, 0.0
+        # Where this run resumed an earlier one: [{"at": iteration, "planned": that run's --iterations}]. A
+        # longer resumed run has another lr schedule than its command alone says (milestones are fractions).
+        self.resumes: list[dict] = []
         self.settings = settings  # a resumed run must share them with the saved state
         self.path = job.state_dir / "state.pt"
 
@@ -110,6 +113,9 @@ class Run:
         self.history = {k: [float(v) for v in state["history"][k].tolist()] for k in self.HISTORY}
         self.history["iteration"] = [int(v) for v in self.history["iteration"]]
         self.curve = {k: [float(v) for v in state["curve"][k].tolist()] for k in self.curve}
+        planned = state.get("iterations")  # absent in states written before it was recorded
+        self.resumes = [*state.get("resumes", []),
+                        {"at": self.start, "planned": None if planned is None else int(planned)}]
         if self.rank == 0:
             log.info("resuming from %s at iteration %d", self.path, self.start)
 
@@ -118,6 +124,7 @@ class Run:
             return
         net = self.net
         state = {"iteration": iteration, "seconds": self.elapsed, "settings": self.settings,
+                 "iterations": self.job.settings.iterations, "resumes": self.resumes,
                  "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                  "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
                  "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.history.items()},

@@ -197,6 +197,7 @@ def test_resume_texture_after_kill(data, tmp_path):
     result = subprocess.run(cmd, env=env_cpu(), capture_output=True, text=True, check=True)
     assert f"resuming from {state / 'state.pt'} at iteration {killed_at}" in result.stderr
     assert_same_weights(out, ref_out)
+    assert checkpoints.load_checkpoint(out, kind="texture")[1]["resumes"] == [{"at": killed_at, "planned": n}]
     ref_losses = pd.read_csv(tmp_path / "ref" / "state" / "losses.csv")
     losses = pd.read_csv(state / "losses.csv")
     assert losses["iteration"].tolist() == list(range(1, n + 1))
@@ -213,6 +214,10 @@ def test_resume_critic_in_two_runs(data, tmp_path):
     assert int(torch.load(tmp_path / "b" / "state" / "state.pt", weights_only=True)["iteration"]) == 6
     main(cli_args(data, tmp_path / "b" / "critic.pt", tmp_path / "b" / "state", "critic", 10, lr=1e-3, milestones=""))
     assert_same_weights(tmp_path / "a" / "critic.pt", tmp_path / "b" / "critic.pt")
+    # the checkpoint says where its run resumed and what the earlier run had planned (its lr schedule)
+    assert checkpoints.load_checkpoint(tmp_path / "a" / "critic.pt", kind="critic")[1]["resumes"] == []
+    resumed = checkpoints.load_checkpoint(tmp_path / "b" / "critic.pt", kind="critic")[1]
+    assert resumed["resumes"] == [{"at": 6, "planned": 6}]
 
 
 def test_resume_restarts_when_settings_change(data, tmp_path):
