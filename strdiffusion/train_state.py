@@ -113,9 +113,8 @@ class Run:
         self.history = {k: [float(v) for v in state["history"][k].tolist()] for k in self.HISTORY}
         self.history["iteration"] = [int(v) for v in self.history["iteration"]]
         self.curve = {k: [float(v) for v in state["curve"][k].tolist()] for k in self.curve}
-        planned = state.get("iterations")  # absent in states written before it was recorded
-        self.resumes = [*state.get("resumes", []),
-                        {"at": self.start, "planned": None if planned is None else int(planned)}]
+        # "iterations" is absent (None) in states written before it was recorded
+        self.resumes = [*state.get("resumes", []), {"at": self.start, "planned": state.get("iterations")}]
         if self.rank == 0:
             log.info("resuming from %s at iteration %d", self.path, self.start)
 
