@@ -20,6 +20,7 @@ STAGES = {
     "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
     "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
     "curves": ("curves", "learning-curves figure of the trained networks"),
+    "shrink": ("shrink", "store a trained checkpoint's weights as float16 for shipping (half the size)"),
     "check-config": ("config", "validate a config file against the schema"),
     "weights": ("weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
     "env": ("gpu", "print devices, versions and the job's GPU slot"),

@@ -59,6 +59,12 @@ class UndecodableImage(UserError):
                          "replace or remove the file, or set skip_bad_files: true")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
     """Yield a temporary path in the same folder as ``path``; rename it onto ``path`` on success.
@@ -77,6 +83,7 @@ def atomic_path(path, suffix=None):
         raise
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results must read like any file the user writes
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -101,6 +108,7 @@ def atomic_dir(path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError(path, exc.errno) from None

@@ -220,3 +220,62 @@ def test_save_checkpoint_unwraps_compiled_and_parallel(tmp_path):
     save_checkpoint(tmp_path / "c.pt", torch.nn.DataParallel(net), "critic", TINY["critic"], None)
     loaded, _ = load_checkpoint(tmp_path / "c.pt", kind="critic")
     assert torch.equal(_run(loaded, "critic"), _run(net, "critic"))
+
+
+@pytest.mark.parametrize("kind", NET_KINDS)
+def test_shrink_stores_float16_weights_that_load_into_float32_nets(tmp_path, kind):
+    from strdiffusion.shrink import sha256, shrink
+
+    net = _perturbed(kind)
+    src, dst = tmp_path / "full.pt", tmp_path / "half" / "net.pt"
+    save_checkpoint(src, net, kind, TINY[kind], None, extra={"iteration": 12, "curve": {"iteration": [0, 12]}})
+    meta = shrink(src, dst)
+    assert meta["stored_dtype"] == "float16" and meta["source_sha256"] == sha256(src)
+    payload = torch.load(dst, weights_only=True)
+    floats = [v for v in payload["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert payload["iteration"] == 12 and payload["curve"] == {"iteration": [0, 12]}  # metadata kept
+    assert dst.stat().st_size < 0.75 * src.stat().st_size
+    loaded, lmeta = load_checkpoint(dst, kind=kind, ctor_kwargs=TINY[kind])
+    assert lmeta["stored_dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        if a.is_floating_point():  # each weight is its float16 rounding, no more
+            torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=name)
+            assert (b - a).abs().max() <= a.abs().max() * 2 ** -11 + 1e-7, name
+    ref, out = _run(net, kind), _run(loaded, kind)
+    # relative output change: about 4e-4; the perturbed texture net (spectral norm with stale u, v) amplifies to 2e-2
+    assert (out - ref).abs().max() < (5e-2 if kind == "texture" else 2e-3) * ref.abs().max()
+    assert not torch.equal(out, ref)  # the rounding is real: a test that compared a file with itself would pass
+
+
+def test_shrink_refuses_bad_input_and_leaves_nothing(tmp_path):
+    from strdiffusion.shrink import shrink
+
+    net = _perturbed("irsde")
+    src = tmp_path / "full.pt"
+    save_checkpoint(src, net, "irsde", TINY["irsde"], None)
+    half = tmp_path / "half.pt"
+    shrink(src, half)
+    with pytest.raises(UserError, match="already stored as float16"):
+        shrink(half, tmp_path / "again.pt")
+    with pytest.raises(UserError, match="overwrite its source"):
+        shrink(src, src)
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(UserError, match="bare state dict"):
+        shrink(tmp_path / "bare.pt", tmp_path / "out.pt")
+    with torch.no_grad():
+        net.init_conv.weight[0, 0, 0, 0] = 1e6
+    save_checkpoint(tmp_path / "huge.pt", net, "irsde", TINY["irsde"], None)
+    with pytest.raises(UserError, match=r"init_conv.weight holds 1e\+06, outside float16"):
+        shrink(tmp_path / "huge.pt", tmp_path / "out.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.pt", "full.pt", "half.pt", "huge.pt"]
+
+
+def test_shrink_cli_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "strdiffusion", "shrink", str(tmp_path / "nope.pt"),
+                          str(tmp_path / "out.pt")], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"

@@ -75,3 +75,19 @@ def test_disk_full_weights_fetch_leaves_nothing(tiny_disk, tmp_path):
     res = _cli("weights", "fetch", "--only", "alexnet", "--alexnet-url", src.as_uri(), "--alexnet-weights", dest)
     _one_line(res, dest)
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """mkstemp and mkdtemp create private files (0600, 0700); an output must read like any other file."""
+    from strdiffusion.utils import atomic_dir, atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "table.csv") as tmp:
+            tmp.write_text("x\n")
+        with atomic_dir(tmp_path / "masks") as tmp:
+            (tmp / "a.png").write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "masks").stat().st_mode & 0o777 == 0o755

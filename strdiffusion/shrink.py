@@ -1,0 +1,78 @@
+"""Shrink a trained checkpoint for shipping: the same network with its weights stored as float16.
+
+Training, resuming and sampling stay in float32: loading upcasts the stored weights
+(``load_state_dict`` copies into the float32 network), so the only change is the rounding of each
+weight to float16 (a relative error of at most 2**-11). The copy keeps all metadata and adds
+``stored_dtype`` and ``source_sha256`` (the float32 file it came from), so its provenance stays
+traceable. Weights outside float16's range are refused, naming the tensor.
+
+    strdiffusion shrink results/laptop/irsde.pt checkpoints/laptop/irsde.pt
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from .checkpoints import FORMAT, load_checkpoint
+from .utils import UserError, atomic_path
+
+log = logging.getLogger(__name__)
+
+_HALF_MAX = float(torch.finfo(torch.float16).max)
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shrink(src, dst) -> dict:
+    """Write ``src`` (a strdiffusion checkpoint) to ``dst`` with float16 weights; returns the new metadata
+    (without the state dict). ``dst`` appears whole or not at all."""
+    src, dst = Path(src), Path(dst)
+    load_checkpoint(src)  # a readable checkpoint of ours that fits its network, or a one-line UserError
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise UserError(f"checkpoint {src} is a bare state dict; shrink needs a strdiffusion checkpoint "
+                        "(one written by `strdiffusion train`)")
+    if payload.get("stored_dtype") == "float16":
+        raise UserError(f"checkpoint {src} is already stored as float16 (from {payload.get('source_sha256')})")
+    state_dict = {}
+    for name, tensor in payload["state_dict"].items():
+        if tensor.is_floating_point():
+            worst = tensor.abs().max().item() if tensor.numel() else 0.0
+            if not worst <= _HALF_MAX:  # also catches NaN
+                raise UserError(f"checkpoint {src}: tensor {name} holds {worst:g}, outside float16's range "
+                                f"(±{_HALF_MAX:g}); ship it as float32")
+            tensor = tensor.to(torch.float16)
+        state_dict[name] = tensor
+    payload = {k: v for k, v in payload.items() if k != "state_dict"}
+    payload.update(stored_dtype="float16", source_sha256=sha256(src), state_dict=state_dict)
+    if dst.resolve() == src.resolve():
+        raise UserError(f"shrink would overwrite its source {src}; give another output path")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        torch.save(payload, tmp)
+    return {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="strdiffusion shrink", description=__doc__.splitlines()[0])
+    p.add_argument("src", type=Path, help="a checkpoint written by `strdiffusion train` (float32)")
+    p.add_argument("dst", type=Path, help="output checkpoint (float16 weights, same metadata)")
+    a = p.parse_args(argv)
+    meta = shrink(a.src, a.dst)
+    log.info("wrote %s (%.2f MiB, from %.2f MiB; source sha256 %s)", a.dst, a.dst.stat().st_size / 2**20,
+             a.src.stat().st_size / 2**20, meta["source_sha256"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
