@@ -1,6 +1,6 @@
 """The checkpoints shipped in checkpoints/laptop/ (README beside them), which the default evaluates through
-its `checkpoints:` keys: they load strictly with the default's settings, carry their provenance, stay small,
-and inpaint the builtin test crops better than the mean-colour fill."""
+its `checkpoints:` keys: they load strictly with the default's settings, carry their provenance, stay small
+(float16 weights), and inpaint the builtin test crops better than the mean-colour fill."""
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +50,17 @@ def test_the_shipped_checkpoints_load_strictly_and_carry_their_provenance(config
     model, sde = config["model"], config["sde"]
     for net in NETWORKS:
         path = shipped / f"{net}.pt"
-        ctor = {"ngf": model["critic_ngf"]} if net == "critic" else {"nf": model["nf"], "depth": model["depth"]}
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{net}.pt` |"))
+        # the default's settings; a checkpoint carries its own width, which its README row states (IR-SDE's differs)
+        ctor = {"ngf": model["critic_ngf"]} if net == "critic" else {"depth": model["depth"]}
+        if net in ("structure", "texture"):
+            ctor["nf"] = model["nf"]
         _, meta = load_checkpoint(path, kind=net, expect_sde=dict(sde), ctor_kwargs=ctor)
+        width = meta["ctor_kwargs"]["ngf" if net == "critic" else "nf"]
+        assert f"| {'ngf' if net == 'critic' else 'nf'} {width} |" in row, (net, width, row)
+        assert f"--{'critic-ngf' if net == 'critic' else 'nf'} {width} " in meta["command"]
+        # stored as float16 by `strdiffusion shrink` from the float32 file that training wrote; both hashes listed
+        assert meta["stored_dtype"] == "float16" and meta["source_sha256"] in row, net
         assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]) and meta["commit"][:10] in readme, net
         # the laptop preset's training job, run for its iterations or longer (README there)
         assert meta["iteration"] >= laptop["train"]["iterations"]
@@ -62,7 +71,7 @@ def test_the_shipped_checkpoints_load_strictly_and_carry_their_provenance(config
         assert "train --net " + net in meta["command"]
         for option in ("--ema 0.999 --ema-warmup", "--guidance-state marginal", "--parameterization x0"):
             assert option in meta["command"], (net, option)  # config/laptop.yaml's recipe
-        assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, f"{net}: README lists another file's hash"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in row, f"{net}: README lists another file's hash"
 
 
 def test_the_shipped_networks_inpaint_better_than_the_mean_colour_fill(config, shipped, tmp_path, repo_root):
