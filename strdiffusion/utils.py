@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -59,7 +60,9 @@ class UndecodableImage(UserError):
                          "replace or remove the file, or set skip_bad_files: true")
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask, read once (reading it means setting it, which other threads must not see twice)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

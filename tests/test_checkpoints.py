@@ -224,13 +224,14 @@ def test_save_checkpoint_unwraps_compiled_and_parallel(tmp_path):
 
 @pytest.mark.parametrize("kind", NET_KINDS)
 def test_shrink_stores_float16_weights_that_load_into_float32_nets(tmp_path, kind):
-    from strdiffusion.shrink import sha256, shrink
+    from strdiffusion.shrink import shrink
+    from strdiffusion.weights import sha256_of
 
     net = _perturbed(kind)
     src, dst = tmp_path / "full.pt", tmp_path / "half" / "net.pt"
     save_checkpoint(src, net, kind, TINY[kind], None, extra={"iteration": 12, "curve": {"iteration": [0, 12]}})
     meta = shrink(src, dst)
-    assert meta["stored_dtype"] == "float16" and meta["source_sha256"] == sha256(src)
+    assert meta["stored_dtype"] == "float16" and meta["source_sha256"] == sha256_of(src)
     payload = torch.load(dst, weights_only=True)
     floats = [v for v in payload["state_dict"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
