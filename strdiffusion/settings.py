@@ -136,9 +136,10 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: dict, net: str, **_) -> TrainSettings:
-        values = config_values(cls, config)
+        t = config["train"]  # train.net_iterations overrides train.iterations for the networks it names
+        values = config_values(cls, config, given={"iterations": int((t.get("net_iterations") or {}).get(
+            net, t["iterations"]))})
         if net == "critic":
-            t = config["train"]
             values.update(lr=float(t["critic_lr"]), betas=tuple(float(b) for b in t["critic_betas"]))
         return cls(**values)
 

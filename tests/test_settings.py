@@ -166,3 +166,13 @@ def test_job_options(config):
     assert "--reference" not in argv  # empty, as its default
     argv = shlex.split(job_options("structure", config, dataset="builtin", split="train"))
     assert argv == ["--sigma", str(config["structure"]["sigma_train"])]
+
+
+def test_net_iterations_override_train_iterations_for_the_networks_they_name(config):
+    cfg = validate({**config, "train": {**config["train"], "iterations": 700, "net_iterations": {"critic": 30}}})
+    its = {net: shlex.split(job_options("train", cfg, dataset="builtin", net=net)) for net in NETWORKS}
+    its = {net: int(argv[argv.index("--iterations") + 1]) for net, argv in its.items()}
+    assert its == {net: 30 if net == "critic" else 700 for net in NETWORKS}
+    assert validate(dict(config))["train"]["net_iterations"] == {}  # none named: every network trains iterations
+    with pytest.raises(UserError, match=r"train\.net_iterations\.textur.*unknown key"):
+        validate({**config, "train": {**config["train"], "net_iterations": {"textur": 30}}})

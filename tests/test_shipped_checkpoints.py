@@ -62,8 +62,9 @@ def test_the_shipped_checkpoints_load_strictly_and_carry_their_provenance(config
         # stored as float16 by `strdiffusion shrink` from the float32 file that training wrote; both hashes listed
         assert meta["stored_dtype"] == "float16" and meta["source_sha256"] in row, net
         assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]) and meta["commit"][:10] in readme, net
-        # the laptop preset's training job, run for its iterations or longer (README there)
-        assert meta["iteration"] >= laptop["train"]["iterations"]
+        # the laptop preset's training job as it was at cdf8843 (6,000 iterations each), run for its iterations or
+        # longer (README there); today's laptop preset trains its networks for other counts (train.net_iterations)
+        assert meta["iteration"] >= 6000
         assert meta["iteration"] == meta["curve"]["iteration"][-1]
         assert f"--iterations {meta['iteration']} " in meta["command"]
         assert meta["seed"] == config["seed"] and meta["image_size"] == config["image_size"]
