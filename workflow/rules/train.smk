@@ -26,6 +26,8 @@ for net in NETWORKS:
         benchmark:
             f"benchmarks/rules/{{dataset}}/train_{net}.tsv"
         threads: 1
+        # the longest training first (its iteration count), so that the shorter ones fill the other cores
+        priority: (config["train"].get("net_iterations") or {}).get(net, config["train"]["iterations"])
         resources:
             gpu=0,
         conda:
