@@ -3,6 +3,7 @@ results/builtin/ (its `_fresh` rows) and evaluates the shipped checkpoints (its 
 config/laptop.yaml overlay trains them longer into results/laptop/, with the default's recipe."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def test_the_default_and_the_laptop_overlay_train_all_four_networks_apart(tmp_pa
             assert (f"checkpoints/laptop/{net}.pt" in out) == (dataset == "builtin"), (configfiles, net)
         assert f"results/{other}/" not in out, configfiles
         assert ("inpaint/strdiffusion_fresh/" in out) == (dataset == "builtin"), configfiles
+        if dataset == "laptop":  # the longest trainings first (priority = iterations), the short ones fill in
+            prio = {net: int(re.search(rf"rule train_{net}:.*?priority: (\d+)", out, re.S).group(1)) for net in NETWORKS}
+            assert prio == {"structure": 3000, "texture": 16000, "critic": 3000, "irsde": 16000}, prio
 
 
 @pytest.mark.parametrize("overlay", ["laptop.yaml", "paper/psv.yaml", "paper/celebahq.yaml", "paper/places2.yaml"])
