@@ -83,3 +83,9 @@ def curve_inputs(config: dict, dataset: str) -> dict[str, str]:
     sources = {net: f"results/{dataset}/curves/{net}.csv" for net in trained_networks(config)}
     sources.update({f"{net}_given": path for net, path in given_checkpoints(config).items()})
     return sources
+
+
+def train_iterations(config: dict, net: str) -> int:
+    """Training iterations of network ``net``: ``train.net_iterations[net]`` where given, else ``train.iterations``."""
+    t = config["train"]
+    return int((t.get("net_iterations") or {}).get(net, t["iterations"]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
-from .methods import CLASSICAL, given_checkpoints
+from .methods import CLASSICAL, given_checkpoints, train_iterations
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv
 from .utils import UserError, bin_label
@@ -136,10 +136,9 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: dict, net: str, **_) -> TrainSettings:
-        t = config["train"]  # train.net_iterations overrides train.iterations for the networks it names
-        values = config_values(cls, config, given={"iterations": int((t.get("net_iterations") or {}).get(
-            net, t["iterations"]))})
+        values = config_values(cls, config, given={"iterations": train_iterations(config, net)})
         if net == "critic":
+            t = config["train"]
             values.update(lr=float(t["critic_lr"]), betas=tuple(float(b) for b in t["critic_betas"]))
         return cls(**values)
 

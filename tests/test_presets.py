@@ -55,7 +55,8 @@ def test_the_default_and_the_laptop_overlay_train_all_four_networks_apart(tmp_pa
         assert f"results/{other}/" not in out, configfiles
         assert ("inpaint/strdiffusion_fresh/" in out) == (dataset == "builtin"), configfiles
         if dataset == "laptop":  # the longest trainings first (priority = iterations), the short ones fill in
-            prio = {net: int(re.search(rf"rule train_{net}:.*?priority: (\d+)", out, re.S).group(1))
+            # each rule's own block (its indented lines), so a missing priority cannot borrow the next rule's
+            prio = {net: int(re.search(rf"rule train_{net}:\n(?: {{4}}.*\n)*? {{4}}priority: (\d+)", out).group(1))
                     for net in NETWORKS}
             assert prio == {"structure": 3000, "texture": 16000, "critic": 3000, "irsde": 16000}, prio
 

@@ -173,6 +173,8 @@ def test_net_iterations_override_train_iterations_for_the_networks_they_name(con
     its = {net: shlex.split(job_options("train", cfg, dataset="builtin", net=net)) for net in NETWORKS}
     its = {net: int(argv[argv.index("--iterations") + 1]) for net, argv in its.items()}
     assert its == {net: 30 if net == "critic" else 700 for net in NETWORKS}
-    assert validate(dict(config))["train"]["net_iterations"] == {}  # none named: every network trains iterations
+    bare = validate({**config, "train": {k: v for k, v in config["train"].items() if k != "net_iterations"}})
+    assert bare["train"]["net_iterations"] == {}  # a config without the key: every network trains train.iterations
+    assert {TrainSettings.from_config(bare, net=net).iterations for net in NETWORKS} == {config["train"]["iterations"]}
     with pytest.raises(UserError, match=r"train\.net_iterations\.textur.*unknown key"):
         validate({**config, "train": {**config["train"], "net_iterations": {"textur": 30}}})

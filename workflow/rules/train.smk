@@ -27,7 +27,7 @@ for net in NETWORKS:
             f"benchmarks/rules/{{dataset}}/train_{net}.tsv"
         threads: 1
         # the longest training first (its iteration count), so that the shorter ones fill the other cores
-        priority: (config["train"].get("net_iterations") or {}).get(net, config["train"]["iterations"])
+        priority: train_iterations(config, net)
         resources:
             gpu=0,
         conda:
