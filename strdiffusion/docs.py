@@ -26,6 +26,7 @@ import csv
 import difflib
 import hashlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -146,23 +147,24 @@ def _config(root: Path, spec: str) -> dict:
 
 
 def presets(root: Path, *specs: str) -> str:
+    from .methods import given_checkpoints, train_iterations, trained_networks
+
     lines = ["| config | structure | texture | critic | IR-SDE | batch | width nf | T | EMA | test pairs per bin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
-    notes = []
+    notes = ["Training iterations per network (`train.iterations`, `train.net_iterations`); given: a `checkpoints:` "
+             "file instead of training; —: no row needs the network."]
     for spec in specs:
         c = _config(root, spec)
-        train, given = c["train"], {n for n, p in c.get("checkpoints", {}).items() if p}
-        its = [f"{train.get('net_iterations', {}).get(n, train['iterations']):,}" for n in NETS]
-        ema = f"{train['ema']}" if train.get("ema") else "off"
+        trained, given = trained_networks(c), given_checkpoints(c)
+        its = [f"{train_iterations(c, n):,}" if n in trained else "given" if n in given else "—" for n in NETS]
+        ema = f"{c['train']['ema']}" if c["train"].get("ema") else "off"
         datasets = c.get("run_datasets") or list(c["datasets"])
         n_test = ", ".join(f"{c['datasets'][d]['n_test']:,}" for d in datasets)
         name = " + ".join(f"`{s}`" for s in spec.split("+"))
-        lines.append(f"| {name} | " + " | ".join(its) + f" | {train['batch_size']} | {c['model']['nf']} | "
+        lines.append(f"| {name} | " + " | ".join(its) + f" | {c['train']['batch_size']} | {c['model']['nf']} | "
                      f"{c['sde']['T']} | {ema} | {n_test} |")
-        if given:
-            notes.append(f"{name} also evaluates given checkpoints (`checkpoints:`): "
-                         f"{', '.join(n for n in NETS if n in given)}.")
-    notes.insert(0, "Training iterations per network (`train.iterations`, `train.net_iterations`).")
+        if given and set(given) <= set(trained):
+            notes.append(f"{name} also samples given checkpoints in its plain diffusion rows: {', '.join(given)}.")
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
@@ -305,7 +307,7 @@ def _write_jobs(root: Path, configfile: str) -> None:
     runs_path = root / RESULTS / "runs.csv"
     runs = [r for r in _read_csv(runs_path) if r["run"] != f"jobs_{name}"]
     runs.append({"run": f"jobs_{name}", "date": time.strftime("%Y-%m-%d"), "commit": commit or "unknown",
-                 "wall_minutes": f"{seconds / 60:.1f}", "machine": "snakemake -n, stand-in data files",
+                 "wall_minutes": f"{seconds / 60:.1f}", "machine": f"stand-in data files, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}",
                  "command": f"snakemake -n --cores 1 --configfile {configfile}", "what": "dry run", "note": ""})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=RUN_FIELDS, lineterminator="\n")
