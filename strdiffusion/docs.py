@@ -229,7 +229,9 @@ def regenerate(root: Path) -> dict[Path, tuple[str, str, list[str]]]:
                 changed.append(match["spec"])
             return match.group(1) + body + match.group(4)
 
-        new = BLOCK.sub(fill, text)
+        new, count = BLOCK.subn(fill, text)
+        if count != text.count("\n<!-- generated: ") + text.startswith("<!-- generated: "):
+            raise UserError(f"{page}: a `<!-- generated: ... -->` line without its `<!-- end generated -->` line")
         if new != text or changed:
             out[page] = (text, new, changed)
     return out
