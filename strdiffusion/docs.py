@@ -123,12 +123,14 @@ def history(root: Path, *runs: str) -> str:
     for run in runs:
         info = run_info(root, run)
         methods, _, values = _measured(root, run)
-        where = f"{info['what']}: {info['date']}, `{info['commit'][:7]}`, {info['wall_minutes']} min"
+        wall = f", {info['wall_minutes']} min" if info.get("wall_minutes") else ""
+        where = f"{info['what']}: {info['date']}, `{info['commit'][:7]}`{wall}"
         for method in methods:
             if method.removesuffix("_fresh") not in DIFFUSION_ROWS:
                 continue
             cells = [f"{values[method, b, 'psnr']:.2f}" if (method, b, "psnr") in values else "" for b in bins]
-            lines.append(f"| {where} | {_label(method)} | " + " | ".join(cells) + f" | {_clipped(values, method)} |")
+            clipped = _clipped(values, method).replace("—", "")  # not recorded for that run
+            lines.append(f"| {where} | {_label(method)} | " + " | ".join(cells) + f" | {clipped} |")
             where = ""
     return "\n".join(lines) + "\n"
 
