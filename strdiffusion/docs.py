@@ -322,7 +322,9 @@ def _write_jobs(root: Path, configfile: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion docs", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="strdiffusion docs", description="Regenerate the generated blocks of README.md, "
+                                "docs/*.md and checkpoints/laptop/README.md from docs/results/, config/*.yaml and the "
+                                "shipped checkpoints.")
     p.add_argument("--root", default=".", help="the repository (default: the current folder)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each block that differs")
     p.add_argument("--count-jobs", metavar="CONFIG", action="append", default=[],
