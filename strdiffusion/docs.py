@@ -346,6 +346,8 @@ def main(argv=None) -> int:
     if a.check and stale:
         print("run `strdiffusion docs` (or `make docs`) to regenerate them", file=sys.stderr)
         return 1
+    if not stale:
+        print("the generated blocks are up to date")
     return 0
 
 
