@@ -1,5 +1,5 @@
 """The settings of each pipeline stage: the one place where an option's name, type, default, help and
-config key live (issue 14). The stages' command lines are derived from these classes and the
+config key live. The stages' command lines are derived from these classes and the
 workflow's job options rendered from them (:mod:`strdiffusion.options`); defaults are the reference's.
 
 - :class:`SDESettings` (config ``sde``) and :class:`ModelSettings` (``model``): shared by training and

@@ -48,7 +48,7 @@ METHOD_NAMES = {
     "irsde": "IR-SDE (no structure)",
 }
 METHOD_NAMES.update({method + FRESH: f"{METHOD_NAMES[method]} (trained in this run)" for method in DIFFUSION})
-# Published numbers (spec §6): StrDiffusion on Paris StreetView, NVIDIA masks.
+# Numbers published in the paper: StrDiffusion on Paris StreetView, NVIDIA masks.
 REFERENCE_ROWS = {
     "paris_streetview": ("StrDiffusion (paper)", {
         "10-20": {"psnr": 33.17, "ssim": 0.960, "fid": 11.38},

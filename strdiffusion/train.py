@@ -1,4 +1,4 @@
-"""Training stage: the structure, texture, critic and IR-SDE networks (spec §4).
+"""Training stage: the structure, texture, critic and IR-SDE networks.
 
 One trainer for all four kinds; only the objective differs:
 

@@ -64,7 +64,7 @@ def _stand_in_data(root: Path) -> dict:
             "masks": {"nvidia_source": str(root / "masks")}}
 
 
-PAPER = {  # config file, dataset, n_test used in the dry-run (Places2 reduced: its full DAG is timed in README)
+PAPER = {  # config file, dataset, n_test used in the dry-run (Places2 reduced: its full DAG is counted by test_docs)
     "psv": ("paris_streetview", None),
     "celebahq": ("celebahq", None),
     "places2": ("places2", 2000),

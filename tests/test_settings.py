@@ -1,5 +1,5 @@
 """Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py):
-one source for each stage's option names, defaults and config keys (issue 14)."""
+one source for each stage's option names, defaults and config keys."""
 from __future__ import annotations
 
 import argparse

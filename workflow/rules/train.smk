@@ -1,4 +1,4 @@
-# Training (issue 4): one rule per network kind (strdiffusion.methods.NETWORKS), named train_structure,
+# Training: one rule per network kind (strdiffusion.methods.NETWORKS), named train_structure,
 # train_texture, train_critic and train_irsde, so that profiles set resources per network. Each rule
 # declares only the final checkpoint as output, so Snakemake never deletes the resumable state in
 # results/{dataset}/models/<net>_state/; re-running an interrupted job resumes from it. A non-empty
