@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .external import check_config as check_external
+from .external_rows import check_config as check_external
 from .utils import UserError
 
 SCHEMA_RESOURCE = ("schemas", "config.schema.yaml")   # inside the strdiffusion package

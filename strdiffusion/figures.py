@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .external import IMPORTED, missing_ids, parse_description
+from .external_rows import IMPORTED, missing_ids, parse_description
 from .options import add_arguments, from_namespace
 from .settings import FigureSettings
 from .tables import METHOD_NAMES, METRICS, PER_IMAGE

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .external import missing_ids
+from .external_rows import missing_ids
 from .metric_math import (IMAGE_METRICS, SET_METRICS, compute_image_metrics, fid_backend,
                           fid_from_features, kid_from_features)
 from .metric_nets import InceptionFeatures, LPIPSMetric

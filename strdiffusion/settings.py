@@ -11,7 +11,10 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
   :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
 - :class:`MaskSettings`, :class:`PoolSettings`, :class:`PairSettings` (``datasets.<name>.masks``): the test
   masks, the training pool and the test pairs; :class:`ImageMetricSettings`, :class:`SetMetricSettings`
-  (``metrics``).
+  (``metrics``); :class:`ImportSettings` (``external_methods.<method>``): how an outside method's outputs are scored.
+
+Over 500 lines because it is one cohesive thing: every stage's options side by side, so that a config key's
+option, default and help are found in one place.
 
 :func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
 reads it when it parses the rules.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
-from .external import RESIZE, describe, row_methods
+from .external_rows import RESIZE, describe, row_methods
 from .methods import CLASSICAL, given_checkpoints, train_iterations
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .external import parse_description
+from .external_rows import parse_description
 from .methods import DIFFUSION, FRESH
 from .metrics import status_path
 from .options import add_arguments, from_namespace

@@ -18,7 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
-from strdiffusion.external import import_inputs, prediction_dirs, row_methods
+from strdiffusion.external_rows import import_inputs, prediction_dirs, row_methods
 from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
