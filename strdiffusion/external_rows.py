@@ -82,7 +82,8 @@ def output_folder(template: str, dataset: str, bin_name: str) -> str:
     input, so that outputs added or removed there make it run again."""
     path = template.format(dataset=dataset, bin=bin_name, image_id="\0")
     head = path.split("\0")[0]
-    return head if head.endswith("/") else str(Path(head).parent) if "/" in head else ""
+    folder = head if head.endswith("/") else head.rpartition("/")[0]
+    return str(Path(folder)) if folder else ""
 
 
 def import_inputs(config: dict, dataset: str, method: str, bin_name: str) -> dict:
