@@ -191,6 +191,24 @@ def test_external_missing_outputs_error_or_partial_row_with_its_image_count(test
         _import(test_set, test_set / "nowhere" / "{image_id}.png", allow_partial=True)
 
 
+def test_external_partial_row_has_a_blank_panel_in_the_qualitative_grid(test_set):
+    from strdiffusion import figures
+
+    outside = test_set / "outside"
+    _telea_outputs(test_set, outside)
+    (outside / "img1.png").unlink()
+    inpaint = test_set / "inpaint"
+    _import(test_set, outside / "{image_id}.png", out=f"inpaint/lama/{BIN}/imported", allow_partial=True)
+    pairs = pd.read_csv(test_set / "pairs.csv", dtype={"image_id": str, "bin": str})
+    png = test_set / "fig" / "qualitative.png"
+    figures.qualitative(pairs, test_set / "gt", test_set / "no_structure", inpaint, ["lama"], [BIN], 2, png,
+                        names={"lama": "LaMa"})
+    assert png.stat().st_size > 1000 and png.with_suffix(".pdf").is_file()
+    (inpaint / "lama" / BIN / "imported" / "img0.png").unlink()  # an output lost after the import: an error
+    with pytest.raises(UserError, match="no output for image 'img0'"):
+        figures.qualitative(pairs, test_set / "gt", test_set / "no_structure", inpaint, ["lama"], [BIN], 2, png)
+
+
 def test_external_rows_are_named_and_their_protocol_footnoted(tmp_path):
     files = []
     for method, psnr in (("telea", 25.0), ("lama", 27.0), ("mat", 26.0)):
