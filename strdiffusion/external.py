@@ -1,4 +1,4 @@
-"""Outside methods as rows: the import stage and the config's ``external_methods:``.
+"""The import stage: an outside method's outputs of one bin, checked and scored like a built-in row's.
 
 A method run by its own code (LaMa, MAT, RePaint, ...) on the exported test pairs (``strdiffusion export``)
 is named in the config with a display name and a path template, e.g.
@@ -28,8 +28,11 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from .export import read_pairs
 from .external_rows import RESIZE, SIDECAR, check_config
-from .utils import UserError
+from .utils import UserError, atomic_dir, read_image_rgb, read_mask, save_png_atomic, write_text_atomic
 
 log = logging.getLogger("strdiffusion.external")
 
@@ -41,13 +44,9 @@ MISMATCH_SHARE = 0.02
 SHOWN_IDS = 5
 
 
-# ---- the import stage ---------------------------------------------------------------------------------
-
 def differs_outside_holes(output, image, mask) -> bool:
     """Whether more than ``MISMATCH_SHARE`` of the known pixels (``mask`` 1) of uint8 RGB ``output`` are
     further than ``MISMATCH_LEVELS`` from ``image`` in some channel (more than JPEG noise)."""
-    import numpy as np
-
     known = mask > 0.5
     if not known.any():
         return False
@@ -81,11 +80,6 @@ def _outputs(pairs, template: str, dataset: str, bin_name: str, method: str, all
 def import_bin(pairs_csv, gt_dir, bin_name: str, method: str, dataset: str, s, out) -> dict:
     """Apply the protocol to one bin of an outside row's outputs; write ``out/<image_id>.png`` and the
     sidecar ``out/imported.json``; return the sidecar's record."""
-    from .export import read_pairs
-    import numpy as np
-
-    from .utils import atomic_dir, read_image_rgb, read_mask, save_png_atomic, write_text_atomic
-
     rows, paths, missing = _outputs(read_pairs(pairs_csv), s.path, dataset, bin_name, method, s.allow_partial)
     differing = 0
     with atomic_dir(out) as tmp:
