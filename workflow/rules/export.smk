@@ -19,6 +19,7 @@ rule export:
         expand("results/{dataset}/export", dataset=run_datasets()),
 
 
+# The job's few lines reach the console too: a warning that the outputs were made for other masks must be seen.
 rule import_external:
     input:
         unpack(import_sources),
@@ -32,4 +33,4 @@ rule import_external:
         "../envs/strdiffusion.yaml"
     shell:
         "python -m strdiffusion import --pairs {input.pairs} --gt-dir {input.gt} --bin {wildcards.bin} "
-        "--method {wildcards.method} --dataset {wildcards.dataset} {params.args} --out {output} > {log} 2>&1"
+        "--method {wildcards.method} --dataset {wildcards.dataset} {params.args} --out {output} 2>&1 | tee {log}"
