@@ -310,7 +310,7 @@ class ImportSettings:
                          key=_EXTERNAL + "as_is")
     resize: str = option("none", "resize outputs of another size to the test image's (none: an error)",
                          key=_EXTERNAL + "resize", choices=tuple(RESIZE))
-    allow_partial: bool = option(False, "score the images that have an output (none missing: an error otherwise)",
+    allow_partial: bool = option(False, "score the images that have an output (otherwise a missing output is an error)",
                                  key=_EXTERNAL + "allow_partial")
 
 
