@@ -19,6 +19,8 @@ STAGES = {
     "metrics": ("metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
     "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
     "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
+    "export": ("export", "write the test pairs in the layouts of other inpainting codes (LaMa, RePaint, plain)"),
+    "import": ("external", "score an outside method's outputs of one bin like the built-in rows"),
     "curves": ("curves", "learning-curves figure of the trained networks"),
     "shrink": ("shrink", "store a trained checkpoint's weights as float16 for shipping (half the size)"),
     "check-config": ("config", "validate a config file against the schema"),
