@@ -33,7 +33,18 @@ def pool() -> list[str]:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    # A GPU split into MIG instances is listed with them ("  MIG 3g.40gb Device 0: (UUID: MIG-...)"); CUDA
+    # addresses an instance only by its UUID, so each instance is a slot of its own.
+    slots, gpu = [], -1
+    for line in out.splitlines():
+        if line.startswith("GPU "):
+            gpu += 1
+            slots.append(str(gpu))
+        elif line.strip().startswith("MIG ") and "UUID: " in line and gpu >= 0:
+            if slots and slots[-1] == str(gpu):
+                slots.pop()
+            slots.append(line.split("UUID: ", 1)[1].strip().rstrip(")"))
+    return slots
 
 
 def lock_dir() -> Path:

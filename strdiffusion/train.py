@@ -183,6 +183,7 @@ def main(argv=None) -> int:
     job = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if job.nproc > 1 and world_size == 1:
+        check_rank_device(job.device, job.nproc)
         return _relaunch(argv, job.nproc)
     return train(job, world_size)
 
