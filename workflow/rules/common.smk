@@ -18,6 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
+from strdiffusion.gpu import pool as gpu_pool
 from strdiffusion.methods import CLASSICAL, NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
@@ -133,28 +134,14 @@ def weights_present(kind):
     return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
-def _gpu_pool():
-    """GPUs of the machine running the jobs (strdiffusion.gpu.pool); none when a cluster runs them. Without a
-    `--resources gpu=N`, N is their number, so that no more GPU jobs run at once than there are GPUs."""
-    from strdiffusion.gpu import pool
-
-    found = pool() if workflow.local_exec else []
-    if found and "gpu" not in workflow.global_resources:
-        workflow.register_resource("gpu", len(found))
-    return found
+GPU_POOL = gpu_pool() if workflow.local_exec else []  # this machine's GPUs; none when a cluster runs the jobs
+if GPU_POOL and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", len(GPU_POOL))  # without --resources gpu=N: never more GPU jobs than GPUs
+GPU_JOB = int(bool(GPU_POOL))  # resources.gpu of a GPU rule (profiles may give a training more)
 
 
-GPU_POOL = _gpu_pool()
-
-
-def gpu_slots(wildcards):
-    """GPUs a GPU rule's job holds (resources.gpu, which profiles may raise): one where this machine has GPUs."""
-    return 1 if GPU_POOL else 0
-
-
-def inpaint_gpu_slots(wildcards):
-    """As gpu_slots; a classical method needs none."""
-    return 0 if wildcards.method in CLASSICAL else gpu_slots(wildcards)
+def inpaint_gpus(wildcards):
+    return 0 if wildcards.method in CLASSICAL else GPU_JOB
 
 
 def train_nproc(wildcards, resources):

@@ -29,7 +29,7 @@ for net in NETWORKS:
         # the longest training first (its iteration count), so that the shorter ones fill the other cores
         priority: train_iterations(config, net)
         resources:
-            gpu=gpu_slots,
+            gpu=GPU_JOB,
         conda:
             "../envs/strdiffusion.yaml"
         shell:
