@@ -188,20 +188,21 @@ def gpu_workdir(tmp_path_factory, repo_root):
     (work / "tiny.yaml").write_text(yaml.safe_dump(GPU_TINY))
     targets = ["results/builtin/data/train", "results/builtin/structure/train", "results/builtin/masks/pool",
                "results/builtin/masks/pairs.csv", "results/builtin/data/test", "results/builtin/structure/test"]
-    res = subprocess.run([SNAKEMAKE, "--cores", "2", "--configfile", "tiny.yaml", *targets], cwd=work,
+    res = subprocess.run([SNAKEMAKE, *targets, "--cores", "2", "--configfile", "tiny.yaml"], cwd=work,
                          env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return work
 
 
-def _gpu_run(gpu_workdir, tmp_path, n_gpus, *args, profile=True):
+def _gpu_run(gpu_workdir, tmp_path, n_gpus, targets, *options, profile=True):
     work = tmp_path / "work"
     shutil.copytree(gpu_workdir, work, symlinks=True)
     env = _env(PATH=f"{_stand_in_nvidia_smi(tmp_path / 'bin', n_gpus)}{os.pathsep}{_env()['PATH']}",
                STRDIFFUSION_GPU_LOCK_DIR=str(tmp_path / "locks"), OMP_NUM_THREADS="1")
     env.pop("STRDIFFUSION_GPU_POOL", None)
     prof = ["--profile", str(Path(__file__).resolve().parent.parent / "profiles" / "local-gpu")] if profile else []
-    res = subprocess.run([SNAKEMAKE, *prof, "--cores", "32", "--configfile", "tiny.yaml", *args], cwd=work, env=env,
+    res = subprocess.run([SNAKEMAKE, *targets, *prof, *options, "--cores", "32", "--configfile", "tiny.yaml"], cwd=work,
+                         env=env,
                          capture_output=True, text=True, timeout=900)
     return work, res
 
@@ -219,7 +220,7 @@ def _held(log: Path) -> tuple[set[str], float, float]:
 def test_gpu_slots_four_trainings_and_parallel_inpainting_hold_distinct_gpus(gpu_workdir, tmp_path):
     """profiles/local-gpu on a machine listing four GPUs: the four training jobs run at once on four distinct
     GPUs, inpainting jobs that run side by side hold distinct GPUs, and no two overlapping jobs share one."""
-    work, res = _gpu_run(gpu_workdir, tmp_path, 4, *MODELS, *SHARDS)
+    work, res = _gpu_run(gpu_workdir, tmp_path, 4, [*MODELS, *SHARDS])
     assert res.returncode == 0, res.stderr[-3000:]
     logs = {f"train_{net}": work / "logs" / "builtin" / f"train_{net}.log" for net in NETS}
     logs.update({f"inpaint {s}": work / "logs" / "builtin" / "inpaint" / "_".join(s.split("/")[3:]).replace(
@@ -240,7 +241,7 @@ def test_gpu_slots_four_trainings_and_parallel_inpainting_hold_distinct_gpus(gpu
 
 @pytest.mark.slow
 def test_gpu_slots_training_with_two_gpus_runs_ddp_on_them(gpu_workdir, tmp_path):
-    work, res = _gpu_run(gpu_workdir, tmp_path, 4, "--set-resources", "train_structure:gpu=2", MODELS[0])
+    work, res = _gpu_run(gpu_workdir, tmp_path, 4, MODELS[:1], "--set-resources", "train_structure:gpu=2")
     assert res.returncode == 0, res.stderr[-3000:]
     log = work / "logs" / "builtin" / "train_structure.log"
     slots, _, _ = _held(log)
@@ -252,7 +253,7 @@ def test_gpu_slots_training_with_two_gpus_runs_ddp_on_them(gpu_workdir, tmp_path
 
 @pytest.mark.slow
 def test_gpu_slots_rule_asking_for_a_gpu_without_a_pool_stops_with_one_line(gpu_workdir, tmp_path):
-    work, res = _gpu_run(gpu_workdir, tmp_path, 0, MODELS[0])
+    work, res = _gpu_run(gpu_workdir, tmp_path, 0, MODELS[:1])
     assert res.returncode != 0
     text = (work / "logs" / "builtin" / "train_structure.log").read_text()
     errors = [line for line in text.splitlines() if "error" in line.lower()]
@@ -265,7 +266,7 @@ def test_gpu_slots_rule_asking_for_a_gpu_without_a_pool_stops_with_one_line(gpu_
 def test_gpu_slots_without_a_profile_run_no_more_gpu_jobs_than_gpus(gpu_workdir, tmp_path):
     """No profile on a machine listing two GPUs: Snakemake's gpu resource defaults to 2, each GPU rule asks for
     one, so at most two of the four trainings run at any time (Snakemake's own job log), on distinct GPUs."""
-    work, res = _gpu_run(gpu_workdir, tmp_path, 2, *MODELS, profile=False)
+    work, res = _gpu_run(gpu_workdir, tmp_path, 2, MODELS, profile=False)
     assert res.returncode == 0, res.stderr[-3000:]
     running, most = set(), 0
     for line in res.stderr.splitlines():

@@ -134,7 +134,7 @@ def weights_present(kind):
     return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
-GPU_POOL = gpu_pool() if workflow.local_exec else []  # this machine's GPUs; none when a cluster runs the jobs
+GPU_POOL = gpu_pool() if workflow.local_exec and not workflow.remote_exec else []  # none when a cluster runs jobs
 if GPU_POOL and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", len(GPU_POOL))  # without --resources gpu=N: never more GPU jobs than GPUs
 GPU_JOB = int(bool(GPU_POOL))  # resources.gpu of a GPU rule (profiles may give a training more)
