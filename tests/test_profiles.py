@@ -223,8 +223,9 @@ def test_gpu_slots_four_trainings_and_parallel_inpainting_hold_distinct_gpus(gpu
     work, res = _gpu_run(gpu_workdir, tmp_path, 4, [*MODELS, *SHARDS])
     assert res.returncode == 0, res.stderr[-3000:]
     logs = {f"train_{net}": work / "logs" / "builtin" / f"train_{net}.log" for net in NETS}
-    logs.update({f"inpaint {s}": work / "logs" / "builtin" / "inpaint" / "_".join(s.split("/")[3:]).replace(
-        "shard_", "") + ".log" for s in SHARDS})
+    for shard in SHARDS:  # results/builtin/inpaint/<method>/<bin>/shard_<i> -> logs/.../<method>_<bin>_<i>.log
+        method, bin_, i = shard.split("/")[3:]
+        logs[f"inpaint {shard}"] = work / "logs" / "builtin" / "inpaint" / f"{method}_{bin_}_{i[6:]}.log"
     held = {job: _held(log) for job, log in logs.items()}
     trainings = [held[f"train_{net}"][0] for net in NETS]
     assert set().union(*trainings) == {"0", "1", "2", "3"} and all(len(s) == 1 for s in trainings)
@@ -271,7 +272,7 @@ def test_gpu_slots_without_a_profile_run_no_more_gpu_jobs_than_gpus(gpu_workdir,
     running, most = set(), 0
     for line in res.stderr.splitlines():
         line = line.strip()
-        if line.startswith("rule train_"):
+        if line.startswith(("rule train_", "localrule train_")):
             running.add(line.split()[1].rstrip(":"))
         elif line.startswith("Finished jobid") and "train_" in line:
             running.discard(line.split("Rule: ")[1].rstrip(")"))
