@@ -47,6 +47,25 @@ def pool() -> list[str]:
     return slots
 
 
+def workflow_slots(workflow):
+    """The ``resources.gpu`` of the workflow's GPU rules, called by the Snakefile: (n, inpaint(wildcards)).
+
+    n is 1 where the machine running the jobs has GPUs (:func:`pool`), else 0; without ``--resources gpu=N``
+    Snakemake's limit becomes the number of GPUs, so that no more GPU jobs run at once than there are GPUs.
+    A cluster job looks for none, as where it was submitted. A classical method's inpainting takes none."""
+    from .methods import CLASSICAL
+
+    found = pool() if workflow.local_exec and not workflow.remote_exec else []
+    if found and "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", len(found))
+    n = int(bool(found))
+
+    def inpaint(wildcards):
+        return 0 if wildcards.method in CLASSICAL else n
+
+    return n, inpaint
+
+
 def lock_dir() -> Path:
     default = Path(tempfile.gettempdir()) / f"strdiffusion-gpu-locks-{os.getuid()}"
     path = Path(os.environ.get("STRDIFFUSION_GPU_LOCK_DIR", default))

@@ -18,8 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
-from strdiffusion.gpu import pool as gpu_pool
-from strdiffusion.methods import CLASSICAL, NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
+from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
 from strdiffusion.utils import UserError, bin_label
@@ -134,14 +133,9 @@ def weights_present(kind):
     return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
-GPU_POOL = gpu_pool() if workflow.local_exec and not workflow.remote_exec else []  # none when a cluster runs jobs
-if GPU_POOL and "gpu" not in workflow.global_resources:
-    workflow.register_resource("gpu", len(GPU_POOL))  # without --resources gpu=N: never more GPU jobs than GPUs
-GPU_JOB = int(bool(GPU_POOL))  # resources.gpu of a GPU rule (profiles may give a training more)
+from strdiffusion.gpu import workflow_slots
 
-
-def inpaint_gpus(wildcards):
-    return 0 if wildcards.method in CLASSICAL else GPU_JOB
+GPU_JOB, inpaint_gpus = workflow_slots(workflow)  # the GPU rules' resources.gpu (docs/gpu.md)
 
 
 def train_nproc(wildcards, resources):
