@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     from .gpu import claim_from_env
     from .utils import UserError, disk_full_message, is_disk_full
 
-    claim_from_env()  # before anything initialises CUDA
-    module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
     try:
+        claim_from_env()  # before anything initialises CUDA
+        module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
         return int(module.main(rest) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -159,6 +159,9 @@ def _run_images(args, s: ImageMetricSettings) -> None:
     status = {m: {"available": True, "reason": ""} for m in metrics}
     lpips_metric = None
     if "lpips" in metrics:
+        from .precision import configure
+
+        configure(s.tf32, deterministic=False)  # both ways: cuDNN allows TF32 unless told not to
         lpips_metric = LPIPSMetric(s.device, s.alexnet_weights or None, s.batch_size)
         if not lpips_metric.available:
             status["lpips"] = {"available": False, "reason": f"LPIPS n/a: {lpips_metric.reason}"}
@@ -204,6 +207,9 @@ def _run_sets(args, s: SetMetricSettings) -> None:
     elif n < 2:
         unavailable(f"too few images ({n}; at least 2 are needed)")
     else:
+        from .precision import configure
+
+        configure(s.tf32, deterministic=False)
         features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
         if not features.available:
             unavailable(features.reason)

@@ -17,7 +17,8 @@ Over 500 lines because it is one cohesive thing: every stage's options side by s
 option, default and help are found in one place.
 
 :func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
-reads it when it parses the rules.
+reads it when it parses the rules. It is one cohesive thing: every stage's options side by side, so that
+an option shared by stages (seed, device, tf32) has one name and one default.
 """
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ HOLE_FILLS = ("recipe", "mean")  # hole value of the denoisers' mu: the recipe's
 
 def device_option():
     return option("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
+
+
+def _tf32(key):
+    return option(False, "allow TF32 matmuls and convolutions on CUDA (changes results slightly)", key=key)
+
+
+def _deterministic():
+    return option(False, "deterministic CUDA kernels: byte-identical GPU re-runs, slower", key="run.deterministic")
 
 
 def _positive(settings, names) -> None:
@@ -124,6 +133,8 @@ class TrainSettings:
     size: int = option(0, "working size in px (random crops); 0 = the images' size", key="image_size")
     sigma: float = option(3.0, "Canny sigma of the structure maps (metadata)", key="structure.sigma_train")
     amp: str = option("none", "mixed precision (CUDA only)", key="train.amp", choices=PRECISIONS)
+    tf32: bool = _tf32("train.tf32")
+    deterministic: bool = _deterministic()
 
     def __post_init__(self):
         if len(self.betas) != 2:
@@ -220,7 +231,8 @@ class RunSettings:
     channels_last: bool = option(False, "channels-last memory format", key="sampling.channels_last")
     autocast: str = option("none", "CUDA mixed precision (changes results slightly)", key="sampling.autocast",
                            choices=PRECISIONS)
-    tf32: bool = option(False, "allow TF32 matmuls on CUDA (changes results slightly)", key="sampling.tf32")
+    tf32: bool = _tf32("sampling.tf32")
+    deterministic: bool = _deterministic()
     save_structure: bool = option(False, "also write the final structure state to structure/")
 
 
@@ -472,6 +484,7 @@ class ImageMetricSettings:
     alexnet_weights: str = _alexnet_weights()
     device: str = device_option()
     batch_size: int = _metric_batch()
+    tf32: bool = _tf32("metrics.tf32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -490,6 +503,7 @@ class SetMetricSettings:
     kid_subset_size: int = option(1000, "KID: images per subset (at most the set's size)")
     device: str = device_option()
     batch_size: int = _metric_batch()
+    tf32: bool = _tf32("metrics.tf32")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,6 +138,11 @@ def weights_present(kind):
     return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
+from strdiffusion.gpu import workflow_slots
+
+GPU_JOB, inpaint_gpus = workflow_slots(workflow)  # the GPU rules' resources.gpu (docs/gpu.md)
+
+
 def train_nproc(wildcards, resources):
     """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
     return max(1, int(getattr(resources, "gpu", 0) or 0))

@@ -29,10 +29,10 @@ for net in NETWORKS:
         # the longest training first (its iteration count), so that the shorter ones fill the other cores
         priority: train_iterations(config, net)
         resources:
-            gpu=0,
+            gpu=GPU_JOB,
         conda:
             "../envs/strdiffusion.yaml"
         shell:
-            "python -m strdiffusion train --net {params.net} --images {input.images} --structure {input.structure} "
+            "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion train --net {params.net} --images {input.images} --structure {input.structure} "
             "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} "
             "{params.settings} --threads {threads} --nproc {params.nproc} > {log} 2>&1"
