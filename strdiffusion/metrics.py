@@ -161,8 +161,9 @@ def load_image_pairs(ids, gt_dir, pred_dirs) -> tuple[list[np.ndarray], list[np.
 
 
 def set_features(features, paths, which: str = "both", chunk: int = 0):
-    """Features (float64, N x dims) of the ground truths and/or predictions of ``paths``, computed
-    chunk by chunk from the files: memory holds the features and one chunk of images.
+    """Features (N x dims) of the ground truths and/or predictions of ``paths``, computed chunk by
+    chunk from the files: memory holds the features and one chunk of images. float32, the network's
+    own output precision (float64 if a network gives values float32 cannot hold).
 
     ``which``: 'both' -> (gt, pred); 'gt' or 'pred' -> that one array. ``chunk`` defaults to the
     network's batch size, so the batches are those of one call on the whole list.
@@ -176,7 +177,10 @@ def set_features(features, paths, which: str = "both", chunk: int = 0):
             if side in out:
                 f = features(images)
                 if out[side] is None:  # the network's dims, allocated once for the whole set
-                    out[side] = np.empty((n, f.shape[1]))
+                    out[side] = np.empty((n, f.shape[1]), np.float32)
+                f32 = f.astype(np.float32)
+                if not np.array_equal(f32, f):  # a float64 network: keep its precision
+                    out[side] = out[side].astype(np.float64)
                 out[side][rows] = f
     return (out["gt"], out["pred"]) if which == "both" else out[which]
 

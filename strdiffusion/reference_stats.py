@@ -77,13 +77,15 @@ def compute(features, gt_dir, ids) -> dict:
 
     gt_dir = Path(gt_dir)
     fingerprint = image_list_sha256(gt_dir, ids)
+    from .metric_math import mean_and_cov
+
     f = set_features(features, [(gt_dir / f"{i}.png", None) for i in ids], "gt")
-    f32 = f.astype(np.float32)
-    stored = f32 if np.array_equal(f32, f) else f
     dims = f.shape[1]
-    mu = f.mean(axis=0) if len(f) else np.full(dims, np.nan)
-    sigma = np.cov(f, rowvar=False) if len(f) >= 2 else np.full((dims, dims), np.nan)
-    return dict(mu=mu, sigma=sigma, features=stored, weights_sha256=weights_sha256(features.weights_path),
+    if len(f) >= 2:
+        mu, sigma = mean_and_cov(f)
+    else:
+        mu, sigma = f.mean(axis=0, dtype=np.float64), np.full((dims, dims), np.nan)
+    return dict(mu=mu, sigma=sigma, features=f, weights_sha256=weights_sha256(features.weights_path),
                 image_list_sha256=fingerprint, n_images=len(f), dims=dims, backend=_backend(), format=FORMAT,
                 reason="")
 
@@ -133,7 +135,7 @@ def stale_reason(stats: dict, gt_dir, ids, weights_path) -> str:
 
 
 def load_fresh(path, gt_dir, ids, weights_path):
-    """The ground truths' features (float64, N x dims) from ``path`` when it is fresh, else None
+    """The ground truths' features (N x dims, as stored) from ``path`` when it is fresh, else None
     (missing or stale: the reason is logged, and the caller computes them)."""
     path = Path(path)
     if not path.is_file():
@@ -145,7 +147,7 @@ def load_fresh(path, gt_dir, ids, weights_path):
         log.warning("reference statistics %s are stale (%s); computing the ground truths' features here", path, why)
         return None
     log.info("ground truths' features of %d images from %s", len(ids), path)
-    return np.asarray(stats["features"], dtype=np.float64)
+    return np.asarray(stats["features"])
 
 
 def run(args, s) -> None:

@@ -125,6 +125,15 @@ def weights_status(wildcards):
     return ["results/weights.json"] if config["metrics"]["fetch_weights"] else []
 
 
+def reference_stats(wildcards):
+    """A set job reads its bin's ground-truth statistics (reference_stats rule) when it computes FID or KID."""
+    return ["results/{dataset}/metrics/reference/{bin}.npz".format(**wildcards)] if config["metrics"]["per_set"] else []
+
+
+def reference_option(wildcards, input):
+    return command_line(["--reference", input.reference[0]]) if input.reference else ""
+
+
 def weights_present(kind):
     """'present' or 'missing' at parse time: a params value, so metric jobs re-run once the weights arrive."""
     from strdiffusion.weights import target_path_no_torch
