@@ -24,6 +24,7 @@ STAGES = {
     "check-config": ("config", "validate a config file against the schema"),
     "weights": ("weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
     "env": ("gpu", "print devices, versions and the job's GPU slot"),
+    "plan": ("plan", "jobs, peak memory, GPU-hours and disk of a config and profile, before running it"),
 }
 
 
