@@ -19,6 +19,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/inpaint.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:

@@ -19,7 +19,7 @@ from PIL import Image
 
 # the stage's own CLI with a cheap feature network in place of the Inception (2,048 features per image)
 _JOB = textwrap.dedent("""
-    import resource, sys
+    import sys
     import numpy as np, torch
     from strdiffusion import metrics as M
 
@@ -38,7 +38,9 @@ _JOB = textwrap.dedent("""
 
     M.InceptionFeatures = SmallFeatures
     M.main(sys.argv[1:])
-    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM, not getrusage's ru_maxrss: that one keeps the forking parent's peak across exec
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print("peak_rss_kb", int(hwm.split()[1]))
 """)
 
 

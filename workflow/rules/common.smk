@@ -145,3 +145,8 @@ def weights_present(kind):
 def train_nproc(wildcards, resources):
     """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
     return max(1, int(getattr(resources, "gpu", 0) or 0))
+
+
+def plan_configfiles(wildcards):
+    """The config files this run was given (the Snakefile's default first), for the plan to merge alike."""
+    return command_line(["--configfile", *map(str, workflow.configfiles)])
