@@ -125,13 +125,12 @@ def weights_status(wildcards):
     return ["results/weights.json"] if config["metrics"]["fetch_weights"] else []
 
 
-def reference_stats(wildcards):
-    """A set job reads its bin's ground-truth statistics (reference_stats rule) when it computes FID or KID."""
-    return ["results/{dataset}/metrics/reference/{bin}.npz".format(**wildcards)] if config["metrics"]["per_set"] else []
+def reference_stats(wildcards):  # a set job's ground-truth statistics (reference_stats rule), with FID or KID
+    return expand("results/{dataset}/metrics/reference/{bin}.npz", **wildcards) if config["metrics"]["per_set"] else []
 
 
 def reference_option(wildcards, input):
-    return command_line(["--reference", input.reference[0]]) if input.reference else ""
+    return command_line(["--reference", *input.reference][: 2 * bool(input.reference)])
 
 
 def weights_present(kind):
@@ -146,7 +145,5 @@ def train_nproc(wildcards, resources):
     """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
     return max(1, int(getattr(resources, "gpu", 0) or 0))
 
-
-def plan_configfiles(wildcards):
-    """The config files this run was given (the Snakefile's default first), for the plan to merge alike."""
+def plan_configfiles(wildcards):  # the run's config files (the default first): the plan merges them alike
     return command_line(["--configfile", *map(str, workflow.configfiles)])
