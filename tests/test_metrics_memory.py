@@ -86,3 +86,43 @@ def test_set_metrics_peak_memory_grows_less_than_a_quarter_from_500_to_4000_pair
     # holding the images would add 2 x 196 KB per pair (1.4 GB at 4,000); the features are 32 KB per pair
     print(f"peak RSS: {small:.0f} MB at 500 pairs, {large:.0f} MB at 4,000 pairs")
     assert large < 1.25 * small, (small, large)
+
+
+def test_pair_paths_and_chunks_match_reading_everything_at_once(tmp_path):
+    from strdiffusion import metrics as M
+    from strdiffusion.utils import UserError
+
+    rng = np.random.default_rng(1)
+    gt, shard0, shard1 = (tmp_path / d for d in ("gt", "shard_0", "shard_1"))
+    for d in (gt, shard0, shard1):
+        d.mkdir()
+    ids = [f"im{i}" for i in range(5)]
+    for i, image_id in enumerate(ids):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(gt / f"{image_id}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save((shard0 if i < 3 else shard1) /
+                                                                                f"{image_id}.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(shard1 / "im0.png")  # also in a later shard: the first wins
+    paths = M.pair_paths(ids, gt, [shard0, shard1])
+    assert [p.parent.name for _, p in paths] == ["shard_0"] * 3 + ["shard_1"] * 2
+    whole_gt, whole_pred = M.load_image_pairs(ids, gt, [shard0, shard1])
+    chunks = list(M.iter_image_pairs(paths, 2))
+    assert [len(g) for g, _ in chunks] == [2, 2, 1]
+    for a, b in zip([x for g, _ in chunks for x in g] + [x for _, p in chunks for x in p], whole_gt + whole_pred):
+        np.testing.assert_array_equal(a, b)
+
+    class Mean:  # per-image features: batches must not change them
+        batch_size = 2
+
+        def __call__(self, images):
+            return np.stack([im.reshape(-1, 3).mean(0) for im in images])
+
+    f_gt, f_pred = M.set_features(Mean(), paths)
+    np.testing.assert_allclose(f_gt, Mean()(whole_gt), rtol=1e-6)
+    np.testing.assert_allclose(f_pred, Mean()(whole_pred), rtol=1e-6)
+    np.testing.assert_allclose(M.set_features(Mean(), paths, "pred"), f_pred)
+    (shard1 / "im4.png").unlink()
+    with pytest.raises(UserError, match=r"shard_0/im4\.png: prediction not found"):
+        M.pair_paths(ids, gt, [shard0, shard1])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(shard1 / "im4.png")
+    with pytest.raises(UserError, match=r"im4\.png is 8x8 but .*gt/im4\.png is 16x16"):
+        list(M.iter_image_pairs(M.pair_paths(ids, gt, [shard0, shard1]), 2, "pred"))
