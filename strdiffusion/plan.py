@@ -16,6 +16,7 @@ the estimate. Metric jobs are estimated from their inputs (2,048 float32 feature
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -85,8 +86,9 @@ def _bytes(tensors) -> int:
 
 def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100) -> dict:
     """Peak bytes of one training step of network ``kind`` (forward, backward, Adam) at ``batch`` x
-    ``px`` px: parameters + traced peak (activations kept for backward, gradients, Adam's two state
-    tensors, temporaries) + the batch. Returns the parts and ``total``."""
+    ``px`` px: parameters + gradients + traced peak (activations kept for backward, Adam's two state
+    tensors, temporaries) + the batch. Returns the parts, ``step`` (what the step adds to a process
+    that holds the network and the batch) and ``total``."""
     import torch
 
     from .objectives import objective
@@ -107,36 +109,46 @@ def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100) -
 
     params = _bytes(net.parameters())
     traced = traced_peak_bytes(step)
+    # gradients are handed from the backward pass to the parameters inside autograd, where the
+    # tracer does not see them live: they are counted here, one per trainable parameter
+    grads = _bytes(p for p in net.parameters() if p.requires_grad)
     batch_bytes = _bytes(data.values())
-    return {"params": params, "traced": traced, "batch": batch_bytes, "total": params + traced + batch_bytes}
+    return {"params": params, "grads": grads, "traced": traced, "step": grads + traced, "batch": batch_bytes,
+            "total": params + grads + traced + batch_bytes}
 
 
 def sampler_peak(kinds, model: dict, batch: int, px: int) -> dict:
     """Peak bytes of sampling with networks ``kinds`` at ``batch`` x ``px`` px: every network's
     parameters + the largest traced forward + the sampler's state (a few images per network)."""
-    import torch
-
     params, forward = 0, 0
     for kind in kinds:
-        net = _build_meta(kind, model).eval().requires_grad_(False)
-        params += _bytes(net.parameters())
-        meta = dict(device="meta")
-        t = torch.full((batch,), 5, dtype=torch.long, **meta)
-        if kind == "critic":
-            x, s = torch.empty(batch, 3, px, px, **meta), torch.empty(batch, 1, px, px, **meta)
-            call = lambda net=net, x=x, s=s: net(t, x, s, stddev_group=1)  # noqa: E731
-        else:
-            c = 1 if kind == "structure" else 3
-            x, mu = torch.empty(batch, c, px, px, **meta), torch.empty(batch, c, px, px, **meta)
-            if kind == "texture":
-                g = torch.empty(batch, 1, px, px, **meta)
-                call = lambda net=net, x=x, mu=mu, g=g: net(x, mu, t, g)  # noqa: E731
-            else:
-                call = lambda net=net, x=x, mu=mu: net(x, mu, t)  # noqa: E731
-        with torch.inference_mode():
-            forward = max(forward, traced_peak_bytes(call))
+        p, f = _forward_peak(kind, tuple(sorted(model.items())), batch, px)
+        params, forward = params + p, max(forward, f)
     state = 16 * batch * 4 * px * px * 4  # image, mask, structure, states and trials: ~16 x 4 channels
     return {"params": params, "traced": forward, "batch": state, "total": params + forward + state}
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_peak(kind: str, model_items: tuple, batch: int, px: int) -> tuple[int, int]:
+    """(parameter bytes, traced peak of one forward) of network ``kind``; the same for every method."""
+    import torch
+
+    net = _build_meta(kind, dict(model_items)).eval().requires_grad_(False)
+    meta = dict(device="meta")
+    t = torch.full((batch,), 5, dtype=torch.long, **meta)
+    if kind == "critic":
+        x, s = torch.empty(batch, 3, px, px, **meta), torch.empty(batch, 1, px, px, **meta)
+        call = lambda: net(t, x, s, stddev_group=1)  # noqa: E731
+    else:
+        c = 1 if kind == "structure" else 3
+        x, mu = torch.empty(batch, c, px, px, **meta), torch.empty(batch, c, px, px, **meta)
+        if kind == "texture":
+            g = torch.empty(batch, 1, px, px, **meta)
+            call = lambda: net(x, mu, t, g)  # noqa: E731
+        else:
+            call = lambda: net(x, mu, t)  # noqa: E731
+    with torch.inference_mode():
+        return _bytes(net.parameters()), traced_peak_bytes(call)
 
 
 # ---------------------------------------------------------------------------------------------
