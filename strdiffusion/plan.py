@@ -229,7 +229,7 @@ def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None) -> list[dict
         params = est["params"]
         rows.append(dict(rule=f"train_{net}", jobs=n_data, device="gpu", peak_mb=est["total"] / MB,
                          params_m=params / 4 / 1e6, unit="iteration", seconds_per_unit=sec,
-                         gpu_hours=(sec * iters * n_data / 3600) if sec else None,
+                         gpu_hours=(sec * iters * n_data / 3600) if sec else None, units_per_job=iters,
                          disk_mb=n_data * params * 4 / MB))  # weights + resumable state (Adam: 2 more)
     sample_batch = cfg["sampling"]["batch_size"]
     for method in methods:
@@ -239,9 +239,11 @@ def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None) -> list[dict
         classical = base_method(method) in CLASSICAL or not nets
         est = {"total": 0} if classical else sampler_peak(nets, model, sample_batch, px)
         rows.append(dict(rule=f"inpaint_shard[{method}]", jobs=shards, device="cpu" if classical else "gpu",
-                         peak_mb=(est["total"] / MB) if not classical else 4 * shard * image_bytes / MB,
+                         peak_mb=(est["total"] / MB) if not classical else
+                         PROCESS_MB["cpu"] + 4 * shard * image_bytes / MB,
                          params_m=(est.get("params", 0) / 4 / 1e6), unit="image", seconds_per_unit=None,
-                         gpu_hours=0.0 if classical else None, disk_mb=images * image_bytes / MB))
+                         gpu_hours=0.0 if classical else None, units_per_job=shard,
+                         disk_mb=images * image_bytes / MB))
     per_set = cfg["metrics"]["per_set"]
     n_largest = max(n_test.values())
     features_mb = 2 * n_largest * 2048 * 4 / MB
@@ -261,11 +263,16 @@ def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None) -> list[dict
     rows.append(dict(rule="prepare_data", jobs=n_data, device="cpu", peak_mb=PROCESS_MB["cpu"], params_m=0.0,
                      unit="image", seconds_per_unit=None, gpu_hours=0.0,
                      disk_mb=sum(n_test.values()) * image_bytes * 3 / MB))  # test images, structure, masks
+    # extract_structure (train, test), test/train masks, pairs, table, figures per data set; curves, weights
+    others = 7 * n_data + (n_data if trained_networks(cfg) else 0) + (1 if cfg["metrics"]["fetch_weights"] else 0)
+    rows.append(dict(rule="other (masks, structure, tables)", jobs=others, device="cpu", peak_mb=PROCESS_MB["cpu"],
+                     params_m=0.0, unit="image", seconds_per_unit=None, gpu_hours=0.0, disk_mb=0.0))
     return rows
 
 
 def warnings_for(rows, profile: dict, gpu_mem_gb: float) -> list[str]:
-    """A line per job kind whose profile memory (CPU jobs: mem_mb) or GPU memory is below the estimate."""
+    """A line per job kind whose profile memory (CPU jobs: mem_mb), GPU memory or runtime (where the time
+    per unit is measured) is below the estimate."""
     out = []
     for row in rows:
         rule = row["rule"].split("[")[0]
@@ -277,19 +284,22 @@ def warnings_for(rows, profile: dict, gpu_mem_gb: float) -> list[str]:
         elif res.get("mem_mb") and row["peak_mb"] > float(res["mem_mb"]):
             out.append(f"warning: {row['rule']}: estimated peak {row['peak_mb']:.0f} MB > the profile's mem_mb "
                        f"{res['mem_mb']}; raise set-resources: {rule}: mem_mb")
-        if res.get("runtime") and row.get("seconds_per_unit") and row["jobs"]:
-            pass  # per-job time needs the units per job; reported in the table's GPU-hours instead
+        if res.get("runtime") and row.get("seconds_per_unit") and row.get("units_per_job"):
+            minutes = row["seconds_per_unit"] * row["units_per_job"] / 60
+            if minutes > float(res["runtime"]):
+                out.append(f"warning: {row['rule']}: estimated {minutes:.0f} min per job > the profile's runtime "
+                           f"{res['runtime']} min; raise set-resources: {rule}: runtime")
     return out
 
 
 def render(rows) -> str:
-    head = f"{'job kind':28s} {'jobs':>6s} {'on':>4s} {'peak MB':>9s} {'params M':>9s} {'s/unit':>12s} " \
+    head = f"{'job kind':38s} {'jobs':>6s} {'on':>4s} {'peak MB':>9s} {'params M':>9s} {'s/unit':>12s} " \
            f"{'GPU-h':>8s} {'disk MB':>10s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         sec = f"{r['seconds_per_unit']:.3g}/{r['unit'][:4]}" if r["seconds_per_unit"] else "unknown"
         gpu_h = "unknown" if r["gpu_hours"] is None else f"{r['gpu_hours']:.1f}"
-        lines.append(f"{r['rule']:28s} {r['jobs']:6d} {r['device']:>4s} {r['peak_mb']:9.0f} {r['params_m']:9.1f} "
+        lines.append(f"{r['rule']:38s} {r['jobs']:6d} {r['device']:>4s} {r['peak_mb']:9.0f} {r['params_m']:9.1f} "
                      f"{sec:>12s} {gpu_h:>8s} {r['disk_mb']:10.0f}")
     known = [r["gpu_hours"] for r in rows if r["device"] == "gpu"]
     total = "unknown (no benchmark of these networks at this size)" if any(h is None for h in known) \

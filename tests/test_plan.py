@@ -120,3 +120,25 @@ def test_plan_cli_psv_table_csv_job_counts_and_warnings(tmp_path, repo_root, cap
     assert "warning: train_texture" in text and "16 GB" in text  # the paper's training step needs more
     assert "warning: image_metrics" not in text
     assert "unknown" in text  # no benchmark of the paper networks at 256 px
+
+
+def test_plan_times_from_a_benchmark_give_gpu_hours_and_runtime_warnings(tmp_path):
+    import json
+
+    cfg = P.load_config([])  # the embedded default: tiny networks
+    bench = tmp_path / "bench.json"
+    batch, px = cfg["train"]["batch_size"], cfg["image_size"]
+    bench.write_text(json.dumps({"device": "cuda", "configs": {"tiny": {"nf": cfg["model"]["nf"]}},
+                                 "train": [{"net": "texture", "config": "tiny", "batch": batch, "px": px,
+                                            "median_s": 0.5}]}))
+    rows = {r["rule"]: r for r in P.plan_rows(cfg, benchmarks=bench)}
+    texture = rows["train_texture"]
+    iters = cfg["train"].get("net_iterations", {}).get("texture", cfg["train"]["iterations"])
+    assert texture["seconds_per_unit"] == 0.5 and texture["gpu_hours"] == pytest.approx(0.5 * iters / 3600)
+    assert rows["train_structure"]["seconds_per_unit"] is None  # not measured: unknown
+    minutes = 0.5 * iters / 60
+    profile = {"default": {}, "rules": {"train_texture": {"runtime": minutes / 2}}}
+    warnings = P.warnings_for(list(rows.values()), profile, 80.0)
+    assert any(w.startswith("warning: train_texture") and "runtime" in w for w in warnings)
+    profile["rules"]["train_texture"]["runtime"] = minutes * 2
+    assert not any("runtime" in w for w in P.warnings_for(list(rows.values()), profile, 80.0))
