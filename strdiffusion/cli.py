@@ -27,6 +27,7 @@ STAGES = {
     "weights": ("weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
     "env": ("gpu", "print devices, versions and the job's GPU slot"),
     "docs": ("docs", "regenerate the measured tables of README.md and docs/ from docs/results/ (--check: compare)"),
+    "plan": ("plan", "jobs, peak memory, GPU-hours and disk of a config and profile, before running it"),
 }
 
 

@@ -113,15 +113,14 @@ def fid_from_features(f1, f2, method: str = "pytorch-fid") -> float:
     """
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    f1, f2 = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+    f1, f2 = _features(f1), _features(f2)
     if min(len(f1), len(f2)) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {len(f1)} and {len(f2)}")
     if method == "exact":
         return frechet_distance_exact(f1, f2)
     if method != "pytorch-fid":
         raise ValueError(f"unknown FID method '{method}'; choose from {list(FID_METHODS)}")
-    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
-    sigma1, sigma2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    (mu1, sigma1), (mu2, sigma2) = mean_and_cov(f1), mean_and_cov(f2)
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         # pytorch-fid prints its eps notice to stdout, and passes sqrtm(disp=False), which
         # SciPy >= 1.16 flags as deprecated
@@ -135,24 +134,66 @@ def frechet_distance_exact(f1, f2) -> float:
     Tr sqrt(S1 S2) is the sum of the square roots of the (non-negative) eigenvalues of S1 S2.
     With centred features A1, A2 these are the squared singular values of
     A1 A2^T / sqrt((n1-1)(n2-1)), so small sets need only an n1 x n2 SVD; large sets use the
-    symmetric eigenvalues of S2^1/2 S1 S2^1/2. Unlike ``sqrtm`` this is stable for the singular
-    covariances of sets smaller than the feature dimension, and takes seconds instead of minutes.
+    symmetric eigenvalues of B^T S1 B with S2 = B B^T (those of S2^1/2 S1 S2^1/2).
+    Unlike ``sqrtm`` this is stable for the singular covariances of sets smaller than the feature dimension, and takes seconds instead of minutes.
     """
-    f1, f2 = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+    f1, f2 = _features(f1), _features(f2)
     (n1, d), n2 = f1.shape, len(f2)
     if min(n1, n2) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {n1} and {n2}")
-    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
-    a1, a2 = f1 - mu1, f2 - mu2
     if n1 * n2 <= d * d:
+        mu1, mu2 = f1.mean(axis=0, dtype=np.float64), f2.mean(axis=0, dtype=np.float64)
+        a1, a2 = f1 - mu1, f2 - mu2
         tr_sqrt = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / math.sqrt((n1 - 1) * (n2 - 1))
+        tr1, tr2 = (a1 ** 2).sum() / (n1 - 1), (a2 ** 2).sum() / (n2 - 1)
     else:
-        s1, s2 = a1.T @ a1 / (n1 - 1), a2.T @ a2 / (n2 - 1)
-        w, v = np.linalg.eigh(s2)
-        s2_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-        tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(s2_half @ s1 @ s2_half), 0, None)).sum()
+        # with S2 = B B^T (B = V W^1/2 from S2's eigendecomposition), S1 S2 has the eigenvalues of
+        # the symmetric B^T S1 B; LAPACK's MRRR driver (small workspace) on arrays it may overwrite,
+        # in an order that keeps at most three d x d arrays alive: memory stays that of the features
+        from scipy.linalg import eigh
+
+        mu2, s2 = mean_and_cov(f2)
+        tr2 = np.trace(s2)
+        # .T: the Fortran-ordered view of a symmetric matrix, which LAPACK takes without a copy
+        w, b = eigh(s2.T, driver="evr", overwrite_a=True, check_finite=False)
+        del s2
+        b *= np.sqrt(np.clip(w, 0, None))
+        mu1, s1 = mean_and_cov(f1)
+        tr1 = np.trace(s1)
+        m = b.T @ s1
+        del s1
+        m = m @ b
+        del b
+        eig = eigh(m.T, eigvals_only=True, driver="evr", overwrite_a=True, check_finite=False)
+        tr_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + (a1 ** 2).sum() / (n1 - 1) + (a2 ** 2).sum() / (n2 - 1) - 2 * tr_sqrt)
+    return float(diff @ diff + tr1 + tr2 - 2 * tr_sqrt)
+
+
+def mean_and_cov(f, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample covariance (ddof 1, as ``np.cov(f, rowvar=False)``) of the rows of ``f``.
+
+    Centred ``chunk`` rows at a time, so that a large set (36,500 x 2048) needs no centred copy of
+    its features beside them: memory is the features and the d x d result.
+    """
+    f = _features(f)
+    n, d = f.shape
+    mu = f.mean(axis=0, dtype=np.float64)
+    s, product = np.zeros((d, d)), np.empty((d, d))
+    for start in range(0, n, chunk):
+        a = f[start:start + chunk] - mu
+        np.dot(a.T, a, out=product)
+        s += product
+    del product
+    s /= n - 1
+    return mu, s
+
+
+def _features(f) -> np.ndarray:
+    """A feature set as an array without copying: float32 (the networks' output, stored as is to
+    halve the memory of large sets) or float64; every sum below is taken in float64."""
+    f = np.asarray(f)
+    return f if f.dtype in (np.float32, np.float64) else f.astype(np.float64)
 
 
 def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -171,18 +212,18 @@ def kid_from_features(f1, f2, subsets: int = 100, subset_size: int = 1000, seed:
     replacement (numpy RandomState(seed)); std is the population std over subsets. When the
     subset size equals both set sizes every draw is the whole set, so it is computed once, std 0.
     """
-    f1, f2 = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+    f1, f2 = _features(f1), _features(f2)
     n1, n2 = len(f1), len(f2)
     m = min(n1, n2, int(subset_size))
     if m < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {n1} and {n2}")
     if m == n1 == n2:
-        return _polynomial_mmd2_unbiased(f1, f2), 0.0
+        return _polynomial_mmd2_unbiased(f1.astype(np.float64), f2.astype(np.float64)), 0.0
     rng = np.random.RandomState(seed)
     mmds = np.empty(int(subsets))
     for i in range(int(subsets)):
-        x = f1[rng.choice(n1, m, replace=False)]
-        y = f2[rng.choice(n2, m, replace=False)]
+        x = f1[rng.choice(n1, m, replace=False)].astype(np.float64)
+        y = f2[rng.choice(n2, m, replace=False)].astype(np.float64)
         mmds[i] = _polynomial_mmd2_unbiased(x, y)
     return float(mmds.mean()), float(mmds.std())
 

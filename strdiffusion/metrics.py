@@ -8,6 +8,11 @@ fallback when it fails, which the backend column says). Either may be given an e
 (``--metrics ''`` or ``--metrics`` with no value, as the workflow renders ``metrics.per_set: []``):
 its CSV then has no metric columns (and a set CSV no ``fid_backend``), and the status sidecar is ``{}``.
 
+Images are read chunk by chunk from the files (``iter_image_pairs``), so a job's memory holds the
+features (2,048 floats per image) and one chunk of images, not the set. ``metrics reference``
+writes the ground truths' features of a bin once (``reference_stats.py``); ``metrics sets
+--reference FILE`` reads them when they are fresh.
+
 Pretrained weights are never downloaded here: when they are absent, the metric is reported as NaN
 with a reason, in ``<out stem>.status.json``, that says where to put the file.
 """
@@ -75,30 +80,117 @@ def prediction_ids(pairs_csv, bin_label: str, pred_dirs) -> list[str]:
     return [i for i in load_pair_ids(pairs_csv, bin_label) if i not in missing]
 
 
-def load_image_pairs(ids, gt_dir, pred_dirs) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Read ``GT_DIR/<id>.png`` and ``<pred dir>/<id>.png`` for every id; sizes must match.
+def _png_names(folder: Path) -> set[str]:
+    """Names in ``folder``, from one listing (one stat per file would be one per id and folder)."""
+    import os
+
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def pair_paths(ids, gt_dir, pred_dirs) -> list[tuple[Path, Path]]:
+    """``(GT_DIR/<id>.png, <pred dir>/<id>.png)`` for every id, checked to exist; no image is read.
 
     ``pred_dirs`` is one folder or several (the inpainting shards of a bin); each prediction is
-    looked up in them in order.
+    looked up in them in order. Each folder is listed once, so the cost is linear in the number of
+    ids and folders, not their product.
     """
     if isinstance(pred_dirs, (str, Path)):
         pred_dirs = [pred_dirs]
     pred_dirs = [Path(d) for d in pred_dirs]
-    gts, preds = [], []
+    gt_dir = Path(gt_dir)
+    gt_names = _png_names(gt_dir)
+    where: dict[str, Path] = {}
+    for d in reversed(pred_dirs):  # the first folder that has a name wins
+        where.update(dict.fromkeys(_png_names(d), d))
+    out = []
     for image_id in ids:
-        gt_path = Path(gt_dir) / f"{image_id}.png"
-        pred_path = next((d / f"{image_id}.png" for d in pred_dirs if (d / f"{image_id}.png").is_file()),
-                         pred_dirs[0] / f"{image_id}.png")
-        for path, what in ((gt_path, "ground-truth image"), (pred_path, "prediction")):
-            if not path.is_file():
-                raise UserError(f"{path}: {what} not found for image id '{image_id}'")
-        gt, pred = read_image_rgb(gt_path), read_image_rgb(pred_path)
-        if gt.shape != pred.shape:
-            raise UserError(f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {gt_path} is "
-                            f"{gt.shape[1]}x{gt.shape[0]}; predictions must have the ground truth's size")
-        gts.append(gt)
-        preds.append(pred)
+        name = f"{image_id}.png"
+        gt_path = gt_dir / name
+        pred_path = where.get(name, pred_dirs[0]) / name
+        if name not in gt_names:
+            raise UserError(f"{gt_path}: ground-truth image not found for image id '{image_id}'")
+        if name not in where:
+            raise UserError(f"{pred_path}: prediction not found for image id '{image_id}'")
+        out.append((gt_path, pred_path))
+    return out
+
+
+def _size_of(path) -> tuple[int, int]:
+    """(width, height) of an image from its header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return read_image_rgb(path).shape[1::-1]  # raises the one-line error naming the file
+
+
+def iter_image_pairs(paths, chunk: int, read: str = "both"):
+    """Decoded ``(ground truths, predictions)`` of ``paths`` (from ``pair_paths``), ``chunk`` pairs at a
+    time, so that a stage holds one chunk of images in memory whatever the set's size; sizes must match.
+
+    ``read``: 'both', or 'gt' / 'pred' to decode only that side (the other is None; its size is still
+    checked, from the file's header).
+    """
+    chunk = max(1, int(chunk))
+    for start in range(0, len(paths), chunk):
+        gts, preds = [], []
+        for gt_path, pred_path in paths[start:start + chunk]:
+            gt = read_image_rgb(gt_path) if read != "pred" else None
+            if pred_path is None:  # ground truths alone (reference statistics)
+                gts.append(gt)
+                preds.append(None)
+                continue
+            pred = read_image_rgb(pred_path) if read != "gt" else None
+            gt_size = gt.shape[1::-1] if gt is not None else tuple(_size_of(gt_path))
+            pred_size = pred.shape[1::-1] if pred is not None else tuple(_size_of(pred_path))
+            if gt_size != pred_size:
+                raise UserError(f"{pred_path} is {pred_size[0]}x{pred_size[1]} but {gt_path} is "
+                                f"{gt_size[0]}x{gt_size[1]}; predictions must have the ground truth's size")
+            gts.append(gt)
+            preds.append(pred)
+        yield gts, preds
+
+
+def load_image_pairs(ids, gt_dir, pred_dirs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read ``GT_DIR/<id>.png`` and ``<pred dir>/<id>.png`` for every id, all at once (small sets only;
+    the stage streams them with ``iter_image_pairs``); sizes must match."""
+    paths = pair_paths(ids, gt_dir, pred_dirs)
+    gts, preds = [], []
+    for g, p in iter_image_pairs(paths, max(1, len(paths))):
+        gts += g
+        preds += p
     return gts, preds
+
+
+def set_features(features, paths, which: str = "both", chunk: int = 0):
+    """Features (N x dims) of the ground truths and/or predictions of ``paths``, computed chunk by
+    chunk from the files: memory holds the features and one chunk of images. float32, the network's
+    own output precision (float64 if a network gives values float32 cannot hold).
+
+    ``which``: 'both' -> (gt, pred); 'gt' or 'pred' -> that one array. ``chunk`` defaults to the
+    network's batch size, so the batches are those of one call on the whole list.
+    """
+    chunk = int(chunk or getattr(features, "batch_size", 16))
+    n = len(paths)
+    out = {side: None for side in (("gt", "pred") if which == "both" else (which,))}
+    for i, (gts, preds) in enumerate(iter_image_pairs(paths, chunk, which)):
+        rows = slice(i * chunk, i * chunk + len(gts))
+        for side, images in (("gt", gts), ("pred", preds)):
+            if side in out:
+                f = features(images)
+                if out[side] is None:  # the network's dims, allocated once for the whole set
+                    out[side] = np.empty((n, f.shape[1]), np.float32)
+                f32 = f.astype(np.float32)
+                if not np.array_equal(f32, f):  # a float64 network: keep its precision
+                    out[side] = out[side].astype(np.float64)
+                out[side][rows] = f
+    return (out["gt"], out["pred"]) if which == "both" else out[which]
 
 
 def read_clipped(pred_dirs, ids) -> list[float] | None:
@@ -144,7 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, ImageMetricSettings)
     p = sub.add_parser("sets", help="FID and KID of the set against its ground truths")
     _common_args(p)
+    p.add_argument("--reference", default="",
+                   help="the ground truths' statistics from `metrics reference` (.npz); used when fresh")
     add_arguments(p, SetMetricSettings)
+    p = sub.add_parser("reference", help="the ground truths' Inception statistics of one bin, for every "
+                                         "method's set job (.npz; kept when up to date)")
+    p.add_argument("--pairs", required=True, help="pairs CSV (columns image_id, bin, mask)")
+    p.add_argument("--gt-dir", required=True, help="folder of ground-truth images <image_id>.png")
+    p.add_argument("--bin", required=True, help="hole-ratio bin label, e.g. 10-20")
+    p.add_argument("--out", required=True, help="output .npz")
+    add_arguments(p, SetMetricSettings)  # the set jobs' network options (the metric ones are unused here)
     return parser
 
 
@@ -155,7 +256,7 @@ def _run_images(args, s: ImageMetricSettings) -> None:
     if s.crop < 0:
         raise UserError(f"--crop {s.crop}: must be >= 0")
     ids = prediction_ids(args.pairs, args.bin, args.pred_dir)
-    gts, preds = load_image_pairs(ids, args.gt_dir, args.pred_dir)
+    paths = pair_paths(ids, args.gt_dir, args.pred_dir)
     status = {m: {"available": True, "reason": ""} for m in metrics}
     lpips_metric = None
     if "lpips" in metrics:
@@ -167,10 +268,13 @@ def _run_images(args, s: ImageMetricSettings) -> None:
             status["lpips"] = {"available": False, "reason": f"LPIPS n/a: {lpips_metric.reason}"}
             log.warning("%s", status["lpips"]["reason"])
     started = time.perf_counter()
-    try:
-        values = compute_image_metrics(gts, preds, metrics, lpips_metric, crop=s.crop)
+    chunks = []
+    try:  # chunk by chunk: memory holds one chunk of images, whatever the set's size
+        for gts, preds in iter_image_pairs(paths, s.batch_size * max(1, 64 // s.batch_size)):
+            chunks.append(compute_image_metrics(gts, preds, metrics, lpips_metric, crop=s.crop))
     except ValueError as exc:
         raise UserError(f"{' '.join(map(str, args.pred_dir))}: {exc}") from None
+    values = pd.concat(chunks, ignore_index=True)
     log.info("%s bin %s: %d images, %s in %.1f s", args.method, args.bin, len(ids), ",".join(metrics),
              time.perf_counter() - started)
     table = pd.concat([pd.DataFrame({"method": args.method, "bin": args.bin, "image_id": ids}), values], axis=1)
@@ -186,7 +290,7 @@ def _run_sets(args, s: SetMetricSettings) -> None:
 
     metrics = _parse_metrics(",".join(s.metrics), SET_METRICS)
     ids = prediction_ids(args.pairs, args.bin, args.pred_dir)
-    gts, preds = load_image_pairs(ids, args.gt_dir, args.pred_dir)
+    paths = pair_paths(ids, args.gt_dir, args.pred_dir)
     n = len(ids)
     row = {"method": args.method, "bin": args.bin, "n_images": n}
     if "fid" in metrics:
@@ -215,7 +319,7 @@ def _run_sets(args, s: SetMetricSettings) -> None:
             unavailable(features.reason)
         else:
             started = time.perf_counter()
-            f_gt, f_pred = features(gts), features(preds)
+            f_gt, f_pred = _gt_and_pred_features(args, features, ids, paths)
             log.info("Inception features of %d images in %.1f s", 2 * n, time.perf_counter() - started)
             if "fid" in metrics:
                 started = time.perf_counter()
@@ -235,6 +339,19 @@ def _run_sets(args, s: SetMetricSettings) -> None:
     _write_status(args.out, status)
 
 
+def _gt_and_pred_features(args, features, ids, paths):
+    """The ground truths' features from the reference statistics file when it is given and fresh
+    (same image list, same weights), else computed here; the predictions' features, streamed."""
+    reference = getattr(args, "reference", "")
+    if reference:
+        from .reference_stats import load_fresh
+
+        f_gt = load_fresh(reference, args.gt_dir, ids, features.weights_path)
+        if f_gt is not None:
+            return f_gt, set_features(features, paths, "pred")
+    return set_features(features, paths, "both")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -243,6 +360,10 @@ def main(argv=None) -> int:
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
     if args.command == "images":
         _run_images(args, from_namespace(ImageMetricSettings, args))
+    elif args.command == "reference":
+        from .reference_stats import run
+
+        run(args, from_namespace(SetMetricSettings, args))
     else:
         _run_sets(args, from_namespace(SetMetricSettings, args))
     return 0

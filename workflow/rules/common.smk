@@ -130,6 +130,14 @@ def weights_status(wildcards):
     return ["results/weights.json"] if config["metrics"]["fetch_weights"] else []
 
 
+def reference_stats(wildcards):  # a set job's ground-truth statistics (reference_stats rule), with FID or KID
+    return expand("results/{dataset}/metrics/reference/{bin}.npz", **wildcards) if config["metrics"]["per_set"] else []
+
+
+def reference_option(wildcards, input):
+    return command_line(["--reference", *input.reference][: 2 * bool(input.reference)])
+
+
 def weights_present(kind):
     """'present' or 'missing' at parse time: a params value, so metric jobs re-run once the weights arrive."""
     from strdiffusion.weights import target_path_no_torch
@@ -146,3 +154,6 @@ GPU_JOB, inpaint_gpus = workflow_slots(workflow)  # the GPU rules' resources.gpu
 def train_nproc(wildcards, resources):
     """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
     return max(1, int(getattr(resources, "gpu", 0) or 0))
+
+def plan_configfiles(wildcards):  # the run's config files (the default first): the plan merges them alike
+    return command_line(["--configfile", *map(str, workflow.configfiles)])

@@ -39,18 +39,42 @@ rule image_metrics:
         "--method {wildcards.method} --bin {wildcards.bin} {params.settings} --out {output.csv} > {log} 2>&1"
 
 
+# The ground truths' Inception statistics of a bin, once for every method's set job.
+rule reference_stats:
+    input:
+        pairs="results/{dataset}/masks/pairs.csv",
+        gt="results/{dataset}/data/test",
+        weights=weights_status,
+    output:
+        "results/{dataset}/metrics/reference/{bin}.npz",
+    params:
+        settings=options("metrics sets"),
+        weights_state=weights_present("per_set"),
+    log:
+        "logs/{dataset}/metrics/reference_{bin}.log",
+    resources:
+        gpu=0,
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics reference --pairs {input.pairs} --gt-dir {input.gt} "
+        "--bin {wildcards.bin} {params.settings} --out {output} > {log} 2>&1"
+
+
 rule set_metrics:
     input:
         shards=shard_dirs,
         pairs="results/{dataset}/masks/pairs.csv",
         gt="results/{dataset}/data/test",
         weights=weights_status,
+        reference=reference_stats,
     output:
         csv="results/{dataset}/metrics/{method}/{bin}/set.csv",
         status="results/{dataset}/metrics/{method}/{bin}/set.status.json",
     params:
         settings=options("metrics sets"),
         weights_state=weights_present("per_set"),
+        reference=reference_option,
     log:
         "logs/{dataset}/metrics/{method}_{bin}_set.log",
     resources:
@@ -59,4 +83,4 @@ rule set_metrics:
         "../envs/strdiffusion.yaml"
     shell:
         "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion metrics sets --pairs {input.pairs} --gt-dir {input.gt} --pred-dir {input.shards} "
-        "--method {wildcards.method} --bin {wildcards.bin} {params.settings} --out {output.csv} > {log} 2>&1"
+        "--method {wildcards.method} --bin {wildcards.bin} {params.settings} {params.reference} --out {output.csv} > {log} 2>&1"
