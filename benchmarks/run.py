@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
+from . import scale
+
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("env", "forward", "sampler", "train", "metrics", "workflow")
+SECTIONS = ("env", "forward", "sampler", "train", "metrics", "workflow", "scale")
 DEFAULT_SECTIONS = ("env", "forward", "sampler", "train", "metrics")
 
 # fp32 matmul peak of the 2-core development CPU (issue #8); the GPU target is not measurable there.
@@ -594,6 +596,7 @@ def parse_args(argv):
     p.add_argument("--workflow-timeout", type=int, default=3600)
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     p.add_argument("--gpu-batch", type=int, default=8, help="images per batch of the CUDA paper-config sampler runs")
+    scale.add_arguments(p)
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.only.split(",") if s.strip()] or list(SECTIONS if a.all else DEFAULT_SECTIONS)
     unknown = [s for s in sections if s not in SECTIONS]
@@ -669,6 +672,10 @@ def main(argv=None) -> int:
     if "workflow" in a.sections:
         print("== workflow", flush=True)
         result["workflow"] = bench_workflow(a.workflow_timeout)
+        save()
+    if "scale" in a.sections:
+        print("== scale: Places2-size rehearsal (synthetic data, stand-in metric networks)", flush=True)
+        result["scale"] = scale.run(a)
         save()
     result["env"]["loadavg_end"] = loadavg()
     save()
