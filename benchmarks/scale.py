@@ -121,7 +121,8 @@ def write_images(folder: Path, n: int, size: int, seed: int) -> None:
 def write_nvidia_masks(folder: Path, groups: int = 6, px: int = 512, seed: int = 0) -> None:
     """NVIDIA's irregular-mask test-set layout: hole-white PNGs in name order, file k in hole-ratio group
     k // 2,000 ((0, 10], (10, 20], ... (50, 60] %), the first ``groups`` groups (all 6: the 12,000 files).
-    Each hole is one box of the group's area at a random place and aspect: the stages only need the layout and the ratios, and the box is cheap to draw."""
+    Each hole is one box of the group's area at a random place and aspect: the stages need only the layout
+    and the ratios, and a box is cheap to draw."""
     import numpy as np
     from PIL import Image
 
@@ -328,7 +329,8 @@ def table(result: dict) -> str:
 def write_readme(path: Path, result: dict) -> None:
     """Replace the generated block of the rehearsal section (or append the section), atomically."""
     block = (f"{README_BEGIN}\n\nMeasured {result['date']} on {result['cpu_count']} cores; command: "
-             f"`{result['command']}`. Rows: {result['rows']}; bins: {result['bins']}. Metric networks: "
+             f"`{result['command']}`. Rows: {', '.join(result['rows'])}; bins: {', '.join(result['bins'])} %. Metric "
+             f"networks: "
              f"{FEATURES} (time and memory only; their values are not metrics).\n\n{table(result)}\n\n{README_END}")
     text = path.read_text() if path.exists() else ""
     if README_BEGIN in text and README_END in text:
@@ -351,7 +353,7 @@ def run(a) -> dict:
     bins = paper["datasets"]["places2"]["masks"]["bins"][:a.scale_bins or None]
     print(f"  metric networks: {FEATURES}: time and memory only, no metric values are reported", flush=True)
     result = {"rows": [f"{m} (mean-colour fill)" if m not in ("telea", "navier_stokes", "biharmonic", "mean_fill")
-                       else m for m in rows], "bins": [f"{lo:g}-{hi:g}" for lo, hi in bins],
+                       else m for m in rows], "bins": [f"{100 * lo:g}-{100 * hi:g}" for lo, hi in bins],
               "features": FEATURES, "cpu_count": os.cpu_count(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python -m benchmarks --only scale --fraction " + a.fraction

@@ -46,8 +46,9 @@ def test_scale_rehearsal_reports_every_stage(tmp_path, request):
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\n## Other section\n\nkept\n")
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "scale", "--fraction", "0.05", "--scale-rows",
-                          "1", "--scale-bins", "1", "--scale-readme", str(readme), "--device", "cpu", "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "scale", "--fraction", "0.05",
+                          "--scale-rows", "1", "--scale-bins", "1", "--scale-readme", str(readme), "--device", "cpu",
+                          "--out", str(out)],
                          cwd=request.config.rootpath, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     from benchmarks.scale import STAGES
