@@ -157,7 +157,7 @@ def build(kind: str, config: str, device="cpu") -> torch.nn.Module:
 
 def inference_net(kind: str, config: str, seed: int = 0, fmt: str = "nchw") -> torch.nn.Module:
     """A random-weight network as the inpaint stage uses it: eval mode, no grads, spectral norm baked."""
-    from strdiffusion.nets import bake_spectral_norm
+    from strdiffusion.core.nets import bake_spectral_norm
 
     torch.manual_seed(seed)
     net = build(kind, config).eval().requires_grad_(False).to(DEVICE)
@@ -277,8 +277,8 @@ def calls_per_image(stats: dict) -> dict:
 
 def sampler_setup(config: str, px: int, T: int, batch: int, fmt: str, kinds=("structure", "texture", "critic")):
     """(sde, sampler config, random-weight nets by kind, (image, mask, gray, edge) on DEVICE, image ids)."""
-    from strdiffusion import sampling
-    from strdiffusion.sde import IRSDE
+    from strdiffusion.core import sampling
+    from strdiffusion.core.sde import IRSDE
 
     nets = {k: inference_net(k, config, seed=i, fmt=fmt) for i, k in enumerate(kinds)}
     inputs = tuple(v.to(DEVICE) for v in sampler_inputs(batch, px))
@@ -292,7 +292,7 @@ def bench_sampler(runs: list[tuple]) -> list[dict]:
     ``runs``: (config, px, T, batch, format, with_reference_order) tuples. The reference-order loop
     runs in the same process, on the same weights, inputs and noise, one image at a time.
     """
-    from strdiffusion import sampling, sampling_reference
+    from strdiffusion.core import sampling, sampling_reference
 
     rows = []
     for config, px, T, batch, fmt, with_reference in runs:
@@ -368,7 +368,7 @@ def bench_precision(config: str, px: int, T: int, batch: int, precisions=PRECISI
     """StrDiffusion sampling (batched, channels_last) at each precision: seconds per image, and how far
     the output moves from the fp32 output on the same weights, inputs and noise (random weights: the
     effect on a table's metrics needs trained checkpoints, see benchmarks/README.md)."""
-    from strdiffusion import sampling
+    from strdiffusion.core import sampling
 
     sde, sampler_config, nets, (image, mask, gray, edge), ids = sampler_setup(config, px, T, batch, "cl")
     rows, reference = [], None
@@ -423,7 +423,7 @@ def bench_train(quick: bool, config: str = "tiny", batch: int = 8, px: int = 64,
     matmul peak measured in the same run (issue 13: small nets should reach >= 50 %)."""
     from strdiffusion import train
     from strdiffusion.methods import NETWORKS
-    from strdiffusion.sde import IRSDE
+    from strdiffusion.core.sde import IRSDE
 
     sde = IRSDE(T=T, device=DEVICE)
     data = {k: v.to(DEVICE) for k, v in synthetic_batch(batch, px, T).items()}

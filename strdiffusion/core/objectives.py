@@ -1,4 +1,4 @@
-"""Training objectives of the four networks (spec §4; see :mod:`strdiffusion.train` for the recipes).
+"""Training objectives of the four networks (see :mod:`strdiffusion.train` for the recipes).
 
 Pure functions of networks, the SDE and a batch dict (tensors as :class:`strdiffusion.training_data.
 TrainingSet` yields them, stacked): no I/O, no randomness of their own. ``mask`` is 1 on KNOWN pixels.
@@ -62,7 +62,7 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
     ``noise`` (the reference): the output is the noise, and the loss matches the reverse step's mean to
     the optimal x*_{t-1}. ``x0``: the output is the clean image less mu (x0 = mu + output), and the loss
     is the same hole-weighted distance on x0 itself; the sampler turns it into noise
-    (:func:`strdiffusion.sampling.as_noise_fn`).
+    (:func:`strdiffusion.core.sampling.as_noise_fn`).
     """
     mask, t = batch["mask"], batch["t"]
     if kind == "structure":
