@@ -17,10 +17,10 @@ def _environment_check():
 
 _environment_check()
 
-from strdiffusion.config import validate
+from strdiffusion.config import EXTENDS, layered, validate
 from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
-from strdiffusion.options import command_line
-from strdiffusion.settings import job_options
+from strdiffusion.options import command_line, from_config
+from strdiffusion.settings import ShardSettings, job_options
 from strdiffusion.utils import UserError, bin_label
 
 
@@ -41,8 +41,21 @@ def _job_python_first_on_path():
 
 _job_python_first_on_path()
 
+def _with_extended_files():
+    """Snakemake merges each --configfile over config/config.yaml as it is; a file that extends others
+    (config/paper/psv.yaml extends common.yaml) needs those merged beneath it, so the config is merged again
+    from the same files, with their extends, and the same --config values."""
+    if EXTENDS not in config:
+        return config
+    given = list(workflow.overwrite_configfiles)
+    base = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(given):]
+    return layered([*base, *given], workflow.config_settings.config)
+
+
 try:
-    config.update(validate(config))
+    resolved = validate(_with_extended_files())
+    config.clear()
+    config.update(resolved)
 except UserError as exc:
     sys.exit(f"error: {exc}")
 
@@ -70,7 +83,7 @@ def bins(dataset):
 
 
 def n_shards(dataset):
-    return math.ceil(config["datasets"][dataset]["n_test"] / config["sampling"]["shard_size"])
+    return math.ceil(config["datasets"][dataset]["n_test"] / from_config(ShardSettings, config).shard_size)
 
 
 def method_models(wildcards):
