@@ -24,7 +24,7 @@ from .core.constants import ACCEPT, LATE_GUIDANCE, PARAMETERIZATIONS, SCHEDULES,
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
 from .methods import CLASSICAL, given_checkpoints, train_iterations
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
-from .options import command_line, config_values, from_config, nested, option, to_argv
+from .options import REQUIRED, command_line, config_values, from_config, nested, option, to_argv
 from .utils import UserError, bin_label
 
 PRECISIONS = ("none", "bf16", "fp16")
@@ -287,9 +287,9 @@ _MASKS = "datasets.{dataset}.masks."
 _NVIDIA, _FOLDER_MASKS = ("protocol", "nvidia"), ("protocol", "folder")
 
 
-def _protocol(key):
-    return option(help="mask protocol: a generator (lama_*, deepfill, box_*), a fixed RePaint mask (repaint_*), "
-                       "nvidia or folder", key=key)
+def _protocol(key, default=REQUIRED):
+    return option(default, "mask protocol: a generator (lama_*, deepfill, box_*), a fixed RePaint mask (repaint_*), "
+                  "nvidia or folder", key=key)
 
 
 def _nvidia_source():
@@ -368,9 +368,9 @@ class PoolSettings:
     """Training masks (``masks pool``): ``count`` masks of mixed hole ratios, drawn by a protocol or imported
     from ``masks.train_source`` (then the protocol is folder)."""
 
-    protocol: str = _protocol(_MASKS + "train_protocol")  # folder when masks.train_source is given
+    protocol: str = _protocol(_MASKS + "train_protocol", "lama_medium")  # folder when masks.train_source is given
     size: int = option(help="mask size in px (square)", key="image_size")
-    count: int = option(help="masks in the pool", key=_MASKS + "train_pool")
+    count: int = option(512, "masks in the pool", key=_MASKS + "train_pool")
     seed: int = option(help="seed of the masks", key="seed")
     nvidia_source: str = _nvidia_source()
     nvidia_border: str = _nvidia_border()
