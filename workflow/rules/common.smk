@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import os
+import shutil
 import sys
 
 
@@ -26,17 +27,24 @@ from strdiffusion.utils import UserError, bin_label
 
 def _job_python_first_on_path():
     """Rules run `python -m strdiffusion ...`: make that `python` the interpreter running Snakemake (it
-    imports strdiffusion, checked above), not whatever comes first on PATH. Jobs inherit os.environ.
-    With --sdm conda the job's own environment is activated after this and wins, as it should."""
+    imports strdiffusion, checked above), not whatever comes first on PATH. Jobs inherit os.environ, which
+    is changed in memory only: parsing the workflow writes nothing. With --sdm conda the job's own
+    environment is activated after this and wins, as it should; it finds the package beside this workflow
+    through PYTHONPATH (workflow/envs/strdiffusion.yaml installs the dependencies only)."""
     here = os.path.dirname(sys.executable)
     candidate = os.path.join(here, "python")
-    if not (os.path.exists(candidate) and os.path.samefile(candidate, sys.executable)):
-        import tempfile
-
-        here = tempfile.mkdtemp(prefix="strdiffusion-python-")  # e.g. /usr/bin/python3.11 without /usr/bin/python
-        os.symlink(sys.executable, os.path.join(here, "python"))
     env = os.environ  # PATH is not a setting of the workflow (no envvars: directive; the lint asks for one)
-    env.update(PATH=here + os.pathsep + env.get("PATH", os.defpath))
+    if os.path.exists(candidate) and os.path.samefile(candidate, sys.executable):
+        env.update(PATH=here + os.pathsep + env.get("PATH", os.defpath))
+    else:  # e.g. /usr/bin/python3.11 without /usr/bin/python: then `python` on PATH must be this interpreter
+        found = shutil.which("python")
+        if not (found and os.path.samefile(found, sys.executable)):
+            sys.exit(f"error: rules run `python`, but {sys.executable} (the Python running Snakemake) has no `python` "
+                     f"beside it and PATH gives {found or 'none'}; run the snakemake of a virtual or conda "
+                     "environment (`.venv/bin/snakemake --cores all`)")
+    root = workflow.basedir  # the clone: strdiffusion/ beside the Snakefile
+    if os.path.isdir(os.path.join(root, "strdiffusion")):
+        env.update(PYTHONPATH=os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p))
 
 
 _job_python_first_on_path()

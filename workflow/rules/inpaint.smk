@@ -15,7 +15,7 @@ rule inpaint_shard:
     resources:
         gpu=0,
     benchmark:
-        "benchmarks/rules/{dataset}/inpaint/{method}_{bin}_{shard}.tsv"
+        "logs/{dataset}/benchmarks/inpaint/{method}_{bin}_{shard}.tsv"
     conda:
         "../envs/strdiffusion.yaml"
     shell:
