@@ -2,13 +2,14 @@
 #   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
 #   make test        # build .venv if missing, then run the test suite
 #   make test-fast   # the suite without end-to-end and subprocess-heavy tests (pytest -m "not slow")
+#   make smoke       # the workflow on its tiny config, .test/config/config.yaml (results in .test/results/)
 PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: reproduce test test-fast lint dryrun report benchmark clean
+.PHONY: reproduce test test-fast smoke lint dryrun report benchmark clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+smoke: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) --directory .test
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

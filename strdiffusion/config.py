@@ -188,6 +188,13 @@ def layered(files, overrides: dict | None = None) -> dict:
     return merge(merged, copy.deepcopy(dict(overrides or {})))
 
 
+def with_extends(config: dict, files, overrides: dict | None = None) -> dict:
+    """Snakemake's ``config`` with the files its config files extend merged beneath them: Snakemake merges
+    ``files`` (the workflow's own config file, then each --configfile) as they are, then ``overrides``
+    (--config). Without an ``extends`` key, ``config`` itself."""
+    return layered(files, overrides) if EXTENDS in config else config
+
+
 def load(path) -> dict:
     path = Path(path)
     return validate(read_layer(path), source=str(path))

@@ -18,7 +18,7 @@ def _environment_check():
 
 _environment_check()
 
-from strdiffusion.config import EXTENDS, layered, validate
+from strdiffusion.config import validate, with_extends
 from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
 from strdiffusion.options import command_line, from_config
 from strdiffusion.settings import ShardSettings, job_options
@@ -27,10 +27,8 @@ from strdiffusion.utils import UserError, bin_label
 
 def _job_python_first_on_path():
     """Rules run `python -m strdiffusion ...`: make that `python` the interpreter running Snakemake (it
-    imports strdiffusion, checked above), not whatever comes first on PATH. Jobs inherit os.environ, which
-    is changed in memory only: parsing the workflow writes nothing. With --sdm conda the job's own
-    environment is activated after this and wins, as it should; it finds the package beside this workflow
-    through PYTHONPATH (workflow/envs/strdiffusion.yaml installs the dependencies only)."""
+    imports strdiffusion, checked above). Jobs inherit os.environ, changed in memory only (parsing writes
+    nothing). Under --sdm conda the job's environment wins and finds the package here through PYTHONPATH."""
     here = os.path.dirname(sys.executable)
     candidate = os.path.join(here, "python")
     env = os.environ  # PATH is not a setting of the workflow (no envvars: directive; the lint asks for one)
@@ -49,19 +47,10 @@ def _job_python_first_on_path():
 
 _job_python_first_on_path()
 
-def _with_extended_files():
-    """Snakemake merges each --configfile over config/config.yaml as it is; a file that extends others
-    (config/paper/psv.yaml extends common.yaml) needs those merged beneath it, so the config is merged again
-    from the same files, with their extends, and the same --config values."""
-    if EXTENDS not in config:
-        return config
-    given = list(workflow.overwrite_configfiles)
-    base = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(given):]
-    return layered([*base, *given], workflow.config_settings.config)
-
-
+_given = list(workflow.overwrite_configfiles)  # a file may extend others (config/paper/psv.yaml: common.yaml)
+_files = [*([] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(_given):]), *_given]
 try:
-    resolved = validate(_with_extended_files())
+    resolved = validate(with_extends(config, _files, workflow.config_settings.config))
     config.clear()
     config.update(resolved)
 except UserError as exc:
