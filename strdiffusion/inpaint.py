@@ -27,7 +27,8 @@ import pandas as pd
 from .diffusion_runner import DiffusionRunner
 from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
 from .options import add_arguments, from_namespace
-from .settings import RunSettings, SamplerConfig
+from .core.constants import SamplerConfig
+from .settings import RunSettings, SamplerSettings, ShardSettings
 from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
                     write_text_atomic)
 
@@ -106,7 +107,7 @@ def run_shard(args) -> None:
 
 def sampler_config(args, method: str) -> SamplerConfig:
     """The reverse process's constants from the options; resampling only for ``strdiffusion``."""
-    return dataclasses.replace(from_namespace(SamplerConfig, args), resample=(method == "strdiffusion"))
+    return dataclasses.replace(from_namespace(SamplerSettings, args), resample=(method == "strdiffusion")).sampler()
 
 
 def run_settings(args) -> RunSettings:
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gt-dir", help="folder of ground-truth test images <image_id>.png")
     g.add_argument("--structure-dir", help="folder with gray/ and edge/ maps of the test images")
     g.add_argument("--shard", type=int, default=0)
-    g.add_argument("--shard-size", type=int, default=16)
+    add_arguments(g, ShardSettings)
     g.add_argument("--out", help="output folder (shard) or output PNG/folder (own images)")
     add_sampling_arguments(p)
     return p
@@ -299,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the diffusion samplers and of own-image mode (``strdiffusion inpaint``), from
-    :class:`SamplerConfig` and :class:`RunSettings`."""
-    add_arguments(parser, SamplerConfig, "diffusion sampling (defaults reproduce the reference)")
+    :class:`SamplerSettings` and :class:`RunSettings`."""
+    add_arguments(parser, SamplerSettings, "diffusion sampling (defaults reproduce the reference)")
     add_arguments(parser, RunSettings, "how the sampler runs (results unchanged unless noted)")
     c = parser.add_argument_group("networks")
     for net in NETWORKS:
@@ -322,8 +323,9 @@ def main(argv=None) -> int:
     if missing:
         raise UserError("pipeline mode needs " + ", ".join("--" + k.replace("_", "-") for k in missing)
                         + " (or use --image/--mask for your own images)")
-    if args.shard < 0 or args.shard_size <= 0:
-        raise UserError("--shard must be >= 0 and --shard-size > 0")
+    if args.shard < 0:
+        raise UserError("--shard must be >= 0")
+    from_namespace(ShardSettings, args)  # checks --shard-size
     run_shard(args)
     return 0
 

@@ -59,10 +59,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .core.objectives import objective, recipe, recipe_fill
 from .gpu import check_rank_device
 from .gpu import resolve_device as _device
 from .methods import NETWORKS
-from .objectives import objective, recipe, recipe_fill
 from .options import add_arguments, from_namespace, nested, option
 from .precision import MixedPrecision, configure, in_effect
 from .settings import ModelSettings, TrainSettings, device_option
@@ -294,7 +294,7 @@ def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
     """SDE, data, network, optimiser and EMA, the run resumed from its state, and the validation set-up.
     The global torch RNG is seeded and used in a fixed order (network, resumed state, validation network)."""
     from . import checkpoints
-    from .sde import IRSDE
+    from .core.sde import IRSDE
     from .validation import metric_names, validation_batch
 
     s = job.settings
