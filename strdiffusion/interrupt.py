@@ -30,8 +30,8 @@ class Interrupted(BaseException):
     """A job stopped on notice. A BaseException, so ``except Exception`` handlers let it through while atomic
     writers still remove their temporary files."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
+    def __init__(self, reason: str, detail: str = "", iteration: int | None = None):
+        self.reason, self.detail, self.iteration = reason, detail, iteration
         super().__init__(f"interrupted by {reason}{'; ' + detail if detail else ''}")
 
 

@@ -106,6 +106,7 @@ class StateLock:
         self.history = Path(history) if history else None
         self.heartbeat, self.stale_after = heartbeat, stale_after
         self.record: dict | None = None
+        self.outcome = ""  # how the holder's work ended, for the release line
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,9 +124,10 @@ class StateLock:
             record = {}
         return (record if isinstance(record, dict) else {}), age
 
-    def _note(self, event: str, holder: dict) -> None:
-        line = f"{_now()} {event} {describe(holder)}"
-        log.info("lock %s: %s %s", self.path, event, describe(holder))
+    def _note(self, event: str, holder: dict, outcome: str = "") -> None:
+        what = describe(holder) + (f" ({outcome})" if outcome else "")
+        line = f"{_now()} {event} {what}"
+        log.info("lock %s: %s %s", self.path, event, what)
         if self.history is not None:
             with contextlib.suppress(OSError), open(self.history, "a") as f:
                 f.write(line + "\n")
@@ -165,6 +167,7 @@ class StateLock:
                     raise RuntimeError(f"{self.path} is already held by this process")
                 # an unreadable record is a writer between creating the file and writing it, unless it is old
                 if holder_alive(holder, age, self.stale_after) if holder else age < 10:
+                    self._note("refused to", record, f"held by {describe(holder)}" if holder else "")
                     raise LockHeld(f"{self.what} is in use by {describe(holder)} (lock {self.path}); wait for that "
                                    f"job to end, or stop it{' (scancel ' + holder['slurm_job'] + ')' if holder.get('slurm_job') else ''}, then re-run")
                 self._note("took over the stale lock of", holder or {"pid": "?", "host": "?"})
@@ -197,7 +200,7 @@ class StateLock:
         try:
             if self._ours():  # never remove a lock that another writer took over
                 self.path.unlink()
-                self._note("released by", self.record)
+                self._note("released by", self.record, self.outcome)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("could not release %s: %s", self.path, exc)

@@ -200,11 +200,20 @@ def main(argv=None) -> int:
 @contextlib.contextmanager
 def guarded(job: TrainJob, world_size: int):
     """The state folder's writer lock (held by the launching process, not by DDP ranks) and the notice to stop."""
+    lock = StateLock(job.state_dir / "writer.lock", f"the training state {job.state_dir}",
+                     history=job.state_dir / "writer.log")
     with contextlib.ExitStack() as stack:
         if world_size == 1:
-            stack.enter_context(StateLock(job.state_dir / "writer.lock", f"the training state {job.state_dir}",
-                                          history=job.state_dir / "writer.log"))
-        yield stack.enter_context(Notice(job.stop_before_limit))
+            stack.enter_context(lock)
+        try:
+            yield stack.enter_context(Notice(job.stop_before_limit))
+            lock.outcome = "finished"
+        except Interrupted as exc:
+            lock.outcome = f"{exc.reason}, state saved at iteration {exc.iteration}"
+            raise
+        except BaseException as exc:
+            lock.outcome = type(exc).__name__
+            raise
 
 
 def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float | str) -> None:
@@ -400,7 +409,7 @@ def _stop(run: Run, iteration: int, saved: bool, reason: str) -> None:
         log.info("stopped by %s at iteration %d/%d; state saved in %s", reason, iteration,
                  run.job.settings.iterations, run.path)
     raise Interrupted(reason, f"state saved at iteration {iteration} in {run.path}; re-run the same command to "
-                              "resume")
+                              "resume", iteration)
 
 
 def _log_progress(run: Run, iteration: int, lr: float) -> None:

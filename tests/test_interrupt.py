@@ -31,6 +31,7 @@ def reference(data, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_save_on_signal_resumes_to_identical_weights(sig, data, reference, tmp_path):
     out, state = tmp_path / "structure.pt", tmp_path / "state"
@@ -61,6 +62,7 @@ def test_save_on_signal_resumes_to_identical_weights(sig, data, reference, tmp_p
     assert np.array_equal(pd.read_csv(state / "losses.csv")["loss"].to_numpy(), ref_losses)
     log = (state / "writer.log").read_text().splitlines()
     assert [line.split()[1] for line in log] == ["taken", "released", "taken", "released"]
+    assert log[1].endswith(f"({sig.name}, state saved at iteration {saved})") and log[3].endswith("(finished)")
 
 
 @pytest.mark.parametrize("text,seconds", [("1-02:03:04", 93784.0), ("02:03:04", 7384.0), ("3:04", 184.0),
