@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -70,3 +71,38 @@ def test_save_on_signal_resumes_to_identical_weights(sig, data, reference, tmp_p
                                           ("INVALID", None), ("", None)])
 def test_slurm_durations(text, seconds):
     assert parse_slurm_time(text) == seconds
+
+
+@pytest.mark.slow
+def test_inpaint_shard_on_signal_is_whole_or_absent(tmp_path):
+    """SIGTERM in the middle of a shard: status 75, no output folder, no temporary folder, no lock left."""
+    from strdiffusion.utils import save_png_atomic
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        save_png_atomic(tmp_path / "gt" / f"{i:03d}.png", rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+        mask = np.zeros((128, 128), np.uint8)
+        mask[32:96, 32:96] = 255
+        save_png_atomic(tmp_path / "masks" / f"{i:03d}.png", mask)
+        rows.append({"image_id": f"{i:03d}", "bin": "10-20", "mask": str(tmp_path / "masks" / f"{i:03d}.png")})
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    out = tmp_path / "shard_0"
+    proc = subprocess.Popen([sys.executable, "-m", "strdiffusion", "inpaint", "--method", "biharmonic", "--pairs",
+                             str(tmp_path / "pairs.csv"), "--bin", "10-20", "--gt-dir", str(tmp_path / "gt"),
+                             "--shard-size", "40", "--out", str(out)], env=env_cpu(), stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        tmp = [p for p in tmp_path.glob(".shard_0.tmp-*") if any(p.glob("*.png"))]
+        if tmp:
+            break
+        time.sleep(0.05)
+    assert tmp and proc.poll() is None, "the shard never started writing"
+    assert (tmp_path / "shard_0.lock").exists()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == INTERRUPTED, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted by SIGTERM"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt", "masks", "pairs.csv"]
