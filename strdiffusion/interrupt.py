@@ -3,7 +3,7 @@
 Notice comes as SIGTERM (``scancel``, preemption, the end of a SLURM time slot, ``kill``), as SIGUSR1 (the
 warning SLURM sends before the limit with ``sbatch --signal=USR1@SECONDS``), or from the job's own SLURM time
 limit: a training run inside a SLURM job reads its end time from ``squeue`` and stops
-``stop_before_limit`` seconds before it (at most a tenth of the slot), so the slot ends with a saved state
+``stop_before_limit`` seconds before it (at most a quarter of the slot), so the slot ends with a saved state
 however the signals travel through the job's processes.
 
 A training run polls :class:`Notice` at every iteration boundary, saves its full resumable state and exits with
@@ -87,7 +87,7 @@ class Notice:
             slot = slurm_time_left()
             if slot is not None:
                 left, limit = slot
-                margin = min(stop_before_limit, 0.1 * limit)  # SIGTERM at the limit saves too
+                margin = min(stop_before_limit, 0.25 * limit)  # room to write the checkpoint and end the job
                 self.deadline = time.monotonic() + left - margin
                 log.info("SLURM job %s: %.0f s of %.0f s left; stopping with a saved state %.0f s before the limit",
                          os.environ.get("SLURM_JOB_ID"), left, limit, margin)

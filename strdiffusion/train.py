@@ -119,7 +119,7 @@ class TrainJob:
     threads: int = option(0, "torch CPU threads (0 = torch's default); split over ranks")
     nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
     stop_before_limit: float = option(120.0, "inside a SLURM job: save and exit (status 75) this many seconds "
-                                             "before its time limit, at most a tenth of it (0 = off)")
+                                             "before its time limit, at most a quarter of it (0 = off)")
     settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")
 
     def __post_init__(self):

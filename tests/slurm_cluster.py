@@ -80,10 +80,11 @@ class SlurmCluster:
     """One node (``node``), partitions ``cpu_partition`` (default) and ``gpu_partition``, 1 fake GPU."""
 
     def __init__(self, accounting: bool = False, cpus: int = 16, memory_mb: int = 128000,
-                 min_job_age: int = 300, slurmd_timeout: int = 300):
+                 min_job_age: int = 300, slurmd_timeout: int = 300, over_time_limit: int = 0):
         self.accounting = accounting
         self.cpus, self.memory_mb, self.min_job_age = cpus, memory_mb, min_job_age
         self.slurmd_timeout = slurmd_timeout  # seconds without an answer before slurmctld declares the node down
+        self.over_time_limit = over_time_limit  # minutes a job may run past its time limit before it is killed
         self.cpu_partition, self.gpu_partition = CPU_PARTITION, GPU_PARTITION
         self.account = ACCOUNT if accounting else ""
         self.node = "strdiffnode"
@@ -202,6 +203,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MinJobAge={self.min_job_age}
 SlurmdTimeout={self.slurmd_timeout}
+OverTimeLimit={self.over_time_limit}
 KillWait=5
 InactiveLimit=0
 {accounting}JobCompType=jobcomp/none
