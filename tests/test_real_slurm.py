@@ -417,8 +417,8 @@ class TestRealSlurmFaults:
         local, torch_home = reference
         work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
         profile = fault_profile(tmp_path / "profile", fault_cluster)
-        proc = subprocess.Popen([SNAKEMAKE, "--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml",
-                                 MODEL], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
+        proc = subprocess.Popen([SNAKEMAKE, MODEL, "--profile", str(profile), *TEST_ARGS, "--configfile",
+                                 "reduced.yaml"], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             _wait_for(lambda: (work / STATE / "writer.lock").exists(), 300, "the training's lock")
@@ -489,8 +489,8 @@ class TestRealSlurmFaults:
             pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
         try:
             profile = fault_profile(tmp_path / "profile", fault_cluster)
-            res, seconds = run_snakemake(work, ["--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml",
-                                                "--preemptible-retries", "0", MODEL], timeout=600,
+            res, seconds = run_snakemake(work, [MODEL, "--profile", str(profile), *TEST_ARGS, "--preemptible-retries",
+                                                "0", "--configfile", "reduced.yaml"], timeout=600,
                                          env=_env(torch_home))
             assert res.returncode != 0, res.stdout[-3000:]
             log = (work / "logs" / "builtin" / "train_irsde.log").read_text()
