@@ -421,8 +421,10 @@ class TestRealSlurmFaults:
                                  "reduced.yaml"], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            _wait_for(lambda: (work / STATE / "writer.lock").exists(), 300, "the training's lock")
-            time.sleep(8)  # some iterations, fewer than checkpoint_every on this machine
+            log = work / "logs" / "builtin" / "train_irsde.log"
+            _wait_for(lambda: log.exists() and "train irsde:" in log.read_text(errors="replace"), 300,
+                      "the training's first iteration")
+            time.sleep(5)  # some iterations, fewer than checkpoint_every on this machine
             job = [j for j in _rule_jobs(fault_cluster, "train_irsde") if j["state"] == "RUNNING"][0]
             subprocess.run(["scancel", job["jobid"]], check=True)
             cancelled = time.monotonic()
