@@ -2,13 +2,14 @@
 #   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
 #   make test        # build .venv if missing, then run the test suite
 #   make test-fast   # the suite without end-to-end and subprocess-heavy tests (pytest -m "not slow")
+#   make docs        # regenerate the measured tables of README.md and docs/ from docs/results/
 PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: reproduce test test-fast lint dryrun report benchmark clean
+.PHONY: reproduce test test-fast lint dryrun report benchmark docs clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ dryrun: $(VENV)/.installed
 
 benchmark: $(VENV)/.installed
 	$(BIN)/python -m benchmarks
+
+docs: $(VENV)/.installed
+	$(BIN)/python -m strdiffusion docs
 
 clean:
 	rm -rf results/builtin results/tables logs .snakemake

@@ -615,7 +615,11 @@ def main(argv=None) -> int:
         if DEVICE.type == "cuda" and not torch.cuda.is_available():
             print(f"error: --device {a.device}: no CUDA device is available; use --device cpu", file=sys.stderr)
             return 2
-    result = {"env": env_info(), "targets": TARGETS, "quick": a.quick, "sections": a.sections}
+    from strdiffusion.precision import configure
+
+    # the workflow's default numerics (tf32 false: no TF32 in cuDNN either); the precision rows switch TF32 on
+    result = {"env": env_info(), "targets": TARGETS, "quick": a.quick, "sections": a.sections,
+              "precision": configure(tf32=False, deterministic=False)}
     print(f"== environment: {result['env']['cpu']}, {result['env']['cpu_count']} cores, torch "
           f"{result['env']['torch']} ({result['env']['torch_threads']} threads, OMP_WAIT_POLICY="
           f"{result['env']['omp_wait_policy']}), python {result['env']['python']}, CUDA: {result['env']['cuda']},"

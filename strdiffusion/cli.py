@@ -20,11 +20,14 @@ STAGES = {
     "metrics": ("metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
     "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
     "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
+    "export": ("export", "write the test pairs in the layouts of other inpainting codes (LaMa, RePaint, plain)"),
+    "import": ("external", "score an outside method's outputs of one bin like the built-in rows"),
     "curves": ("curves", "learning-curves figure of the trained networks"),
     "shrink": ("shrink", "store a trained checkpoint's weights as float16 for shipping (half the size)"),
     "check-config": ("config", "validate a config file against the schema"),
     "weights": ("weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
     "env": ("gpu", "print devices, versions and the job's GPU slot"),
+    "docs": ("docs", "regenerate the measured tables of README.md and docs/ from docs/results/ (--check: compare)"),
 }
 
 
@@ -57,9 +60,9 @@ def main(argv=None) -> int:
     from .interrupt import INTERRUPTED, Interrupted
     from .utils import UserError, disk_full_message, is_disk_full
 
-    claim_from_env()  # before anything initialises CUDA
-    module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
     try:
+        claim_from_env()  # before anything initialises CUDA
+        module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
         return int(module.main(rest) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

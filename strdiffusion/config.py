@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from .external_rows import check_config as check_external
 from .utils import UserError
 
 SCHEMA_RESOURCE = ("schemas", "config.schema.yaml")   # inside the strdiffusion package
@@ -114,6 +115,7 @@ def _check_semantics(config: dict, source: str) -> None:
         if name not in config["datasets"]:
             raise UserError(f"{source}: config key 'run_datasets': '{name}' is not defined under datasets "
                             f"(defined: {', '.join(config['datasets'])})")
+    check_external(config, source)
     smp = config["sampling"]
     if smp.get("u_min", 1) > smp.get("u_max", 1):
         raise UserError(f"{source}: config key 'sampling.u_min' ({smp['u_min']}) must not exceed sampling.u_max ({smp['u_max']})")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .gpu import resolve_device
 from .methods import method_networks
+from .precision import configure
 from .sampling import SamplerConfig, as_noise_fn, make_generators, net_callables, sample_irsde, sample_strdiffusion
 from .sde import IRSDE
 from .settings import RunSettings
@@ -102,10 +103,10 @@ class DiffusionRunner:
 
     def __init__(self, method: str, checkpoints: dict, sampler: SamplerConfig, run: RunSettings):
         self.method, self.run_settings = method, run
+        # both ways: cuDNN allows TF32 unless told not to; before the first CUDA operation (cuBLAS workspace)
+        self.precision = {"autocast": run.autocast, **configure(run.tf32, run.deterministic)}
         self.device = resolve_device(run.device)
-        if self.device.type == "cuda" and run.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.precision["device"] = str(self.device)
         if run.autocast not in (None, "none") and self.device.type != "cuda":
             raise UserError(f"--autocast {run.autocast} needs a CUDA device; this run is on {self.device}")
         meta: dict = {}

@@ -2,7 +2,8 @@
 
 Qualitative grid: for the first ``--per-bin`` test pairs of each bin (fixed: pair order is seeded),
 one row each with the masked input (holes grey), the test structure (Canny edges), each method's
-output and the ground truth.
+output (an outside method's imported output; blank where it was allowed to leave the image out) and the
+ground truth.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .external_rows import IMPORTED, missing_ids, parse_description
 from .options import add_arguments, from_namespace
 from .settings import FigureSettings
 from .tables import METHOD_NAMES, METRICS, PER_IMAGE
@@ -23,11 +25,20 @@ from .utils import UserError, atomic_path, read_image_rgb, read_mask
 log = logging.getLogger("strdiffusion.figures")
 
 
-def _find_output(method_dir: Path, image_id: str) -> Path:
-    hits = sorted(method_dir.glob(f"shard_*/{image_id}.png"))
+def _find_output(method_dir: Path, image_id: str) -> Path | None:
+    """A row's output of one image: in an inpaint shard, or imported from an outside method (None when that
+    method was allowed to leave the image out)."""
+    hits = sorted(method_dir.glob(f"shard_*/{image_id}.png")) + sorted(method_dir.glob(f"{IMPORTED}/{image_id}.png"))
     if not hits:
+        if image_id in missing_ids([method_dir / IMPORTED]):
+            return None
         raise UserError(f"{method_dir}: no output for image '{image_id}'; run the inpainting stage first")
     return hits[0]
+
+
+def _output_panel(method_dir: Path, image_id: str, shape) -> np.ndarray:
+    path = _find_output(method_dir, image_id)
+    return read_image_rgb(path) if path is not None else np.full(shape, 255, np.uint8)  # no output: blank
 
 
 def _save(fig, out_png: Path):
@@ -37,14 +48,15 @@ def _save(fig, out_png: Path):
 
 
 def qualitative(pairs: pd.DataFrame, gt_dir: Path, structure_dir: Path, inpaint_dir: Path, methods, bins,
-                per_bin: int, out_png: Path):
+                per_bin: int, out_png: Path, names=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = pd.concat([pairs[pairs["bin"] == b].head(per_bin) for b in bins])
-    cols = ["Input", "Structure"] + [METHOD_NAMES.get(m, m) for m in methods] + ["Ground truth"]
+    names = {**METHOD_NAMES, **(names or {})}
+    cols = ["Input", "Structure"] + [names.get(m, m) for m in methods] + ["Ground truth"]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.3 * len(cols), 1.3 * len(rows)), squeeze=False)
     for i, row in enumerate(rows.itertuples()):
         gt = read_image_rgb(gt_dir / f"{row.image_id}.png")
@@ -52,7 +64,7 @@ def qualitative(pairs: pd.DataFrame, gt_dir: Path, structure_dir: Path, inpaint_
         masked = (gt * mask + 128 * (1 - mask)).astype(np.uint8)
         edge_path = structure_dir / "edge" / f"{row.image_id}.png"
         edge = read_image_rgb(edge_path) if edge_path.is_file() else np.zeros_like(gt)
-        panels = [masked, edge] + [read_image_rgb(_find_output(inpaint_dir / m / row.bin, row.image_id))
+        panels = [masked, edge] + [_output_panel(inpaint_dir / m / row.bin, row.image_id, gt.shape)
                                    for m in methods] + [gt]
         for j, img in enumerate(panels):
             ax = axes[i, j]
@@ -68,7 +80,7 @@ def qualitative(pairs: pd.DataFrame, gt_dir: Path, structure_dir: Path, inpaint_
     plt.close(fig)
 
 
-def metric_curves(per_image_files, methods, bins, out_png: Path):
+def metric_curves(per_image_files, methods, bins, out_png: Path, names=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +97,7 @@ def metric_curves(per_image_files, methods, bins, out_png: Path):
         for method in methods:
             sel = df[df.method == method]
             means = [sel[sel.bin == b][metric].astype(float).clip(upper=100).mean() for b in bins]
-            ax.plot(centres, means, marker="o", label=METHOD_NAMES.get(method, method))
+            ax.plot(centres, means, marker="o", label={**METHOD_NAMES, **(names or {})}.get(method, method))
         label, higher, _ = METRICS[metric]
         ax.set_xlabel("hole ratio (%)")
         ax.set_ylabel(f"{label} {'↑' if higher else '↓'}")
@@ -110,9 +122,10 @@ def main(argv=None) -> int:
     s = from_namespace(FigureSettings, a)
     methods, bins = list(s.methods), list(s.bins)
     pairs = pd.read_csv(a.pairs, dtype={"bin": str, "image_id": str})
+    names = {m: e["name"] for m, e in parse_description(s.external).items()}
     qualitative(pairs, Path(a.gt_dir), Path(a.structure_dir), Path(a.inpaint_dir), methods, bins, s.per_bin,
-                Path(a.qualitative))
-    metric_curves(a.per_image, methods, bins, Path(a.curves))
+                Path(a.qualitative), names)
+    metric_curves(a.per_image, methods, bins, Path(a.curves), names)
     log.info("figures -> %s, %s", a.qualitative, a.curves)
     return 0
 

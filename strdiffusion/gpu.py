@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,37 @@ def pool() -> list[str]:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    # A GPU split into MIG instances is listed with them ("  MIG 3g.40gb Device 0: (UUID: MIG-...)"); CUDA
+    # addresses an instance only by its UUID, so each instance is a slot of its own.
+    slots, gpu = [], -1
+    for line in out.splitlines():
+        if line.startswith("GPU "):
+            gpu += 1
+            slots.append(str(gpu))
+        elif line.strip().startswith("MIG ") and "UUID: " in line and gpu >= 0:
+            if slots and slots[-1] == str(gpu):
+                slots.pop()
+            slots.append(line.split("UUID: ", 1)[1].strip().rstrip(")"))
+    return slots
+
+
+def workflow_slots(workflow):
+    """The ``resources.gpu`` of the workflow's GPU rules, called by the Snakefile: (n, inpaint(wildcards)).
+
+    n is 1 where the machine running the jobs has GPUs (:func:`pool`), else 0; without ``--resources gpu=N``
+    Snakemake's limit becomes the number of GPUs, so that no more GPU jobs run at once than there are GPUs.
+    A cluster job looks for none, as where it was submitted. A classical method's inpainting takes none."""
+    from .methods import CLASSICAL
+
+    found = pool() if workflow.local_exec and not workflow.remote_exec else []
+    if found and "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", len(found))
+    n = int(bool(found))
+
+    def inpaint(wildcards):
+        return 0 if wildcards.method in CLASSICAL else n
+
+    return n, inpaint
 
 
 def lock_dir() -> Path:
@@ -43,14 +74,23 @@ def lock_dir() -> Path:
 
 
 def claim(n: int, timeout: float = 600.0) -> list[str]:
-    """Hold ``n`` free GPU slots and set CUDA_VISIBLE_DEVICES to them; returns the slot ids."""
+    """Hold ``n`` free GPU slots and set CUDA_VISIBLE_DEVICES to them; returns the slot ids.
+
+    A job that asks for slots on a machine without a pool (no ``nvidia-smi`` GPUs, no
+    STRDIFFUSION_GPU_POOL) is a UserError: it would otherwise run on a GPU shared with every other job.
+    """
+    from .utils import UserError
+
     if n <= 0 or os.environ.get("CUDA_VISIBLE_DEVICES"):
         return []
     slots = pool()
     if not slots:
-        return []
+        raise UserError(f"this job asks for {n} GPU slot(s) (STRDIFFUSION_JOB_GPUS={n}) but no GPU pool was found "
+                        "(`nvidia-smi -L` lists no GPU, STRDIFFUSION_GPU_POOL is unset); set STRDIFFUSION_GPU_POOL=0,1,.. "
+                        "or CUDA_VISIBLE_DEVICES, or run without the GPU profile")
     if n > len(slots):
-        raise RuntimeError(f"job asks for {n} GPUs but the pool has {len(slots)} ({','.join(slots)})")
+        raise UserError(f"this job asks for {n} GPUs but the pool has {len(slots)} ({','.join(slots)}); "
+                        "lower its gpu resource")
     deadline = time.monotonic() + timeout
     got: list[str] = []
     while True:
@@ -67,9 +107,13 @@ def claim(n: int, timeout: float = 600.0) -> list[str]:
             got.append(slot)
             if len(got) == n:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(got)
+                # the job's log says which GPUs it held, from when
+                print(f"GPU slot(s) {','.join(got)} held from {time.time():.3f} (CUDA_VISIBLE_DEVICES={','.join(got)})",
+                      file=sys.stderr, flush=True)
                 return got
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no free GPU slot after {timeout:.0f} s; is --resources gpu larger than the pool?")
+            raise UserError(f"no free GPU slot after {timeout:.0f} s; is --resources gpu larger than the pool "
+                            f"({','.join(slots)})?")
         time.sleep(0.5)
 
 
@@ -100,6 +144,15 @@ def resolve_device(name: str = "auto", local_rank: int | None = None):
     if device.type == "cuda" and device.index is None and local_rank is not None:
         return torch.device("cuda", local_rank)
     return device
+
+
+def check_rank_device(name: str, world_size: int) -> None:
+    """Several DDP processes on one machine need one GPU each: a fixed ``cuda:N`` would put them all on N."""
+    from .utils import UserError
+
+    if world_size > 1 and str(name).startswith("cuda:"):
+        raise UserError(f"--device {name} with {world_size} processes puts every process on one GPU; "
+                        "use --device cuda (process r takes the r-th visible GPU)")
 
 
 def main(argv=None) -> int:

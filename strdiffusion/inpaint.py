@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import warnings
@@ -31,12 +32,14 @@ from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
 from .options import add_arguments, from_namespace
 from .settings import RunSettings, SamplerConfig
 from .state_lock import StateLock
-from .utils import UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic
+from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
+                    write_text_atomic)
 
 log = logging.getLogger("strdiffusion.inpaint")
 
 # per diffusion shard: share of each image's hole pixels outside [0, 1] before clamping
 CLIPPED_CSV = "clipped.csv"
+PRECISION_JSON = "precision.json"  # the numerics a shard was sampled with (strdiffusion.precision)
 
 
 def classical_inpaint(method: str, image: np.ndarray, mask: np.ndarray, radius: int = 3) -> np.ndarray:
@@ -189,6 +192,7 @@ def inpaint_rows(args, rows, out_dir) -> None:
                     save_png_atomic(out_dir / "structure" / f"{image_id}.png", structs[k])
     clipped = pd.DataFrame({"image_id": list(runner.clipped), "clipped": list(runner.clipped.values())})
     write_csv_atomic(clipped, out_dir / CLIPPED_CSV)
+    write_text_atomic(out_dir / PRECISION_JSON, json.dumps(runner.precision, indent=2, sort_keys=True) + "\n")
     log.info("%s: %s", args.method, runner.summary())
 
 

@@ -1,6 +1,6 @@
 """Mask generators: pure functions that draw one hole mask (uint8 HxW, 1 = HOLE) from a numpy Generator.
 
-Protocols (see shared/spec/PROTOCOLS.md for the published parameters):
+Protocols (each with the parameters its authors published):
 - ``lama_thin``, ``lama_medium``, ``lama_thick`` (256-px presets) and ``lama_thick_512`` (512-px
   preset): LaMa's irregular strokes and boxes. Every length, width, margin and box size of a preset
   is multiplied by ``min(H, W) / base`` (base = 256 or 512), so a mask has the same shape relative

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .external_rows import missing_ids
 from .metric_math import (IMAGE_METRICS, SET_METRICS, compute_image_metrics, fid_backend,
                           fid_from_features, kid_from_features)
 from .metric_nets import InceptionFeatures, LPIPSMetric
@@ -65,6 +66,13 @@ def load_pair_ids(pairs_csv, bin_label: str) -> list[str]:
         raise UserError(f"{pairs_csv}: image id(s) {dupes[:5]} appear more than once in bin '{bin_label}'; "
                         "predictions are named by image id, so each may appear once per bin")
     return ids
+
+
+def prediction_ids(pairs_csv, bin_label: str, pred_dirs) -> list[str]:
+    """Ids of a bin that a row is scored on: every pair's, less those an outside row has no output for
+    (``external_methods.<method>.allow_partial``)."""
+    missing = missing_ids(pred_dirs)
+    return [i for i in load_pair_ids(pairs_csv, bin_label) if i not in missing]
 
 
 def load_image_pairs(ids, gt_dir, pred_dirs) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -146,11 +154,14 @@ def _run_images(args, s: ImageMetricSettings) -> None:
     metrics = _parse_metrics(",".join(s.metrics), IMAGE_METRICS)
     if s.crop < 0:
         raise UserError(f"--crop {s.crop}: must be >= 0")
-    ids = load_pair_ids(args.pairs, args.bin)
+    ids = prediction_ids(args.pairs, args.bin, args.pred_dir)
     gts, preds = load_image_pairs(ids, args.gt_dir, args.pred_dir)
     status = {m: {"available": True, "reason": ""} for m in metrics}
     lpips_metric = None
     if "lpips" in metrics:
+        from .precision import configure
+
+        configure(s.tf32, deterministic=False)  # both ways: cuDNN allows TF32 unless told not to
         lpips_metric = LPIPSMetric(s.device, s.alexnet_weights or None, s.batch_size)
         if not lpips_metric.available:
             status["lpips"] = {"available": False, "reason": f"LPIPS n/a: {lpips_metric.reason}"}
@@ -174,7 +185,7 @@ def _run_sets(args, s: SetMetricSettings) -> None:
     import pandas as pd
 
     metrics = _parse_metrics(",".join(s.metrics), SET_METRICS)
-    ids = load_pair_ids(args.pairs, args.bin)
+    ids = prediction_ids(args.pairs, args.bin, args.pred_dir)
     gts, preds = load_image_pairs(ids, args.gt_dir, args.pred_dir)
     n = len(ids)
     row = {"method": args.method, "bin": args.bin, "n_images": n}
@@ -196,6 +207,9 @@ def _run_sets(args, s: SetMetricSettings) -> None:
     elif n < 2:
         unavailable(f"too few images ({n}; at least 2 are needed)")
     else:
+        from .precision import configure
+
+        configure(s.tf32, deterministic=False)
         features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
         if not features.available:
             unavailable(features.reason)

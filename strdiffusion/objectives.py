@@ -1,4 +1,4 @@
-"""Training objectives of the four networks (spec §4; see :mod:`strdiffusion.train` for the recipes).
+"""Training objectives of the four networks (see :mod:`strdiffusion.train` for the recipes).
 
 Pure functions of networks, the SDE and a batch dict (tensors as :class:`strdiffusion.training_data.
 TrainingSet` yields them, stacked): no I/O, no randomness of their own. ``mask`` is 1 on KNOWN pixels.

@@ -1,4 +1,4 @@
-"""Settings dataclasses as the one source of a stage's options (issue 14).
+"""Settings dataclasses as the one source of a stage's options.
 
 A field made with :func:`option` carries its default, help text, choices and the config key it is
 read from; everything else is derived from the fields:

@@ -1,4 +1,4 @@
-"""Sampling: the StrDiffusion reverse process (spec §5) and its variants, as pure tensor functions.
+"""Sampling: the StrDiffusion reverse process and its variants, as pure tensor functions.
 
 Samplers are plain functions of model callables and tensors (no files, no global RNG):
 

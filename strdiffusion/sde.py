@@ -226,8 +226,14 @@ def randn_like_per_sample(x: torch.Tensor, generators: Sequence[torch.Generator]
     if len(generators) != x.shape[0]:
         raise ValueError(f"need one generator per sample: batch is {x.shape[0]}, got {len(generators)} generators")
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
-    noise = torch.stack([torch.randn(tuple(x.shape[1:]), generator=g, dtype=dtype) for g in generators])
-    return noise.to(x.device)
+    if x.device.type == "cpu":
+        return torch.stack([torch.randn(tuple(x.shape[1:]), generator=g, dtype=dtype) for g in generators])
+    # Drawn into pinned memory and copied without blocking: the host does not wait for the GPU at every
+    # step (the pinned block is not reused before the copy ends: torch's host allocator records the stream).
+    noise = torch.empty(tuple(x.shape), dtype=dtype, pin_memory=True)
+    for b, g in enumerate(generators):
+        torch.randn(tuple(x.shape[1:]), generator=g, dtype=dtype, out=noise[b])
+    return noise.to(x.device, non_blocking=True)
 
 
 def degraded(image: torch.Tensor, known: torch.Tensor, fill) -> torch.Tensor:

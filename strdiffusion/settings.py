@@ -1,5 +1,5 @@
 """The settings of each pipeline stage: the one place where an option's name, type, default, help and
-config key live (issue 14). The stages' command lines are derived from these classes and the
+config key live. The stages' command lines are derived from these classes and the
 workflow's job options rendered from them (:mod:`strdiffusion.options`); defaults are the reference's.
 
 - :class:`SDESettings` (config ``sde``) and :class:`ModelSettings` (``model``): shared by training and
@@ -11,16 +11,21 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
   :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
 - :class:`MaskSettings`, :class:`PoolSettings`, :class:`PairSettings` (``datasets.<name>.masks``): the test
   masks, the training pool and the test pairs; :class:`ImageMetricSettings`, :class:`SetMetricSettings`
-  (``metrics``).
+  (``metrics``); :class:`ImportSettings` (``external_methods.<method>``): how an outside method's outputs are scored.
+
+Over 500 lines because it is one cohesive thing: every stage's options side by side, so that a config key's
+option, default and help are found in one place.
 
 :func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
-reads it when it parses the rules.
+reads it when it parses the rules. It is one cohesive thing: every stage's options side by side, so that
+an option shared by stages (seed, device, tf32) has one name and one default.
 """
 from __future__ import annotations
 
 import dataclasses
 
 from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
+from .external_rows import RESIZE, describe, row_methods
 from .methods import CLASSICAL, given_checkpoints, train_iterations
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv
@@ -36,6 +41,14 @@ HOLE_FILLS = ("recipe", "mean")  # hole value of the denoisers' mu: the recipe's
 
 def device_option():
     return option("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
+
+
+def _tf32(key):
+    return option(False, "allow TF32 matmuls and convolutions on CUDA (changes results slightly)", key=key)
+
+
+def _deterministic():
+    return option(False, "deterministic CUDA kernels: byte-identical GPU re-runs, slower", key="run.deterministic")
 
 
 def _positive(settings, names) -> None:
@@ -120,6 +133,8 @@ class TrainSettings:
     size: int = option(0, "working size in px (random crops); 0 = the images' size", key="image_size")
     sigma: float = option(3.0, "Canny sigma of the structure maps (metadata)", key="structure.sigma_train")
     amp: str = option("none", "mixed precision (CUDA only)", key="train.amp", choices=PRECISIONS)
+    tf32: bool = _tf32("train.tf32")
+    deterministic: bool = _deterministic()
 
     def __post_init__(self):
         if len(self.betas) != 2:
@@ -216,7 +231,8 @@ class RunSettings:
     channels_last: bool = option(False, "channels-last memory format", key="sampling.channels_last")
     autocast: str = option("none", "CUDA mixed precision (changes results slightly)", key="sampling.autocast",
                            choices=PRECISIONS)
-    tf32: bool = option(False, "allow TF32 matmuls on CUDA (changes results slightly)", key="sampling.tf32")
+    tf32: bool = _tf32("sampling.tf32")
+    deterministic: bool = _deterministic()
     save_structure: bool = option(False, "also write the final structure state to structure/")
 
 
@@ -271,10 +287,11 @@ class FigureSettings:
     methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
     bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
     per_bin: int = option(2, "example rows per bin in the qualitative grid")
+    external: str = option("", "outside rows: JSON of each one's name and protocol", key="external_methods")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> FigureSettings:
-        return _with_bin_labels(cls, config, dataset)
+        return _with_bin_labels(cls, config, dataset, methods=tuple(row_methods(config)), external=describe(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,10 +302,28 @@ class TableSettings:
     reference: str = option("", "published reference row, e.g. paris_streetview", key="datasets.{dataset}.reference_row")
     columns: tuple[str, ...] = option(("psnr", "ssim", "lpips", "fid"), "metrics shown in the main table")
     given: tuple[str, ...] = option((), "NET=PATH of each given checkpoint a row samples (footnoted)", key="checkpoints")
+    external: str = option("", "outside rows: JSON of each one's name and protocol (footnoted)", key="external_methods")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> TableSettings:
-        return _with_bin_labels(cls, config, dataset, given=tuple(f"{n}={p}" for n, p in given_checkpoints(config).items()))
+        return _with_bin_labels(cls, config, dataset, given=tuple(f"{n}={p}" for n, p in given_checkpoints(config).items()),
+                                methods=tuple(row_methods(config)), external=describe(config))
+
+
+_EXTERNAL = "external_methods.{method}."
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSettings:
+    """How an outside method's outputs are scored (``import``; config ``external_methods.<method>``)."""
+
+    path: str = option(help="path template of the outputs: {image_id}, {bin}, {dataset}", key=_EXTERNAL + "path")
+    as_is: bool = option(False, "score the outputs as delivered, without copying the known pixels from the input",
+                         key=_EXTERNAL + "as_is")
+    resize: str = option("none", "resize outputs of another size to the test image's (none: an error)",
+                         key=_EXTERNAL + "resize", choices=tuple(RESIZE))
+    allow_partial: bool = option(False, "score the images that have an output (otherwise a missing output is an error)",
+                                 key=_EXTERNAL + "allow_partial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +484,7 @@ class ImageMetricSettings:
     alexnet_weights: str = _alexnet_weights()
     device: str = device_option()
     batch_size: int = _metric_batch()
+    tf32: bool = _tf32("metrics.tf32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,6 +503,7 @@ class SetMetricSettings:
     kid_subset_size: int = option(1000, "KID: images per subset (at most the set's size)")
     device: str = device_option()
     batch_size: int = _metric_batch()
+    tf32: bool = _tf32("metrics.tf32")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +524,7 @@ JOBS = {
     "masks pairs": (PairSettings,),
     "metrics images": (ImageMetricSettings,),
     "metrics sets": (SetMetricSettings,),
+    "import": (ImportSettings,),
 }
 
 

@@ -1,4 +1,4 @@
-"""Structure extraction: grayscale and Canny edge map of an RGB image (spec §1).
+"""Structure extraction: grayscale and Canny edge map of an RGB image.
 
 The reference turns the float RGB tensor into uint8 with torchvision's ``ToPILImage`` (multiply
 by 255 and TRUNCATE), takes ``skimage.color.rgb2gray`` of that and ``skimage.feature.canny(gray,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .external_rows import parse_description
 from .methods import DIFFUSION, FRESH
 from .metrics import status_path
 from .options import add_arguments, from_namespace
@@ -48,7 +49,7 @@ METHOD_NAMES = {
     "irsde": "IR-SDE (no structure)",
 }
 METHOD_NAMES.update({method + FRESH: f"{METHOD_NAMES[method]} (trained in this run)" for method in DIFFUSION})
-# Published numbers (spec §6): StrDiffusion on Paris StreetView, NVIDIA masks.
+# Numbers published in the paper: StrDiffusion on Paris StreetView, NVIDIA masks.
 REFERENCE_ROWS = {
     "paris_streetview": ("StrDiffusion (paper)", {
         "10-20": {"psnr": 33.17, "ssim": 0.960, "fid": 11.38},
@@ -174,10 +175,54 @@ def shown_columns(columns, long: pd.DataFrame, unavailable: dict, reference: str
     return [c for c in columns if c in computed or c in unavailable]
 
 
+def _tex_text(text: str) -> str:
+    """A row name in LaTeX: the characters a user's display name may hold that LaTeX reads as commands."""
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _image_count(long: pd.DataFrame, method: str, b: str) -> int:
+    sel = long[(long.method == method) & (long.bin == b) & long.metric.isin(PER_IMAGE)] if len(long) else long
+    return int(sel.n.max()) if len(sel) and sel.n.notna().any() else 0
+
+
+def row_labels(long: pd.DataFrame, methods, bins, external: dict) -> dict[str, str]:
+    """Each row's name; an outside row scored on the images it has (allow_partial) shows its image count per
+    bin against the most any row has there."""
+    names = {**METHOD_NAMES, **{m: e["name"] for m, e in external.items()}}
+    labels = {}
+    for method in methods:
+        labels[method] = names.get(method, method)
+        if external.get(method, {}).get("allow_partial"):
+            counts = [f"{_image_count(long, method, b)}/{max(_image_count(long, m, b) for m in methods)}" for b in bins]
+            labels[method] += f" ({', '.join(counts)} images)"
+    return labels
+
+
+def external_footnote(external: dict, labels: dict) -> str:
+    """How the outside rows were scored: composited (as every built-in row) or as delivered, resized or not."""
+    def named(rows):
+        return ", ".join(labels[m] for m in rows)
+
+    composited = [m for m, e in external.items() if not e["as_is"]]
+    as_is = [m for m, e in external.items() if e["as_is"]]
+    parts = ([f"{named(composited)}: known pixels copied from the input before scoring, as for every built-in row"]
+             if composited else [])
+    parts += [f"{named(as_is)}: scored as delivered (known pixels not copied from the input)"] if as_is else []
+    parts += [f"{labels[m]}: outputs resized ({e['resize']}) to the test size" for m, e in external.items()
+              if e["resize"] != "none"]
+    return "Outside methods (config `external_methods:`), scored from their output files by the same metrics: " \
+        + "; ".join(parts) + "."
+
+
 def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, dataset: str,
-           reference: str = "", given=()) -> tuple[str, str]:
+           reference: str = "", given=(), external=None) -> tuple[str, str]:
     """Return (markdown, latex) for the paper-style table; ``given``: NET=PATH of each network the plain
-    diffusion rows sample from a given checkpoint (named in a footnote)."""
+    diffusion rows sample from a given checkpoint (named in a footnote); ``external``: the outside rows'
+    names and protocol (``strdiffusion.external.parse_description``)."""
+    external = {m: e for m, e in (external or {}).items() if m in methods}
+    labels = row_labels(long, methods, bins, external)
     ref = REFERENCE_ROWS.get(reference)
     header = [f"{b}% {METRICS[m][0]}{'↑' if METRICS[m][1] else '↓'}" for b in bins for m in columns]
     md = [f"### {dataset}: inpainting results by hole ratio", "",
@@ -198,9 +243,9 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
                 cells.append((f"**{text}**" if is_best else text) + dagger)
                 ttext = text.replace("n/a", "--")
                 tcells.append((f"\\textbf{{{ttext}}}" if is_best else ttext) + ("$^\\dagger$" if dagger else ""))
-        name = METHOD_NAMES.get(method, method)
+        name = labels[method]
         md.append(f"| {name} | " + " | ".join(cells) + " |")
-        tex_rows.append(f"{name} & " + " & ".join(tcells) + r" \\")
+        tex_rows.append(f"{_tex_text(name)} & " + " & ".join(tcells) + r" \\")
     if ref:
         name, numbers = ref
         cells = [_fmt(numbers.get(b, {}).get(m, math.nan), m) for b in bins for m in columns]
@@ -212,6 +257,8 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
         files = ", ".join(f"{net} `{path}`" for net, _, path in (item.partition("=") for item in given))
         footnotes.append(f"Diffusion rows without \"(trained in this run)\" sample given checkpoints (config "
                          f"`checkpoints:`), not networks trained by this run: {files}.")
+    if external:
+        footnotes.append(external_footnote(external, labels))
     ns = long[(long.metric == "fid") & long.value.notna()].n.dropna()
     if len(ns):
         count = f"{int(ns.min())}" if ns.min() == ns.max() else f"{int(ns.min())}–{int(ns.max())}"
@@ -222,7 +269,7 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
         worst = clipped[clipped.method == method]
         if len(worst):
             where = ", ".join(f"{100 * v:.1f} % in {b}" for b, v in zip(worst.bin, worst.value))
-            footnotes.append(f"{METHOD_NAMES.get(method, method)}: hole pixels outside [0, 1] before clamping "
+            footnotes.append(f"{labels[method]}: hole pixels outside [0, 1] before clamping "
                              f"({where}): the reverse process diverged, the network is under-trained.")
     for metric, reason in sorted(unavailable.items()):
         label = METRICS.get(metric, (metric.upper(),))[0]
@@ -240,7 +287,7 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
                     cells.append(f"{_fmt(r.value.iloc[0], m)} [{_fmt(r.ci_low.iloc[0], m)}, {_fmt(r.ci_high.iloc[0], m)}]")
                 else:
                     cells.append("n/a")
-            md.append(f"| {METHOD_NAMES.get(method, method)} | {b} | " + " | ".join(cells) + " |")
+            md.append(f"| {labels[method]} | {b} | " + " | ".join(cells) + " |")
     colspec = "l" + ("c" * len(columns)) * len(bins)
     groups = " & ".join(f"\\multicolumn{{{len(columns)}}}{{c}}{{{b}\\%}}" for b in bins)
     rules = " ".join(f"\\cmidrule(lr){{{2 + i * len(columns)}-{1 + (i + 1) * len(columns)}}}" for i in range(len(bins)))
@@ -268,7 +315,8 @@ def main(argv=None) -> int:
             raise UserError(f"unknown table column '{c}'; choose from {', '.join(METRICS)}")
     long, unavailable = summarise(a.per_image, a.sets, methods, bins, s.seed)
     columns = shown_columns(columns, long, unavailable, s.reference)
-    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference, s.given)
+    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference, s.given,
+                     parse_description(s.external))
     long.insert(0, "dataset", a.dataset)
     write_csv_atomic(long, a.out + ".csv")
     write_text_atomic(a.out + ".md", md)

@@ -1,4 +1,4 @@
-"""Training stage: the structure, texture, critic and IR-SDE networks (spec §4).
+"""Training stage: the structure, texture, critic and IR-SDE networks.
 
 One trainer for all four kinds; only the objective differs:
 
@@ -66,11 +66,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .gpu import check_rank_device
 from .gpu import resolve_device as _device
 from .interrupt import Interrupted, Notice
 from .methods import NETWORKS
 from .objectives import objective, recipe, recipe_fill
 from .options import add_arguments, from_namespace, nested, option
+from .precision import MixedPrecision, configure, in_effect
 from .settings import ModelSettings, TrainSettings, device_option
 from .state_lock import StateLock
 from .train_state import EMA, Run, write_curve
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     with guarded(job, world_size) as notice:
         if job.nproc > 1 and world_size == 1:
+            check_rank_device(job.device, job.nproc)
             return _relaunch(argv, job.nproc)
         return train(job, world_size, notice)
 
@@ -238,6 +241,8 @@ def _setup(job: TrainJob, world_size: int):
     """Device, ranks and process group of a run."""
     s = job.settings
     rank = int(os.environ.get("RANK", "0"))
+    check_rank_device(job.device, world_size)
+    configure(s.tf32, s.deterministic)  # before the first CUDA operation (cuBLAS reads its workspace setting once)
     device = _device(job.device, int(os.environ.get("LOCAL_RANK", "0")))
     if world_size > 1:
         import torch.distributed as dist
@@ -262,12 +267,13 @@ def _setup(job: TrainJob, world_size: int):
     return rank, device, amp
 
 
-def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float, world_size: int) -> float:
-    """One optimiser step; returns the (all-reduced) loss. A non-finite loss raises before the step."""
+def _step(run: Run, model, sde, batch, mp: MixedPrecision, iteration: int, lr: float, world_size: int) -> float:
+    """One optimiser step; returns the (all-reduced) loss. A non-finite loss raises before the step; an fp16
+    step with overflowing gradients is skipped (``mp``)."""
     net, s = run.job.net, run.job.settings
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(batch["image"].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with mp.autocast():
         loss = objective(model, sde, batch, net, s.loss, s.guidance_state, s.recipe, s.parameterization, s.hole_fill)
     value = loss.detach().float()
     if world_size > 1:
@@ -281,14 +287,8 @@ def _step(run: Run, model, sde, batch, autocast_dtype, iteration: int, lr: float
         where = f"; the last good state (iteration {iteration - 1}) is in {run.path}" if run.rank == 0 else ""
         raise UserError(f"the {net} loss became {value} at iteration {iteration}{where}; lower --lr or set "
                         f"--grad-clip, then re-run")
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    if s.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.net.parameters(), s.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    if run.ema is not None:
+    stepped = mp.step(loss, run.optimizer, run.net.parameters(), s.grad_clip, iteration)
+    if run.ema is not None and stepped:
         run.ema.update(run.net)
     return value
 
@@ -317,6 +317,7 @@ class _Parts:
     dataset: object
     kwargs: dict
     hole_fill: float | str
+    mp: MixedPrecision
     val_net: object = None
     val_batch: dict | None = None
 
@@ -343,11 +344,11 @@ def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
                  job.net, kwargs, sum(p.numel() for p in net.parameters()) / 1e6, len(dataset),
                  len(val_set) if val_set else 0, len(dataset.masks), dataset.size)
     optimizer = torch.optim.Adam(net.parameters(), lr=s.lr, betas=s.betas)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    mp = MixedPrecision(amp, device.type)
     ema = EMA(net, s.ema, s.ema_warmup) if s.ema > 0 else None
-    run = Run(job, run_settings(job), net, optimizer, scaler, ema, rank, metric_names(job.net))
+    run = Run(job, run_settings(job), net, optimizer, mp.scaler, ema, rank, metric_names(job.net))
     run.resume()
-    parts = _Parts(sde, dataset, kwargs, hole_fill)
+    parts = _Parts(sde, dataset, kwargs, hole_fill, mp)
     if val_set is not None and rank == 0:
         parts.val_batch = validation_batch(val_set, range(len(val_set)), s.seed, s.sde.T, t_min)
         parts.val_net = checkpoints.build_network(job.net, **kwargs).to(device)
@@ -366,7 +367,6 @@ def _loop(run: Run, parts: _Parts, device, amp: str, world_size: int, notice: No
     loader = torch.utils.data.DataLoader(
         parts.dataset, batch_sampler=IterationBatches(run.start, s.iterations, s.batch_size, run.rank, world_size),
         num_workers=s.workers, pin_memory=device.type == "cuda", persistent_workers=False)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     bar = tqdm(total=s.iterations, initial=run.start, desc=f"train {job.net}", unit="it", file=sys.stderr,
                disable=run.rank != 0, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     validate = None
@@ -382,7 +382,7 @@ def _loop(run: Run, parts: _Parts, device, amp: str, world_size: int, notice: No
             iteration += 1
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             lr = learning_rate(s.lr, iteration, s.iterations, s.milestones, s.gamma, s.warmup)
-            value = _step(run, model, parts.sde, batch, autocast_dtype, iteration, lr, world_size)
+            value = _step(run, model, parts.sde, batch, parts.mp, iteration, lr, world_size)
             run.elapsed += time.perf_counter() - tick
             run.record(iteration, value, lr)
             bar.update(1)
@@ -433,7 +433,8 @@ def _finish(run: Run, parts: _Parts, iteration: int) -> None:
              "ema_decay": s.ema, "image_size": parts.dataset.size, "seed": s.seed, "batch_size": s.batch_size,
              "loss": s.loss, "lr": s.lr, "milestones": list(s.milestones), "hole_weight": hole_weight, "t_min": t_min,
              "hole_fill": parts.hole_fill, "train_seconds": round(run.elapsed, 1), "resumes": run.resumes,
-             "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(job)}
+             "curve": {k: list(v) for k, v in run.curve.items()}, **provenance(job),
+             "precision": {"amp": parts.mp.amp, "skipped_steps": parts.mp.skipped_total, **in_effect()}}
     if job.net == "texture":
         extra["guidance_state"] = s.guidance_state
     if job.net != "critic":

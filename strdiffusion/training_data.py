@@ -1,8 +1,8 @@
 """Training data: seeded, stateless batches of crops, structure maps, masks, timesteps and noise.
 
 Item p of a run is a pure function of (seed, network kind, p), so the data order needs no state, a
-resumed run sees exactly the batches of an uninterrupted one, and DDP ranks take slices of the same
-global batches. Tensors are float32 CHW; ``mask`` is 1 on KNOWN pixels (mask FILES are white = hole).
+resumed run sees exactly the batches of an uninterrupted one, and DDP ranks take strided slices of the
+same global batches. Tensors are float32 CHW; ``mask`` is 1 on KNOWN pixels (mask FILES are white = hole).
 """
 from __future__ import annotations
 
@@ -98,20 +98,22 @@ class TrainingSet(torch.utils.data.Dataset):
 
 
 class IterationBatches(torch.utils.data.Sampler):
-    """Batches of global positions for iterations start+1 .. stop; rank r gets its slice of each."""
+    """Batches of global positions for iterations start+1 .. stop; rank r gets positions r, r + W, r + 2W, ...
+    of each (W processes). Strided like the critic's minibatch-stddev groups (sample b in group b % (B // 4)):
+    a rank's groups of 4 are then the groups one process would form from the global batch."""
 
     def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1):
         self.start, self.stop, self.batch_size = start, stop, batch_size
         self.per_rank = batch_size // world_size
-        self.rank = rank
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __iter__(self):
         for it in range(self.start, self.stop):  # iteration it + 1 (1-based) uses global block it
-            base = it * self.batch_size + self.rank * self.per_rank
-            yield list(range(base, base + self.per_rank))
+            base = it * self.batch_size + self.rank
+            yield list(range(base, base + self.per_rank * self.world_size, self.world_size))
 
 
 def _pngs(folder: Path, what: str) -> list[Path]:

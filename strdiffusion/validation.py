@@ -1,4 +1,4 @@
-"""Learning curves: score a network under training on a fixed validation set (issue 13).
+"""Learning curves: score a network under training on a fixed validation set.
 
 The validation set is a few held-out *training* crops (the trainer leaves them out of its batches)
 with fixed masks and fixed noise, so every evaluation of a run sees the same inputs and the curve

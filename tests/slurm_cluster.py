@@ -11,7 +11,7 @@ The node offers both partitions the profile names (``cpu``, the default, and ``g
 ``gpu`` GRES (``File=/dev/null``: SLURM sets CUDA_VISIBLE_DEVICES, no device exists) and more CPUs and memory than
 the machine has (``SlurmdParameters=config_overrides``), so the profile's requests fit.
 
-Use from the shell to try the profile by hand (see README.md, "Profiles"):
+Use from the shell to try the profile by hand (see docs/development.md, "A SLURM cluster on one machine"):
 
     python tests/slurm_cluster.py [--accounting]     # starts, prints the partitions; Ctrl-C (or kill) stops
 """

@@ -1,6 +1,6 @@
-"""The code's shape (issue 14): short functions, modules of one size a reader can hold, a thin common.smk.
+"""The code's shape: short functions, modules of one size a reader can hold, a thin common.smk.
 
-These fail on the shapes the issue set out to remove (a 169-line train(), an 823-line masks.py, a
+These fail on the shapes that were removed (a 169-line train(), an 823-line masks.py, a
 312-line common.smk of argument builders), not on style.
 """
 import ast

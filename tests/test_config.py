@@ -62,7 +62,7 @@ def test_paper_configs_are_valid(repo_root):
 
 
 def test_wheel_contains_the_schema_and_validates_outside_the_clone(tmp_path, repo_root):
-    """`pip wheel --no-deps .` must ship what config validation reads (issue 15): the schema."""
+    """`pip wheel --no-deps .` must ship what config validation reads: the schema."""
     import shutil
     import subprocess
     import sys

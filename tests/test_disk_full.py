@@ -1,5 +1,5 @@
 """Disk full (ENOSPC) is one line, `error: <path>: disk full (...); free space and re-run`, and leaves
-nothing partial (issue 15). A real tiny tmpfs is mounted, so these tests need root (skipped otherwise)."""
+nothing partial. A real tiny tmpfs is mounted, so these tests need root (skipped otherwise)."""
 from __future__ import annotations
 
 import os

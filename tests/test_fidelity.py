@@ -1,4 +1,4 @@
-"""Training defaults equal the reference code (issue 13), non-finite losses, learning curves.
+"""Training defaults equal the reference code, non-finite losses, learning curves.
 
 Each ``test_fidelity_*`` pins one point where an earlier version differed from the reference
 (htyjers/StrDiffusion's trainers, IR-SDE's inpainting recipe); each would fail on that version.

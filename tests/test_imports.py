@@ -40,7 +40,7 @@ def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
     return found
 
 
-# Known circles, closed by a function-level import, to be removed by the owner of the module (issue 14).
+# Known circles, closed by a function-level import, to be removed by the owner of the module.
 # Each entry is checked to still exist, so a fixed circle must also be taken off this list.
 KNOWN_LAZY_EDGES = set()
 

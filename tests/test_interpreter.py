@@ -1,4 +1,4 @@
-"""Jobs find their interpreter (issue 15): rules run the library with the Python that runs Snakemake,
+"""Jobs find their interpreter: rules run the library with the Python that runs Snakemake,
 not whatever `python` comes first on PATH; without the environment, start-up fails with one line."""
 from __future__ import annotations
 

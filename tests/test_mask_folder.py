@@ -56,7 +56,7 @@ def test_mask_folder_both_polarities_give_the_same_holes(tmp_path):
     assert a.sources == b.sources and all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
     expected = {f"{k:03d}.png": rows / SIDE for k, rows in enumerate(HOLES)}
     assert {s: r for s, r in zip(b.sources, _ratios(b))} == pytest.approx(expected, abs=1e-12)
-    # the wrong polarity reads every 25 % hole as 75 %: the complement, as the issue describes
+    # the wrong polarity reads every 25 % hole as 75 %: the complement
     (wrong,) = F.import_folder(known_white, SIDE, bins, len(HOLES), 0, polarity="hole_white", binning="none")
     assert {s: 1 - r for s, r in zip(wrong.sources, _ratios(wrong))} == pytest.approx(expected, abs=1e-12)
 
@@ -178,7 +178,7 @@ def test_mask_folder_config_needs_a_source(tmp_path):
 
 @pytest.mark.slow
 def test_mask_folder_end_to_end_known_white_pairs(tmp_path, request):
-    """Issue 15's check: builtin data + protocol folder (known_white, ratio binning) -> pairs.csv whose
+    """Builtin data + protocol folder (known_white, ratio binning) -> pairs.csv whose
     hole ratios lie in their bins and equal the true ratios of the source files."""
     repo = Path(request.config.rootpath)
     size = 64

@@ -1,4 +1,4 @@
-"""One definition each (issue 14): the method list, device resolution, SDE compatibility and
+"""One definition each: the method list, device resolution, SDE compatibility and
 equal-size batches, used by the workflow, the inpaint and metric stages and training alike."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The presets (README, "Presets and shipped checkpoints"): the default trains the four tiny networks into
+"""The presets (docs/configuration.md, "Presets"): the default trains the four tiny networks into
 results/builtin/ (its `_fresh` rows) and evaluates the shipped checkpoints (its plain rows); the
 config/laptop.yaml overlay trains them longer into results/laptop/, with the default's recipe."""
 from __future__ import annotations

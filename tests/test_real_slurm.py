@@ -23,7 +23,7 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 PLACEHOLDERS = {"CHANGE_ME_cpu_partition": "cpu", "CHANGE_ME_gpu_partition": "gpu", "CHANGE_ME_account": "account"}
-FAIL_WITHIN_S = 180  # issue 16: a failing rule ends the run within 3 minutes, with and without accounting
+FAIL_WITHIN_S = 180  # a failing rule ends the run within 3 minutes, with and without accounting
 TEST_ARGS = ["--slurm-init-seconds-before-status-checks", "3", "--jobs", "2"]
 # A failing rule is tried once (the profile's retries are the cancelled-job test's subject): measured with the
 # shipped settings instead (first status check after 40 s, retries 1), the run ended after 152 s without accounting.

@@ -234,7 +234,7 @@ def test_network_calls_per_image_at_reference_constants_T100():
                                 SamplerConfig(accept="higher"))
     _, mid = sample_strdiffusion(sde, fake_structure, fake_texture, fake_critic, image, mask, gray, edge, gens())
     calls = lambda st: (st["structure_calls"] + st["texture_calls"]).tolist()  # noqa: E731
-    # spec §5: 383 (every trial after the averaging ones rejected) to 531 (all u_max - 1 trials kept)
+    # 383 (every trial after the averaging ones rejected) to 531 (all u_max - 1 trials kept)
     assert calls(lo) == [383, 383]
     assert calls(hi) == [531, 531]
     assert all(383 <= c <= 531 for c in calls(mid))

@@ -1,5 +1,5 @@
 """Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py):
-one source for each stage's option names, defaults and config keys (issue 14)."""
+one source for each stage's option names, defaults and config keys."""
 from __future__ import annotations
 
 import argparse
@@ -80,7 +80,7 @@ def test_settings_keys_are_config_keys_with_the_same_defaults():
     def schema_node(path):
         node = schema
         for part in path.split("."):
-            node = node["additionalProperties"] if part == "{dataset}" else node["properties"][part]
+            node = node["additionalProperties"] if part in ("{dataset}", "{method}") else node["properties"][part]
             while "$ref" in node:
                 node = schema["$defs"][node["$ref"].split("/")[-1]]
         return node

@@ -46,7 +46,7 @@ def test_the_shipped_checkpoints_load_strictly_and_carry_their_provenance(config
     readme = (shipped / "README.md").read_text()
     files = sorted(p.name for p in shipped.iterdir())
     assert files == sorted(["README.md", *(f"{net}.pt" for net in NETWORKS)]), files
-    assert sum((shipped / f"{net}.pt").stat().st_size for net in NETWORKS) <= 10_000_000  # the 10 MB
+    assert sum((shipped / f"{net}.pt").stat().st_size for net in NETWORKS) <= 10_000_000  # 10 MB for the four
     model, sde = config["model"], config["sde"]
     for net in NETWORKS:
         path = shipped / f"{net}.pt"

@@ -18,6 +18,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.config import validate
+from strdiffusion.external_rows import import_inputs, prediction_dirs, row_methods
 from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
 from strdiffusion.options import command_line
 from strdiffusion.settings import job_options
@@ -78,14 +79,14 @@ def method_models(wildcards):
 
 
 def shard_dirs(wildcards):
-    shards = range(n_shards(wildcards.dataset))
-    return expand("results/{dataset}/inpaint/{method}/{bin}/shard_{shard}", **wildcards, shard=shards)
+    """Folders of a row's outputs of one bin: its inpaint shards, or an outside method's imported outputs."""
+    return prediction_dirs(config, wildcards.dataset, wildcards.method, [wildcards.bin], range(n_shards(wildcards.dataset)))
 
 
 def table_inputs(wildcards):
     ds = wildcards.dataset
     metrics = "results/{dataset}/metrics/{method}/{bin}/{name}.csv"
-    return {key: expand(metrics, dataset=ds, method=config["methods"], bin=bins(ds), name=name)
+    return {key: expand(metrics, dataset=ds, method=row_methods(config), bin=bins(ds), name=name)
             for key, name in (("per_image", "per_image"), ("sets", "set"))}
 
 
@@ -94,9 +95,9 @@ def run_datasets():
 
 
 def figure_inputs(wildcards):
-    shards = "results/{dataset}/inpaint/{method}/{bin}/shard_0"
+    ds = wildcards.dataset
     return {"per_image": table_inputs(wildcards)["per_image"],
-            "shards": expand(shards, dataset=wildcards.dataset, method=config["methods"], bin=bins(wildcards.dataset))}
+            "shards": [d for m in row_methods(config) for d in prediction_dirs(config, ds, m, bins(ds), [0])]}
 
 
 def all_targets():
@@ -105,6 +106,10 @@ def all_targets():
     figures = expand(figure, dataset=run_datasets(), name=["qualitative", "metrics_vs_hole_ratio"], ext=["png", "pdf"])
     curves = expand(figure, dataset=run_datasets(), name="learning_curves", ext=["png", "pdf"]) if needed_networks(config) else []
     return tables + figures + weights_status(None) + curves
+
+
+def import_sources(wildcards):
+    return import_inputs(config, wildcards.dataset, wildcards.method, wildcards.bin)
 
 
 def curve_sources(wildcards):
@@ -131,6 +136,11 @@ def weights_present(kind):
 
     name = {"per_image": "alexnet", "per_set": "inception"}[kind]
     return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
+
+
+from strdiffusion.gpu import workflow_slots
+
+GPU_JOB, inpaint_gpus = workflow_slots(workflow)  # the GPU rules' resources.gpu (docs/gpu.md)
 
 
 def train_nproc(wildcards, resources):

@@ -31,7 +31,7 @@ rule image_metrics:
     log:
         "logs/{dataset}/metrics/{method}_{bin}_images.log",
     resources:
-        gpu=0,
+        gpu=GPU_JOB,
     conda:
         "../envs/strdiffusion.yaml"
     shell:
@@ -54,7 +54,7 @@ rule set_metrics:
     log:
         "logs/{dataset}/metrics/{method}_{bin}_set.log",
     resources:
-        gpu=0,
+        gpu=GPU_JOB,
     conda:
         "../envs/strdiffusion.yaml"
     shell:

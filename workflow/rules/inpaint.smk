@@ -14,7 +14,7 @@ rule inpaint_shard:
     log:
         "logs/{dataset}/inpaint/{method}_{bin}_{shard}.log",
     resources:
-        gpu=0,
+        gpu=inpaint_gpus,
     benchmark:
         "benchmarks/rules/{dataset}/inpaint/{method}_{bin}_{shard}.tsv"
     conda:

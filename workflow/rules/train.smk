@@ -1,4 +1,4 @@
-# Training (issue 4): one rule per network kind (strdiffusion.methods.NETWORKS), named train_structure,
+# Training: one rule per network kind (strdiffusion.methods.NETWORKS), named train_structure,
 # train_texture, train_critic and train_irsde, so that profiles set resources per network. Each rule
 # declares only the final checkpoint as output, so Snakemake never deletes the resumable state in
 # results/{dataset}/models/<net>_state/; re-running an interrupted job resumes from it. A non-empty
@@ -29,10 +29,10 @@ for net in NETWORKS:
         # the longest training first (its iteration count), so that the shorter ones fill the other cores
         priority: train_iterations(config, net)
         resources:
-            gpu=0,
+            gpu=GPU_JOB,
         conda:
             "../envs/strdiffusion.yaml"
         shell:
-            "python -m strdiffusion train --net {params.net} --images {input.images} --structure {input.structure} "
+            "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion train --net {params.net} --images {input.images} --structure {input.structure} "
             "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} "
             "{params.settings} --threads {threads} --nproc {params.nproc} > {log} 2>&1"

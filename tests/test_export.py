@@ -1,0 +1,60 @@
+"""The export stage (strdiffusion/export.py): the test pairs in LaMa's, keep-white and plain layouts."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from strdiffusion import export
+from strdiffusion.cli import main as cli
+from strdiffusion.mask_bins import hole_ratio
+
+
+def _pairs(root, ids_bins):
+    gt, masks = root / "gt", root / "masks"
+    gt.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, (image_id, b) in enumerate(ids_bins):
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(gt / f"{image_id}.png")
+        hole = np.zeros((24, 40), np.uint8)
+        hole[2:2 + 3 * (k + 1), 5:25] = 200  # grey above 128 reads as hole
+        Image.fromarray(hole).save(masks / f"m{k}.png")
+        rows.append({"image_id": image_id, "bin": b, "mask": str(masks / f"m{k}.png")})
+    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
+    return root / "pairs.csv", gt
+
+
+def test_export_writes_lama_keep_white_and_plain_layouts_and_a_manifest(tmp_path):
+    pairs, gt = _pairs(tmp_path, [("a1", "10-20"), ("b2", "10-20"), ("a1", "30-40")])
+    out = tmp_path / "export"
+    assert cli(["export", "--pairs", str(pairs), "--gt-dir", str(gt), "--out", str(out)]) == 0
+    manifest = pd.read_csv(out / "manifest.csv", dtype={"image_id": str, "bin": str})
+    assert list(manifest.columns) == ["image_id", "bin", "mask", "hole_ratio"]
+    assert list(zip(manifest.image_id, manifest.bin)) == [("a1", "10-20"), ("b2", "10-20"), ("a1", "30-40")]
+    for k, row in enumerate(manifest.itertuples()):
+        hole = np.asarray(Image.open(row.mask).convert("L")) >= 128
+        assert row.hole_ratio == pytest.approx(hole_ratio(hole)) and row.hole_ratio == pytest.approx(3 * (k + 1) * 20 / 960)
+        paths = export.layout_paths(out, row.bin, row.image_id)
+        for layout in export.LAYOUTS:  # the test image byte for byte
+            assert paths[f"{layout}_image"].read_bytes() == (gt / f"{row.image_id}.png").read_bytes()
+        lama, plain, keep = (np.asarray(Image.open(paths[f"{layout}_mask"])) for layout in ("lama", "plain", "keep_white"))
+        assert set(np.unique(lama)) == {0, 255} and np.array_equal(lama == 255, hole)  # white = hole
+        assert np.array_equal(plain, lama) and np.array_equal(keep, 255 - lama)  # keep-white: white = known
+    assert (out / "lama/10-20/b2_mask.png").is_file() and (out / "keep_white/30-40/masks/a1.png").is_file()
+    # LaMa's predict.py pairs every *mask*.png under its indir with the image of the name before _mask
+    lama_masks = sorted(p.relative_to(out / "lama").as_posix() for p in (out / "lama").rglob("*mask*.png"))
+    assert lama_masks == ["10-20/a1_mask.png", "10-20/b2_mask.png", "30-40/a1_mask.png"]
+    assert not list(tmp_path.glob(".export*"))  # no temporary folder left
+
+
+def test_export_missing_test_image_is_one_line_error_and_writes_nothing(tmp_path, capsys):
+    pairs, gt = _pairs(tmp_path, [("a1", "10-20"), ("b2", "10-20")])
+    (gt / "b2.png").unlink()
+    out = tmp_path / "export"
+    assert cli(["export", "--pairs", str(pairs), "--gt-dir", str(gt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b2.png" in err[0] and err[0].startswith("error:")
+    assert not out.exists() and not list(tmp_path.glob(".export*"))
