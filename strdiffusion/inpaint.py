@@ -2,7 +2,9 @@
 
 Pipeline mode writes ``OUT/<image_id>.png`` — the composited result (known pixels from the
 ground truth, holes from the method) — for the shard's pairs, into a temporary folder renamed
-onto OUT at the end, so a killed job leaves no half-written shard.
+onto OUT at the end, so a killed job leaves no half-written shard. SIGTERM or SIGUSR1 drops the batch in
+hand, removes the temporary folder and exits with status 75 (:mod:`strdiffusion.interrupt`); while it runs
+the job holds ``OUT.lock``, so a second job on the same shard refuses to start (:mod:`strdiffusion.state_lock`).
 
 Own-image mode (``--image/--mask/--out``) inpaints the user's files of any size.
 The diffusion methods run through :class:`strdiffusion.diffusion_runner.DiffusionRunner`; this module
@@ -25,10 +27,12 @@ import numpy as np
 import pandas as pd
 
 from .diffusion_runner import DiffusionRunner
+from .interrupt import raise_on_notice
 from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
 from .options import add_arguments, from_namespace
 from .core.constants import SamplerConfig
 from .settings import RunSettings, SamplerSettings, ShardSettings
+from .state_lock import StateLock
 from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
                     write_text_atomic)
 
@@ -89,7 +93,7 @@ def run_shard(args) -> None:
     pairs = pd.read_csv(args.pairs, dtype={"bin": str, "image_id": str})
     rows = shard_rows(pairs, args.bin, args.shard, args.shard_size)
     out = Path(args.out)
-    with atomic_dir(out) as tmp:
+    with StateLock(out.with_name(out.name + ".lock"), f"the shard {out}"), raise_on_notice(), atomic_dir(out) as tmp:
         if args.method in CLASSICAL:
             for row in rows.itertuples():
                 image, mask = load_pair(args.gt_dir, row)
@@ -317,7 +321,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.image:
-        inpaint_user_images(args)
+        with raise_on_notice():
+            inpaint_user_images(args)
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
     if missing:
