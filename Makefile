@@ -2,6 +2,7 @@
 #   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
 #   make test        # build .venv if missing, then run the test suite
 #   make test-fast   # the suite without end-to-end and subprocess-heavy tests (pytest -m "not slow")
+#   make smoke       # the workflow on its tiny config, .test/config/config.yaml (results in .test/results/)
 #   make docs        # regenerate the measured tables of README.md and docs/ from docs/results/
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -9,7 +10,7 @@ CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: reproduce test test-fast lint dryrun report benchmark docs clean
+.PHONY: reproduce test test-fast smoke lint dryrun report benchmark docs clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+smoke: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) --directory .test
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

@@ -41,6 +41,7 @@ STAGES = ("data preparation", "structure maps", "masks and pairing", "inpainting
 README_BEGIN, README_END = "<!-- scale table: begin (written by python -m benchmarks --only scale) -->", \
     "<!-- scale table: end -->"
 FEATURES = "pytorch-fid Inception v3 and LPIPS AlexNet architectures, random weights"
+TITLE = "scale: Places2-size rehearsal (synthetic data, stand-in metric networks)"
 
 HOOK = '''\
 import atexit, json, os, time
@@ -177,10 +178,15 @@ def workflow_copy(work: Path) -> None:
     rule.write_text(text)
 
 
-def overrides(inputs: Path, n_test: int, rows: int, bins: int) -> dict:
-    import yaml
+def paper_config() -> dict:
+    """config/paper/places2.yaml with the files it extends."""
+    from strdiffusion.config import read_layer
 
-    paper = yaml.safe_load((REPO / "config/paper/places2.yaml").read_text())
+    return read_layer(REPO / "config/paper/places2.yaml")
+
+
+def overrides(inputs: Path, n_test: int, rows: int, bins: int) -> dict:
+    paper = paper_config()
     masks = paper["datasets"]["places2"]["masks"]
     out = {
         "checkpoints": {net: f"checkpoints/laptop/{net}.pt" for net in paper["checkpoints"]},
@@ -341,13 +347,11 @@ def write_readme(path: Path, result: dict) -> None:
     tmp.replace(path)
 
 
-def run(a) -> dict:
+def run(a, result_all: dict) -> None:
     """The ``scale`` section: one rehearsal per ``--fraction`` percent, the table and the growth exponents."""
     import datetime
 
-    import yaml
-
-    paper = yaml.safe_load((REPO / "config/paper/places2.yaml").read_text())
+    paper = paper_config()
     rows = paper["methods"][:a.scale_rows] if a.scale_rows else paper["methods"]
     bins = paper["datasets"]["places2"]["masks"]["bins"][:a.scale_bins or None]
     print(f"  metric networks: {FEATURES}: time and memory only, no metric values are reported", flush=True)
@@ -375,7 +379,7 @@ def run(a) -> dict:
             result["growth"] = growth(result["runs"])
             if a.scale_readme:  # after every fraction: a long series stopped midway keeps what it measured
                 write_readme(Path(a.scale_readme), result)
+    result_all["scale"] = result
     print(table(result), flush=True)
     if a.scale_readme:
         print(f"  wrote the table into {a.scale_readme}", flush=True)
-    return result

@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from . import __version__
+from .core.nets import ConditionalUNet, Critic
+from .core.sde import IRSDE
 from .methods import NETWORKS as NET_KINDS
-from .nets import ConditionalUNet, Critic
-from .sde import IRSDE
 from .settings import ModelSettings
 from .utils import UserError, atomic_path
 

@@ -1,7 +1,8 @@
 """Command line: ``strdiffusion <stage> ...`` (also ``python -m strdiffusion <stage> ...``).
 
 Each stage is a module with ``main(argv)``. User errors (bad files, keys, values) are printed as
-one line, ``error: ...``, with exit status 2; no traceback.
+one line, ``error: ...``, with exit status 2; no traceback. A job stopped on notice (SIGTERM, SIGUSR1, its
+SLURM time limit; :mod:`strdiffusion.interrupt`) prints ``interrupted by ...`` and exits with status 75.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("STRDIFFUSION_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     from .gpu import claim_from_env
+    from .interrupt import INTERRUPTED, Interrupted
     from .utils import UserError, disk_full_message, is_disk_full
 
     try:
@@ -72,6 +74,9 @@ def main(argv=None) -> int:
         # a write outside the atomic helpers: the helpers name their output and leave nothing partial
         print(f"error: {disk_full_message(exc.filename or os.getcwd(), exc.errno)}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return INTERRUPTED
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -4,6 +4,10 @@ validates too; ``workflow/schemas/config.schema.yaml`` is a link to it for Snake
 
 Errors are one line and name the offending key, e.g.
 ``config key 'datasets.builtin.n_tset': unknown key (allowed: source, path, ...)``.
+
+A config file may start from others: ``extends: common.yaml`` (a path, or a list of paths, relative
+to the file) merges those first and the file over them (:func:`read_layer`), so the paper configs
+share ``config/paper/common.yaml`` and each still works alone as ``--configfile config/paper/psv.yaml``.
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ def validate(config: dict, source: str = "config") -> dict:
     """
     import jsonschema
 
+    config = _with_datasets_alike(config, source)
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
@@ -84,6 +89,25 @@ def validate(config: dict, source: str = "config") -> dict:
     config = copy.deepcopy(config)
     _fill_defaults(config, schema, schema)
     _check_semantics(config, source)
+    return config
+
+
+def _with_datasets_alike(config: dict, source: str) -> dict:
+    """A data set with ``like: <other>`` takes the other's settings, its own keys over them: the same images,
+    masks and pairs under another name (and results folder)."""
+    datasets = config.get("datasets")
+    if not isinstance(datasets, dict) or not any(isinstance(d, dict) and "like" in d for d in datasets.values()):
+        return config
+    config = copy.deepcopy(config)
+    for name, ds in config["datasets"].items():
+        if not isinstance(ds, dict) or "like" not in ds:
+            continue
+        other = ds.pop("like")
+        model = datasets.get(other)
+        if not isinstance(model, dict) or "like" in model:
+            raise UserError(f"{source}: config key 'datasets.{name}.like': '{other}' must name a data set defined "
+                            f"without like (defined: {', '.join(datasets)})")
+        config["datasets"][name] = merge(copy.deepcopy(model), ds)
     return config
 
 
@@ -121,8 +145,7 @@ def _check_semantics(config: dict, source: str) -> None:
         raise UserError(f"{source}: config key 'sampling.u_min' ({smp['u_min']}) must not exceed sampling.u_max ({smp['u_max']})")
 
 
-def load(path) -> dict:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
@@ -130,9 +153,53 @@ def load(path) -> dict:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config must be a mapping of keys to values")
-    return validate(data, source=str(path))
+    return data
+
+
+EXTENDS = "extends"
+
+
+def read_layer(path, _seen: tuple = ()) -> dict:
+    """The config file ``path`` merged over the files its ``extends`` key names (relative to it, in order,
+    each with its own ``extends``); the key itself is dropped."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise UserError(f"{path}: config key '{EXTENDS}' leads back to this file; remove the circle")
+    data = _read_yaml(path)
+    parents = data.pop(EXTENDS, [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise UserError(f"{path}: config key '{EXTENDS}' must be a file name or a list of them, e.g. common.yaml")
+    merged: dict = {}
+    for parent in parents:
+        merge(merged, read_layer(path.parent / parent, _seen + (path.resolve(),)))
+    return merge(merged, data)
+
+
+def layered(files, overrides: dict | None = None) -> dict:
+    """``files`` merged in order, each over what it extends, then ``overrides`` (``--config``): the config
+    Snakemake builds from ``--configfile`` files, with ``extends`` resolved."""
+    merged: dict = {}
+    for path in files:
+        merge(merged, read_layer(path))
+    return merge(merged, copy.deepcopy(dict(overrides or {})))
+
+
+def with_extends(config: dict, files, overrides: dict | None = None) -> dict:
+    """Snakemake's ``config`` with the files its config files extend merged beneath them: Snakemake merges
+    ``files`` (the workflow's own config file, then each --configfile) as they are, then ``overrides``
+    (--config). Without an ``extends`` key, ``config`` itself."""
+    return layered(files, overrides) if EXTENDS in config else config
+
+
+def load(path) -> dict:
+    path = Path(path)
+    return validate(read_layer(path), source=str(path))
 
 
 def main(argv=None) -> int:
@@ -141,14 +208,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="strdiffusion check-config", description="validate a config file")
     p.add_argument("config", nargs="+", help="YAML files; later files override earlier ones (deep merge)")
     a = p.parse_args(argv)
-    merged: dict = {}
-    for f in a.config:
-        path = Path(f)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        with open(path) as fh:
-            merge(merged, yaml.safe_load(fh) or {})
-    validate(merged, source=" + ".join(a.config))
+    validate(layered(a.config), source=" + ".join(a.config))
     print(f"{' + '.join(a.config)}: valid")
     return 0
 

@@ -2,7 +2,7 @@
 
 :class:`DiffusionRunner` loads the networks a method needs (strictly, checking the SDE they were
 trained with), picks the device, pads images to the networks' multiple and calls the pure sampler
-(:mod:`strdiffusion.sampling`). It reads checkpoint files but no images: the inpaint stage
+(:mod:`strdiffusion.core.sampling`). It reads checkpoint files but no images: the inpaint stage
 (:mod:`strdiffusion.inpaint`) reads and writes those and builds the settings from its options.
 
 Conventions: images are uint8 HxWx3 arrays; masks float HxW arrays with 1 = KNOWN pixel.
@@ -10,18 +10,21 @@ Conventions: images are uint8 HxWx3 arrays; masks float HxW arrays with 1 = KNOW
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core.constants import SamplerConfig
+from .core.sampling import as_noise_fn, make_generators, net_callables, sample_irsde, sample_strdiffusion
+from .core.sde import IRSDE
 from .gpu import resolve_device
 from .methods import method_networks
 from .precision import configure
-from .sampling import SamplerConfig, as_noise_fn, make_generators, net_callables, sample_irsde, sample_strdiffusion
-from .sde import IRSDE
 from .settings import RunSettings
 from .utils import UserError
 
@@ -39,7 +42,7 @@ def load_method_networks(method: str, checkpoints: dict, run: RunSettings, devic
 
     ``run.T`` is checked against every checkpoint's stored settings; all networks must agree. The
     authors' bare state dicts carry no settings: then ``run.T`` is required and the other SDE
-    settings are IRSDE's defaults (:class:`strdiffusion.settings.SDESettings`), the reference's.
+    settings are IRSDE's defaults (:class:`strdiffusion.core.constants.SDEConfig`), the reference's.
     """
     from .checkpoints import load_checkpoint, sde_mismatch
 
@@ -60,7 +63,7 @@ def load_method_networks(method: str, checkpoints: dict, run: RunSettings, devic
         nets[kind] = net
     # settings a checkpoint does not store are IRSDE's defaults, the reference's
     sde = IRSDE(**(sde_settings or ({"T": int(run.T)} if expect else {})), device=device)
-    from .nets.spade import bake_spectral_norm
+    from .core.nets.spade import bake_spectral_norm
 
     for kind, net in nets.items():
         net.requires_grad_(False)
@@ -155,7 +158,9 @@ class DiffusionRunner:
         pad = lambda t: pad_to_multiple(t, self.multiple).to(dev)  # noqa: E731
         img_p, m_p = pad(img), pad(m)
         gens = make_generators(self.run_settings.seed, ids, bin_name)
-        progress = True  # tqdm on stderr
+        from tqdm import tqdm
+
+        progress = functools.partial(tqdm, file=sys.stderr, leave=False)
         s_fn, t_fn, c_fn = self.fns
         if self.method == "irsde":
             out, stats = sample_irsde(self.sde, t_fn, img_p, m_p, gens, self.config.hole_fill, progress=progress,

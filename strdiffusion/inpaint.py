@@ -2,7 +2,9 @@
 
 Pipeline mode writes ``OUT/<image_id>.png`` — the composited result (known pixels from the
 ground truth, holes from the method) — for the shard's pairs, into a temporary folder renamed
-onto OUT at the end, so a killed job leaves no half-written shard.
+onto OUT at the end, so a killed job leaves no half-written shard. SIGTERM or SIGUSR1 drops the batch in
+hand, removes the temporary folder and exits with status 75 (:mod:`strdiffusion.interrupt`); while it runs
+the job holds ``OUT.lock``, so a second job on the same shard refuses to start (:mod:`strdiffusion.state_lock`).
 
 Own-image mode (``--image/--mask/--out``) inpaints the user's files of any size.
 The diffusion methods run through :class:`strdiffusion.diffusion_runner.DiffusionRunner`; this module
@@ -25,9 +27,12 @@ import numpy as np
 import pandas as pd
 
 from .diffusion_runner import DiffusionRunner
+from .interrupt import raise_on_notice
 from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
 from .options import add_arguments, from_namespace
-from .settings import RunSettings, SamplerConfig
+from .core.constants import SamplerConfig
+from .settings import RunSettings, SamplerSettings, ShardSettings
+from .state_lock import StateLock
 from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
                     write_text_atomic)
 
@@ -88,7 +93,7 @@ def run_shard(args) -> None:
     pairs = pd.read_csv(args.pairs, dtype={"bin": str, "image_id": str})
     rows = shard_rows(pairs, args.bin, args.shard, args.shard_size)
     out = Path(args.out)
-    with atomic_dir(out) as tmp:
+    with StateLock(out.with_name(out.name + ".lock"), f"the shard {out}"), raise_on_notice(), atomic_dir(out) as tmp:
         if args.method in CLASSICAL:
             for row in rows.itertuples():
                 image, mask = load_pair(args.gt_dir, row)
@@ -106,7 +111,7 @@ def run_shard(args) -> None:
 
 def sampler_config(args, method: str) -> SamplerConfig:
     """The reverse process's constants from the options; resampling only for ``strdiffusion``."""
-    return dataclasses.replace(from_namespace(SamplerConfig, args), resample=(method == "strdiffusion"))
+    return dataclasses.replace(from_namespace(SamplerSettings, args), resample=(method == "strdiffusion")).sampler()
 
 
 def run_settings(args) -> RunSettings:
@@ -291,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gt-dir", help="folder of ground-truth test images <image_id>.png")
     g.add_argument("--structure-dir", help="folder with gray/ and edge/ maps of the test images")
     g.add_argument("--shard", type=int, default=0)
-    g.add_argument("--shard-size", type=int, default=16)
+    add_arguments(g, ShardSettings)
     g.add_argument("--out", help="output folder (shard) or output PNG/folder (own images)")
     add_sampling_arguments(p)
     return p
@@ -299,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the diffusion samplers and of own-image mode (``strdiffusion inpaint``), from
-    :class:`SamplerConfig` and :class:`RunSettings`."""
-    add_arguments(parser, SamplerConfig, "diffusion sampling (defaults reproduce the reference)")
+    :class:`SamplerSettings` and :class:`RunSettings`."""
+    add_arguments(parser, SamplerSettings, "diffusion sampling (defaults reproduce the reference)")
     add_arguments(parser, RunSettings, "how the sampler runs (results unchanged unless noted)")
     c = parser.add_argument_group("networks")
     for net in NETWORKS:
@@ -316,14 +321,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.image:
-        inpaint_user_images(args)
+        with raise_on_notice():
+            inpaint_user_images(args)
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
     if missing:
         raise UserError("pipeline mode needs " + ", ".join("--" + k.replace("_", "-") for k in missing)
                         + " (or use --image/--mask for your own images)")
-    if args.shard < 0 or args.shard_size <= 0:
-        raise UserError("--shard must be >= 0 and --shard-size > 0")
+    if args.shard < 0:
+        raise UserError("--shard must be >= 0")
+    from_namespace(ShardSettings, args)  # checks --shard-size
     run_shard(args)
     return 0
 

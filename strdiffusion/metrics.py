@@ -352,6 +352,31 @@ def _gt_and_pred_features(args, features, ids, paths):
     return set_features(features, paths, "both")
 
 
+def _run_reference(args, s: SetMetricSettings) -> None:
+    """``metrics reference``: write (or keep, when fresh) the reference statistics of one bin."""
+    from .reference_stats import read, stale_reason, statistics, unavailable, write
+
+    ids = load_pair_ids(args.pairs, args.bin)
+    out = Path(args.out)
+    features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
+    if not features.available:
+        log.warning("reference statistics n/a: %s", features.reason)
+        write(out, unavailable(args.gt_dir, ids, features.reason))
+        return
+    if out.is_file():
+        with_features = read(out)
+        why = stale_reason(with_features, args.gt_dir, ids, features.weights_path)
+        if not why:
+            log.info("%s is up to date (%d images); kept", out, len(ids))
+            return
+        log.info("%s is stale (%s); recomputing", out, why)
+    gt_dir = Path(args.gt_dir)
+    stats = statistics(set_features(features, [(gt_dir / f"{i}.png", None) for i in ids], "gt"),
+                       features.weights_path, gt_dir, ids)
+    write(out, stats)
+    log.info("reference statistics of %d ground truths (bin %s) written to %s", len(ids), args.bin, out)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -361,9 +386,7 @@ def main(argv=None) -> int:
     if args.command == "images":
         _run_images(args, from_namespace(ImageMetricSettings, args))
     elif args.command == "reference":
-        from .reference_stats import run
-
-        run(args, from_namespace(SetMetricSettings, args))
+        _run_reference(args, from_namespace(SetMetricSettings, args))
     else:
         _run_sets(args, from_namespace(SetMetricSettings, args))
     return 0

@@ -91,8 +91,8 @@ def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100) -
     that holds the network and the batch) and ``total``."""
     import torch
 
-    from .objectives import objective
-    from .sde import IRSDE
+    from .core.objectives import objective
+    from .core.sde import IRSDE
 
     net = _build_meta(kind, model).train()
     meta = dict(device="meta")

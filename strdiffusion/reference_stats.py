@@ -70,24 +70,19 @@ def _backend() -> str:
     return f"pytorch-fid {pytorch_fid.__version__}"
 
 
-def compute(features, gt_dir, ids) -> dict:
-    """Statistics of the ground truths ``GT_DIR/<id>.png`` with ``features`` (an available
-    ``InceptionFeatures``), streamed chunk by chunk from the files."""
-    from .metrics import set_features
-
-    gt_dir = Path(gt_dir)
-    fingerprint = image_list_sha256(gt_dir, ids)
+def statistics(f: np.ndarray, weights_path, gt_dir, ids) -> dict:
+    """Statistics of the ground truths ``GT_DIR/<id>.png`` from their features ``f`` (N x dims, computed by
+    the metrics stage with the weights at ``weights_path``)."""
     from .metric_math import mean_and_cov
 
-    f = set_features(features, [(gt_dir / f"{i}.png", None) for i in ids], "gt")
     dims = f.shape[1]
     if len(f) >= 2:
         mu, sigma = mean_and_cov(f)
     else:
         mu, sigma = f.mean(axis=0, dtype=np.float64), np.full((dims, dims), np.nan)
-    return dict(mu=mu, sigma=sigma, features=f, weights_sha256=weights_sha256(features.weights_path),
-                image_list_sha256=fingerprint, n_images=len(f), dims=dims, backend=_backend(), format=FORMAT,
-                reason="")
+    return dict(mu=mu, sigma=sigma, features=f, weights_sha256=weights_sha256(weights_path),
+                image_list_sha256=image_list_sha256(gt_dir, ids), n_images=len(f), dims=dims, backend=_backend(),
+                format=FORMAT, reason="")
 
 
 def unavailable(gt_dir, ids, reason: str) -> dict:
@@ -148,27 +143,3 @@ def load_fresh(path, gt_dir, ids, weights_path):
         return None
     log.info("ground truths' features of %d images from %s", len(ids), path)
     return np.asarray(stats["features"])
-
-
-def run(args, s) -> None:
-    """``metrics reference``: write (or keep, when fresh) the reference statistics of one bin."""
-    from .metric_nets import InceptionFeatures
-    from .metrics import load_pair_ids
-
-    ids = load_pair_ids(args.pairs, args.bin)
-    out = Path(args.out)
-    features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
-    if not features.available:
-        log.warning("reference statistics n/a: %s", features.reason)
-        write(out, unavailable(args.gt_dir, ids, features.reason))
-        return
-    if out.is_file():
-        with_features = read(out)
-        why = stale_reason(with_features, args.gt_dir, ids, features.weights_path)
-        if not why:
-            log.info("%s is up to date (%d images); kept", out, len(ids))
-            return
-        log.info("%s is stale (%s); recomputing", out, why)
-    stats = compute(features, args.gt_dir, ids)
-    write(out, stats)
-    log.info("reference statistics of %d ground truths (bin %s) written to %s", len(ids), args.bin, out)

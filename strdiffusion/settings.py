@@ -5,7 +5,7 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
 - :class:`SDESettings` (config ``sde``) and :class:`ModelSettings` (``model``): shared by training and
   the checkpoints; :class:`TrainSettings`: how one network is trained (``train``, plus ``seed``,
   ``image_size``, ``structure.sigma_train``).
-- :class:`SamplerConfig`: the reverse process's constants (``sampling``); :class:`RunSettings`: how
+- :class:`SamplerSettings`: the reverse process's constants (``sampling``); :class:`RunSettings`: how
   the inpaint stage runs a diffusion method (seed, batch, T, device, speed).
 - :class:`DataSettings` (``datasets.<name>``), :class:`StructureSettings`, :class:`TableSettings`,
   :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
@@ -13,29 +13,23 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
   masks, the training pool and the test pairs; :class:`ImageMetricSettings`, :class:`SetMetricSettings`
   (``metrics``); :class:`ImportSettings` (``external_methods.<method>``): how an outside method's outputs are scored.
 
-Over 500 lines because it is one cohesive thing: every stage's options side by side, so that a config key's
-option, default and help are found in one place.
-
 :func:`job_options` gives one workflow job's options. This module imports no torch: the workflow
-reads it when it parses the rules. It is one cohesive thing: every stage's options side by side, so that
-an option shared by stages (seed, device, tf32) has one name and one default.
+reads it when it parses the rules. Every stage's options stand side by side (the mask stage's in
+:mod:`strdiffusion.mask_settings`), so that an option shared by stages (seed, device, tf32) has one name and one
+default.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from .mask_folder import BINNINGS, NVIDIA_PER_BIN, POLARITIES, RESIZES
+from .core.constants import ACCEPT, LATE_GUIDANCE, PARAMETERIZATIONS, SCHEDULES, SamplerConfig, SDEConfig
 from .external_rows import RESIZE, describe, row_methods
 from .methods import CLASSICAL, given_checkpoints, train_iterations
 from .metric_math import FID_METHODS, IMAGE_METRICS, SET_METRICS
 from .options import command_line, config_values, from_config, nested, option, to_argv
 from .utils import UserError, bin_label
 
-SCHEDULES = ("cosine", "linear", "constant")
-ACCEPT = ("lower", "higher")
-LATE_GUIDANCE = ("rgb_mean", "gray")
 PRECISIONS = ("none", "bf16", "fp16")
-PARAMETERIZATIONS = ("noise", "x0")  # what the UNets output: the noise (reference) or x0 - mu
 HOLE_FILLS = ("recipe", "mean")  # hole value of the denoisers' mu: the recipe's (0 or 1) or the known mean colour
 
 
@@ -63,17 +57,20 @@ def _positive(settings, names) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SDESettings:
-    """The mean-reverting SDE (:class:`strdiffusion.sde.IRSDE`, whose defaults these are): T steps,
-    max_sigma in 0..255 units (below 1: lambda itself), the theta schedule, and eps, the share of
-    x0 - mu left at t = T."""
+    """The mean-reverting SDE (:class:`strdiffusion.core.sde.IRSDE`); the defaults are the core's
+    :class:`~strdiffusion.core.constants.SDEConfig`."""
 
-    T: int = option(100, "diffusion steps", key="sde.T")
-    max_sigma: float = option(30.0, "stationary std in 0..255 units (below 1: used as is)", key="sde.max_sigma")
-    schedule: str = option("cosine", "theta schedule", key="sde.schedule", choices=SCHEDULES)
-    eps: float = option(0.005, "share of x0 - mu left at t = T", key="sde.eps")
+    T: int = option(SDEConfig.T, "diffusion steps", key="sde.T")
+    max_sigma: float = option(SDEConfig.max_sigma, "stationary std in 0..255 units (below 1: used as is)",
+                              key="sde.max_sigma")
+    schedule: str = option(SDEConfig.schedule, "theta schedule", key="sde.schedule", choices=SCHEDULES)
+    eps: float = option(SDEConfig.eps, "share of x0 - mu left at t = T", key="sde.eps")
 
     def __post_init__(self):
         _positive(self, ("T",))
+
+    def sde(self) -> SDEConfig:
+        return SDEConfig(**dataclasses.asdict(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,57 +160,45 @@ class TrainSettings:
 
 
 @dataclasses.dataclass
-class SamplerConfig:
-    """Constants of the StrDiffusion reverse process; defaults reproduce the reference sampler.
+class SamplerSettings:
+    """The reverse process's constants (config ``sampling``); :meth:`sampler` gives the core's
+    :class:`~strdiffusion.core.constants.SamplerConfig`, whose docstring says what each one does and
+    whose defaults (the reference sampler's) these are."""
 
-    u_max: trials per resampling step are at most ``u_max - 1``. u_min: from trial ``u_min`` on,
-    a rejected trial stops the resampling (earlier rejected trials are averaged in).
-    jump: resample at steps t with ``t % jump == 0`` (early stage only). re: forward re-noising
-    steps of the structure per trial (clipped at T). switch: the early stage (structure network,
-    critic) runs for t = T .. floor(switch * T). accept: ``lower`` keeps a trial when its critic
-    score D_p < D_n (the reference), ``higher`` when D_p > D_n. late_guidance: guidance map of the
-    late stage, ``rgb_mean`` (the reference: mean over RGB of the texture state) or ``gray``
-    (BT.709 luma). hole_fill: value of hole pixels in the texture mean ``mu`` (reference 0).
-    denoise_last: the step at t = 1 returns the texture net's x0 estimate instead of a reverse-SDE step,
-    i.e. without the last step's noise (the noise-removal step of score-SDE samplers; reference False).
-    resample: False gives ``strdiffusion_noresample`` (no trials, no critic); set by the method.
-    """
-
-    u_max: int = option(6, "at most u_max-1 resampling trials per step", key="sampling.u_max")
-    u_min: int = option(3, "from trial u_min on, a rejected trial stops resampling", key="sampling.u_min")
-    jump: int = option(5, "resample at steps t % jump == 0", key="sampling.jump")
-    re: int = option(5, "forward re-noising steps of the structure per trial", key="sampling.re")
-    switch: float = option(0.4, "early stage for t >= floor(switch*T)", key="sampling.switch")
-    accept: str = option("lower", "keep a trial when its critic score is lower (reference) or higher than the "
-                         "first sample's", key="sampling.accept", choices=ACCEPT)
-    late_guidance: str = option("rgb_mean", "late-stage guidance: mean over RGB (reference) or BT.709 gray",
-                                key="sampling.late_guidance", choices=LATE_GUIDANCE)
-    hole_fill: float = option(0.0, "value of hole pixels in the degraded input", key="sampling.hole_fill")
-    denoise_last: bool = option(False, "the step at t = 1 returns the x0 estimate, without noise (reference: a "
-                                "reverse-SDE step with noise)", key="sampling.denoise_last")
-    resample: bool = option(True, cli=False)
+    u_max: int = option(SamplerConfig.u_max, "at most u_max-1 resampling trials per step", key="sampling.u_max")
+    u_min: int = option(SamplerConfig.u_min, "from trial u_min on, a rejected trial stops resampling",
+                        key="sampling.u_min")
+    jump: int = option(SamplerConfig.jump, "resample at steps t % jump == 0", key="sampling.jump")
+    re: int = option(SamplerConfig.re, "forward re-noising steps of the structure per trial", key="sampling.re")
+    switch: float = option(SamplerConfig.switch, "early stage for t >= floor(switch*T)", key="sampling.switch")
+    accept: str = option(SamplerConfig.accept, "keep a trial when its critic score is lower (reference) or higher than "
+                         "the first sample's", key="sampling.accept", choices=ACCEPT)
+    late_guidance: str = option(SamplerConfig.late_guidance, "late-stage guidance: mean over RGB (reference) or BT.709 "
+                                "gray", key="sampling.late_guidance", choices=LATE_GUIDANCE)
+    hole_fill: float = option(SamplerConfig.hole_fill, "value of hole pixels in the degraded input",
+                              key="sampling.hole_fill")
+    denoise_last: bool = option(SamplerConfig.denoise_last, "the step at t = 1 returns the x0 estimate, without noise "
+                                "(reference: a reverse-SDE step with noise)", key="sampling.denoise_last")
+    resample: bool = option(SamplerConfig.resample, cli=False)
 
     def __post_init__(self):
-        for name in ("u_max", "u_min", "jump", "re"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
-                raise UserError(f"sampling.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0.0 <= self.switch <= 1.0:
-            raise UserError(f"sampling.switch must be in [0, 1], got {self.switch}")
-        if self.accept not in ACCEPT:
-            raise UserError(f"sampling.accept must be one of {', '.join(ACCEPT)}, got {self.accept!r}")
-        if self.late_guidance not in LATE_GUIDANCE:
-            raise UserError(f"sampling.late_guidance must be one of {', '.join(LATE_GUIDANCE)}, "
-                            f"got {self.late_guidance!r}")
+        try:
+            self.sampler()
+        except ValueError as e:
+            raise UserError(f"sampling.{e}") from None
 
-    def switch_step(self, T: int) -> int:
-        """First t of the late stage plus one: the early stage is t = T .. int(switch * T)."""
-        return int(self.switch * T)  # the reference's int(0.4 * T)
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(**dataclasses.asdict(self))
 
-    def trial_steps(self, t: int, T: int) -> int:
-        """Forward re-noising steps of a trial at step t (0: no resampling at this t)."""
-        if not self.resample or self.u_max <= 1 or t % self.jump != 0:
-            return 0
-        return min(self.re, T - t + 1)
+
+@dataclasses.dataclass(frozen=True)
+class ShardSettings:
+    """How the inpaint stage's pipeline jobs split a bin's test pairs (every method, classical ones too)."""
+
+    shard_size: int = option(16, "test pairs per pipeline shard (one inpainting job each)", key="sampling.shard_size")
+
+    def __post_init__(self):
+        _positive(self, ("shard_size",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +208,8 @@ class RunSettings:
 
     seed: int = option(0, "global seed; image noise is seeded from (seed, image id, bin)", key="seed")
     batch_size: int = option(16, "images sampled together (results do not depend on it)", key="sampling.batch_size")
-    sigma: float = option(2.0, "Canny sigma of structure computed on the fly (reference test: 2)")
+    sigma: float = option(2.0, "Canny sigma of structure computed on the fly (reference test: 2)",
+                          key="structure.sigma_test")
     T: int | None = option(None, "diffusion steps the networks were trained with (checked against the "
                            "checkpoints; required for the authors' bare state dicts)", key="sde.T")
     device: str = device_option()
@@ -326,130 +312,7 @@ class ImportSettings:
                                  key=_EXTERNAL + "allow_partial")
 
 
-# ---------------------------------------------------------------------------------------------
-# masks
-
-_MASKS = "datasets.{dataset}.masks."
-_NVIDIA, _FOLDER_MASKS = ("protocol", "nvidia"), ("protocol", "folder")
-
-
-def _protocol(key):
-    return option(help="mask protocol: a generator (lama_*, deepfill, box_*), a fixed RePaint mask (repaint_*), "
-                       "nvidia or folder", key=key)
-
-
-def _nvidia_source():
-    return option("", "folder or .zip of the NVIDIA irregular mask test set (protocol nvidia)",
-                  key=_MASKS + "nvidia_source", when=_NVIDIA)
-
-
-def _nvidia_border(key=None):
-    return option("both", "NVIDIA masks touching the border, not touching it, or both (protocol nvidia)", key=key,
-                  choices=("both", "with", "without"), when=_NVIDIA)
-
-
-def _nvidia_per_bin():
-    return option(NVIDIA_PER_BIN, "files per NVIDIA bin in the source's order (2000 in the official test set)")
-
-
-def _folder_source(key):
-    return option("", "folder or .zip of mask files (protocol folder)", key=key, when=_FOLDER_MASKS)
-
-
-def _polarity(key):
-    return option("hole_white", "which colour is the hole (protocol folder)", key=key, choices=POLARITIES,
-                  when=_FOLDER_MASKS)
-
-
-def _threshold():
-    return option(128, "grey value >= threshold is white, 1..255 (protocol folder)", key=_MASKS + "threshold",
-                  when=_FOLDER_MASKS)
-
-
-def _resize():
-    return option("nearest", "NEAREST to --size; non-square masks are an error unless center_crop (protocol folder)",
-                  key=_MASKS + "resize", choices=RESIZES, when=_FOLDER_MASKS)
-
-
-def _bins_spec(config: dict, dataset: str) -> str:
-    """The data set's hole-ratio bins as the command line gives them: lo:hi,lo:hi."""
-    return ",".join(f"{lo}:{hi}" for lo, hi in config["datasets"][dataset]["masks"]["bins"])
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MaskSettings:
-    """Test masks (``masks generate``): ``count`` masks per hole-ratio bin whose measured hole ratio lies in
-    the bin, drawn by a protocol or imported (nvidia: NVIDIA's irregular mask test set; folder: any folder
-    or .zip of mask files, with its polarity, threshold, resizing and binning)."""
-
-    protocol: str = _protocol(_MASKS + "protocol")
-    size: int = option(help="mask size in px (square)", key="image_size")
-    bins: str = option("", "hole-ratio bins lo:hi,lo:hi (e.g. 0.1:0.2,0.2:0.3); ignored by repaint_*", key=_MASKS + "bins")
-    count: int = option(help="masks per bin", key=_MASKS + "per_bin")
-    seed: int = option(help="seed of the masks", key="seed")
-    fill: str = option("auto", "how a bin is filled (see strdiffusion.masks)", choices=("auto", "natural", "adaptive"))
-    nvidia_source: str = _nvidia_source()
-    nvidia_binning: str = option("index", "NVIDIA bins by file index or by measured hole ratio (protocol nvidia)",
-                                 key=_MASKS + "nvidia_binning", choices=("index", "ratio"), when=_NVIDIA)
-    nvidia_border: str = _nvidia_border(_MASKS + "nvidia_border")
-    nvidia_per_bin: int = _nvidia_per_bin()
-    source: str = _folder_source(_MASKS + "source")
-    polarity: str = _polarity(_MASKS + "polarity")
-    threshold: int = _threshold()
-    resize: str = _resize()
-    binning: str = option("ratio", "by measured hole ratio, by file index (--files-per-bin files per bin, sorted) or "
-                          "none (one bin) (protocol folder)", key=_MASKS + "binning", choices=BINNINGS, when=_FOLDER_MASKS)
-    files_per_bin: int = option(0, "index binning: files per bin in sorted order (0: --count) (protocol folder)",
-                                key=_MASKS + "files_per_bin", when=_FOLDER_MASKS)
-    n_test: int = option(0, "warn when a bin gets fewer masks than this (protocol folder)", key="datasets.{dataset}.n_test",
-                         when=_FOLDER_MASKS)
-
-    @classmethod
-    def from_config(cls, config: dict, dataset: str, **_) -> MaskSettings:
-        return cls(**config_values(cls, config, given={"bins": _bins_spec(config, dataset)}, dataset=dataset))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PoolSettings:
-    """Training masks (``masks pool``): ``count`` masks of mixed hole ratios, drawn by a protocol or imported
-    from ``masks.train_source`` (then the protocol is folder)."""
-
-    protocol: str = _protocol(_MASKS + "train_protocol")  # folder when masks.train_source is given
-    size: int = option(help="mask size in px (square)", key="image_size")
-    count: int = option(help="masks in the pool", key=_MASKS + "train_pool")
-    seed: int = option(help="seed of the masks", key="seed")
-    nvidia_source: str = _nvidia_source()
-    nvidia_border: str = _nvidia_border()
-    nvidia_per_bin: int = _nvidia_per_bin()
-    source: str = _folder_source(_MASKS + "train_source")
-    polarity: str = _polarity(_MASKS + "train_polarity")
-    threshold: int = _threshold()
-    resize: str = _resize()
-
-    @classmethod
-    def from_config(cls, config: dict, dataset: str, **_) -> PoolSettings:
-        m = config["datasets"][dataset]["masks"]
-        protocol = "folder" if m["train_source"] else m["train_protocol"]
-        return cls(**config_values(cls, config, given={"protocol": protocol}, dataset=dataset))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PairSettings:
-    """Test pairs (``masks pairs``): the first ``n_test`` test images (sorted ids) paired with masks of each bin
-    by a seeded permutation."""
-
-    bins: str = option("", "bins lo:hi,... or labels (10-20,half); default every sub-folder of --masks",
-                       key=_MASKS + "bins")
-    n_test: int = option(help="test images per bin", key="datasets.{dataset}.n_test")
-    seed: int = option(help="seed of the pairing", key="seed")
-
-    @classmethod
-    def from_config(cls, config: dict, dataset: str, **_) -> PairSettings:
-        return cls(**config_values(cls, config, given={"bins": _bins_spec(config, dataset)}, dataset=dataset))
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics
+from .mask_settings import MaskSettings, PairSettings, PoolSettings  # noqa: E402  (re-exported: JOBS)
 
 
 def _alexnet_weights():
@@ -489,13 +352,12 @@ class ImageMetricSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SetMetricSettings:
-    """Set metrics (``metrics sets``): FID and KID of the inpainted set against its ground truths. The
-    stage's default Frechet distance is pytorch-fid's own; the workflow's (metrics.fid_method) is exact."""
+    """Set metrics (``metrics sets``): FID and KID of the inpainted set against its ground truths."""
 
     metrics: tuple[str, ...] = option(SET_METRICS, f"subset of {','.join(SET_METRICS)}; empty or no value: none",
                                       key="metrics.per_set")
     inception_weights: str = _inception_weights()
-    fid_method: str = option("pytorch-fid", "pytorch-fid: its calculate_frechet_distance (scipy sqrtm of 2048x2048, "
+    fid_method: str = option("exact", "pytorch-fid: its calculate_frechet_distance (scipy sqrtm of 2048x2048, "
                              "about 25-100 s per set on a 2-core CPU; falls back to exact if it fails); exact: the "
                              "same distance from an SVD/eigendecomposition (seconds, stable for small sets)",
                              key="metrics.fid_method", choices=FID_METHODS)
@@ -515,7 +377,7 @@ JOBS = {
     "data": (DataSettings,),
     "structure": (StructureSettings,),
     "train": (TrainSettings,),
-    "inpaint": (SamplerConfig, RunSettings),
+    "inpaint": (ShardSettings, SamplerSettings, RunSettings),
     "figures": (FigureSettings,),
     "tables": (TableSettings,),
     "weights": (WeightSettings,),
@@ -531,7 +393,8 @@ JOBS = {
 def job_options(stage: str, config: dict, **where) -> str:
     """Shell-quoted options of one workflow job of ``strdiffusion <stage>``, rendered from the stage's
     settings built from the validated ``config``; ``where``: the job's wildcards (dataset, split, method)
-    and, for training, the network (``net``). A classical method takes no sampling options."""
+    and, for training, the network (``net``)."""
+    classes = JOBS[stage]
     if stage == "inpaint" and where.get("method") in CLASSICAL:
-        return ""
-    return command_line([arg for cls in JOBS[stage] for arg in to_argv(from_config(cls, config, **where))])
+        classes = (ShardSettings,)  # a classical method takes no sampling options
+    return command_line([arg for cls in classes for arg in to_argv(from_config(cls, config, **where))])

@@ -41,10 +41,17 @@ the curve rides along in its metadata),
 every ``--checkpoint-every`` iterations; re-running the same command resumes from it, also with more
 ``--iterations``, and the checkpoint's ``resumes`` metadata records each resume's iteration and the
 earlier run's planned iterations) and ``losses.csv`` (iteration, loss, lr, seconds).
+
+Faults (:mod:`strdiffusion.interrupt`, :mod:`strdiffusion.state_lock`): on SIGTERM or SIGUSR1, or
+``--stop-before-limit`` seconds before the SLURM job's time limit, the run saves its state at the next
+iteration boundary and exits with status 75 (interrupted; re-run to resume). While it runs it holds
+``writer.lock`` in ``--state-dir`` (logged to ``writer.log`` there); a second run on the same folder refuses
+to start while the first lives.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -59,13 +66,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .core.objectives import objective, recipe, recipe_fill
 from .gpu import check_rank_device
 from .gpu import resolve_device as _device
+from .interrupt import Interrupted, Notice
 from .methods import NETWORKS
-from .objectives import objective, recipe, recipe_fill
 from .options import add_arguments, from_namespace, nested, option
 from .precision import MixedPrecision, configure, in_effect
 from .settings import ModelSettings, TrainSettings, device_option
+from .state_lock import StateLock
 from .train_state import EMA, Run, write_curve
 from .training_data import IterationBatches, build_dataset
 from .utils import UserError, atomic_path, seed_for
@@ -111,6 +120,8 @@ class TrainJob:
     device: str = device_option()
     threads: int = option(0, "torch CPU threads (0 = torch's default); split over ranks")
     nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
+    stop_before_limit: float = option(120.0, "inside a SLURM job: save and exit (status 75) this many seconds "
+                                             "before its time limit, at most a quarter of it (0 = off)")
     settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")
 
     def __post_init__(self):
@@ -182,10 +193,30 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     job = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if job.nproc > 1 and world_size == 1:
-        check_rank_device(job.device, job.nproc)
-        return _relaunch(argv, job.nproc)
-    return train(job, world_size)
+    with guarded(job, world_size) as notice:
+        if job.nproc > 1 and world_size == 1:
+            check_rank_device(job.device, job.nproc)
+            return _relaunch(argv, job.nproc)
+        return train(job, world_size, notice)
+
+
+@contextlib.contextmanager
+def guarded(job: TrainJob, world_size: int):
+    """The state folder's writer lock (held by the launching process, not by DDP ranks) and the notice to stop."""
+    lock = StateLock(job.state_dir / "writer.lock", f"the training state {job.state_dir}",
+                     history=job.state_dir / "writer.log")
+    with contextlib.ExitStack() as stack:
+        if world_size == 1:
+            stack.enter_context(lock)
+        try:
+            yield stack.enter_context(Notice(job.stop_before_limit))
+            lock.outcome = "finished"
+        except Interrupted as exc:
+            lock.outcome = f"{exc.reason}, state saved at iteration {exc.iteration}"
+            raise
+        except BaseException as exc:
+            lock.outcome = type(exc).__name__
+            raise
 
 
 def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float | str) -> None:
@@ -262,11 +293,12 @@ def _step(run: Run, model, sde, batch, mp: MixedPrecision, iteration: int, lr: f
     return value
 
 
-def train(job: TrainJob, world_size: int = 1) -> int:
-    """Train ``job.net`` to ``job.out``, resuming from ``job.state_dir``; ``world_size`` DDP processes."""
+def train(job: TrainJob, world_size: int = 1, notice: Notice | None = None) -> int:
+    """Train ``job.net`` to ``job.out``, resuming from ``job.state_dir``; ``world_size`` DDP processes.
+    Raises :class:`Interrupted` after saving the state when ``notice`` asks to stop."""
     rank, device, amp = _setup(job, world_size)
     run, parts = _build(job, rank, device, amp)
-    iteration = _loop(run, parts, device, amp, world_size)
+    iteration = _loop(run, parts, device, amp, world_size, notice)
     if rank == 0:
         _finish(run, parts, max(iteration, run.start))
     if world_size > 1:
@@ -294,7 +326,7 @@ def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
     """SDE, data, network, optimiser and EMA, the run resumed from its state, and the validation set-up.
     The global torch RNG is seeded and used in a fixed order (network, resumed state, validation network)."""
     from . import checkpoints
-    from .sde import IRSDE
+    from .core.sde import IRSDE
     from .validation import metric_names, validation_batch
 
     s = job.settings
@@ -323,7 +355,7 @@ def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
     return run, parts
 
 
-def _loop(run: Run, parts: _Parts, device, amp: str, world_size: int) -> int:
+def _loop(run: Run, parts: _Parts, device, amp: str, world_size: int, notice: Notice | None = None) -> int:
     """The training iterations from ``run.start`` on, with validation and saved state every
     ``checkpoint_every`` iterations; returns the last iteration done."""
     from tqdm import tqdm
@@ -355,15 +387,29 @@ def _loop(run: Run, parts: _Parts, device, amp: str, world_size: int) -> int:
             run.record(iteration, value, lr)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-            if iteration % s.checkpoint_every == 0 or iteration == s.iterations:
+            saved = iteration % s.checkpoint_every == 0 or iteration == s.iterations
+            if saved:
                 if validate is not None:
                     validate(iteration)
                 run.save(iteration)
                 _log_progress(run, iteration, lr)
+            if notice is not None and iteration < s.iterations and notice.requested(world_size):
+                _stop(run, iteration, saved, notice.reason)
             tick = time.perf_counter()
     finally:
         bar.close()
     return iteration
+
+
+def _stop(run: Run, iteration: int, saved: bool, reason: str) -> None:
+    """Save the state at this iteration boundary (unless just saved) and raise :class:`Interrupted`."""
+    if not saved:
+        run.save(iteration)
+    if run.rank == 0:
+        log.info("stopped by %s at iteration %d/%d; state saved in %s", reason, iteration,
+                 run.job.settings.iterations, run.path)
+    raise Interrupted(reason, f"state saved at iteration {iteration} in {run.path}; re-run the same command to "
+                              "resume", iteration)
 
 
 def _log_progress(run: Run, iteration: int, lr: float) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.seeds import seed_for  # noqa: F401  (the pipeline's seeds are the model core's)
+
 
 class UserError(Exception):
     """An error caused by the user's input (file, key, value). Printed as one line by the CLI."""
@@ -225,17 +227,6 @@ def parse_bins(text: str) -> list[tuple[float, float]]:
             raise UserError(f"hole-ratio bin {lo}:{hi} must satisfy 0 <= lo < hi <= 1")
         bins.append((lo, hi))
     return bins
-
-
-def seed_for(*parts) -> int:
-    """A stable 63-bit seed derived from any printable parts (global seed, image id, ...).
-
-    Independent of PYTHONHASHSEED, so per-image noise does not depend on the process.
-    """
-    import hashlib
-
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def equal_size_runs(sizes, batch_size: int):

@@ -24,8 +24,8 @@ import math
 import numpy as np
 import torch
 
-from .sampling import as_noise_fn, clipped_share
-from .sde import IRSDE, degraded, randn_like_per_sample
+from .core.sampling import as_noise_fn, clipped_share
+from .core.sde import IRSDE, degraded, randn_like_per_sample
 from .utils import seed_for
 
 DENOISER_METRICS = ("hole_psnr", "ssim", "clipped")
@@ -90,7 +90,7 @@ def _to_u8_rgb(x: torch.Tensor) -> np.ndarray:
 def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict:
     """hole PSNR, SSIM and clipped share of a raw (B, C, H, W) result against ``target`` in [0, 1].
 
-    ``clipped`` is the sampler's own diagnostic (:func:`strdiffusion.sampling.clipped_share`, the
+    ``clipped`` is the sampler's own diagnostic (:func:`strdiffusion.core.sampling.clipped_share`, the
     share of hole pixels outside [0, 1]), averaged over the images, as the tables report it.
     """
     from .metric_math import ssim
@@ -111,7 +111,7 @@ def hole_scores(raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float | str = 0.0,
              parameterization: str = "noise") -> dict:
     """Validation metrics of ``net`` (a structure / texture / irsde UNet or the critic) on ``batch``;
-    ``parameterization``: what the UNet outputs (noise, or x0 - mu; see :mod:`strdiffusion.objectives`)."""
+    ``parameterization``: what the UNet outputs (noise, or x0 - mu; see :mod:`strdiffusion.core.objectives`)."""
     was_training = net.training
     net.eval()
     try:
@@ -142,7 +142,7 @@ def evaluate(kind: str, net, sde: IRSDE, batch: dict, device, hole_fill: float |
 
 
 def _critic_scores(critic, sde: IRSDE, b: dict, hole_fill: float | str = 0.0) -> dict:
-    from .objectives import structure_guidance
+    from .core.objectives import structure_guidance
 
     mask, t, x0 = b["mask"], b["t"], b["image"]
     mu = degraded(x0, mask, hole_fill)

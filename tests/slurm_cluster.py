@@ -80,9 +80,11 @@ class SlurmCluster:
     """One node (``node``), partitions ``cpu_partition`` (default) and ``gpu_partition``, 1 fake GPU."""
 
     def __init__(self, accounting: bool = False, cpus: int = 16, memory_mb: int = 128000,
-                 min_job_age: int = 300):
+                 min_job_age: int = 300, slurmd_timeout: int = 300, over_time_limit: int = 0):
         self.accounting = accounting
         self.cpus, self.memory_mb, self.min_job_age = cpus, memory_mb, min_job_age
+        self.slurmd_timeout = slurmd_timeout  # seconds without an answer before slurmctld declares the node down
+        self.over_time_limit = over_time_limit  # minutes a job may run past its time limit before it is killed
         self.cpu_partition, self.gpu_partition = CPU_PARTITION, GPU_PARTITION
         self.account = ACCOUNT if accounting else ""
         self.node = "strdiffnode"
@@ -200,6 +202,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MinJobAge={self.min_job_age}
+SlurmdTimeout={self.slurmd_timeout}
+OverTimeLimit={self.over_time_limit}
 KillWait=5
 InactiveLimit=0
 {accounting}JobCompType=jobcomp/none
@@ -273,6 +277,20 @@ LogFile={d / 'log' / 'slurmdbd.log'}
     def cleanup(self):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def kill_slurmd(self) -> int:
+        """SIGKILL the node's slurmd (its jobs' step daemons live on, as on a node that lost its slurmd); its PID."""
+        for name, proc in self._procs:
+            if name == "slurmd" and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+                return proc.pid
+        raise RuntimeError("slurmd is not running")
+
+    def restart_slurmd(self) -> None:
+        """Start slurmd again (after :meth:`kill_slurmd`); the node returns on its own (ReturnToService=2)."""
+        self._procs = [(n, p) for n, p in self._procs if not (n == "slurmd" and p.poll() is not None)]
+        self._spawn("slurmd", ["slurmd", "-D", "-N", self.node])
 
     # -- queries ---------------------------------------------------------------------------------------------
     def node_state(self) -> str:

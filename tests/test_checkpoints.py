@@ -8,8 +8,8 @@ import torch
 from strdiffusion import __version__
 from strdiffusion.checkpoints import (FORMAT, NET_KINDS, build_network, default_ctor_kwargs, load_checkpoint,
                                       save_checkpoint)
-from strdiffusion.nets import ConditionalUNet, Critic
-from strdiffusion.sde import IRSDE
+from strdiffusion.core.nets import ConditionalUNet, Critic
+from strdiffusion.core.sde import IRSDE
 from strdiffusion.utils import UserError
 
 TINY = {"structure": {"nf": 8, "depth": 2}, "texture": {"nf": 8, "depth": 2}, "irsde": {"nf": 8, "depth": 2},

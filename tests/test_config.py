@@ -45,11 +45,11 @@ def test_folder_source_requires_a_path(default):
 
 
 def test_paper_configs_are_valid(repo_root):
-    base = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    base = repo_root / "config" / "config.yaml"
     paper = [repo_root / "config" / "paper" / f"{n}.yaml" for n in ("psv", "celebahq", "places2")]
     assert {p.stem for p in paper} >= {"psv", "celebahq", "places2"}
     for path in paper:
-        merged = cfg.merge(copy.deepcopy(base), yaml.safe_load(path.read_text()))
+        merged = cfg.layered([base, path])
         full = cfg.validate(merged, source=str(path))
         assert full["image_size"] == 256 and full["model"]["nf"] == 64
         # nothing of the tiny preset leaks into the paper settings through the deep merge
@@ -89,3 +89,52 @@ def test_wheel_contains_the_schema_and_validates_outside_the_clone(tmp_path, rep
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(repo_root / "config" / "config.yaml")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "valid", res.stderr[-2000:]
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_each_paper_config_holds_only_what_differs_from_common_yaml(repo_root):
+    paper = repo_root / "config" / "paper"
+    common = _leaves(yaml.safe_load((paper / "common.yaml").read_text()))
+    for name in ("psv", "celebahq", "places2"):
+        own = yaml.safe_load((paper / f"{name}.yaml").read_text())
+        assert own.pop("extends") == "common.yaml", name
+        repeated = [key for key, value in _leaves(own).items() if common.get(key, object()) == value]
+        assert not repeated, (name, repeated)
+        layered = cfg.layered([paper / f"{name}.yaml"])
+        assert "extends" not in layered and layered["model"]["nf"] == 64  # common.yaml beneath the file
+        assert layered["run_datasets"] == own["run_datasets"]
+
+
+def test_extends_merges_the_named_files_beneath_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {lr: 1.0, batch_size: 2}\nseed: 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("extends: ../a.yaml\ntrain: {lr: 2.0}\n")
+    (tmp_path / "c.yaml").write_text("extends: [sub/b.yaml]\nseed: 3\n")
+    (tmp_path / "later.yaml").write_text("train: {batch_size: 5}\n")
+    got = cfg.layered([tmp_path / "c.yaml", tmp_path / "later.yaml"], {"seed": 4})
+    assert got == {"train": {"lr": 2.0, "batch_size": 5}, "seed": 4}
+    (tmp_path / "a.yaml").write_text("extends: c.yaml\n")
+    with pytest.raises(UserError, match="leads back"):
+        cfg.read_layer(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(UserError, match="missing.yaml: config file not found"):
+        cfg.read_layer(tmp_path / "d.yaml")
+
+
+def test_a_data_set_like_another_takes_its_settings_under_its_own_name(default):
+    alike = copy.deepcopy(default)
+    alike["datasets"]["twin"] = {"like": "builtin", "n_test": 3}
+    got = cfg.validate(alike)["datasets"]
+    assert got["twin"] == {**got["builtin"], "n_test": 3} and got["builtin"]["n_test"] == default["datasets"]["builtin"]["n_test"]
+    alike["datasets"]["twin"] = {"like": "nowhere"}
+    with pytest.raises(UserError, match=r"datasets\.twin\.like.*'nowhere'.*defined: builtin, twin"):
+        cfg.validate(alike)

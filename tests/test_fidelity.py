@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
-from strdiffusion import objectives, train, training_data
-from strdiffusion.nets.critic import Critic
-from strdiffusion.sde import IRSDE
+from strdiffusion import train, training_data
+from strdiffusion.core import objectives
+from strdiffusion.core.nets.critic import Critic
+from strdiffusion.core.sde import IRSDE
 from strdiffusion.validation import hole_scores
 
 from test_train import ZeroUNet, cli_args, make_data, random_batch

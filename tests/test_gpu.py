@@ -66,8 +66,8 @@ def test_gpu_training_step_each_network_and_precision(data, tmp_path, net, preci
 
 
 def test_gpu_noise_of_an_image_is_its_cpu_noise():
-    from strdiffusion.sampling import make_generators
-    from strdiffusion.sde import randn_like_per_sample
+    from strdiffusion.core.sampling import make_generators
+    from strdiffusion.core.sde import randn_like_per_sample
 
     like = torch.zeros(3, 3, 40, 24)
     cpu = randn_like_per_sample(like, make_generators(7, ["a", "b", "c"], "10-20"))
@@ -79,8 +79,8 @@ def test_gpu_noise_of_an_image_is_its_cpu_noise():
 def _paper_runner(tmp_path, device, deterministic=False, method="strdiffusion_noresample"):
     """A runner of paper-size networks (random weights, seeded) on ``device``, T 10."""
     from strdiffusion.diffusion_runner import DiffusionRunner
-    from strdiffusion.sampling import SamplerConfig
-    from strdiffusion.sde import IRSDE
+    from strdiffusion.core.sampling import SamplerConfig
+    from strdiffusion.core.sde import IRSDE
     from strdiffusion.settings import RunSettings
 
     paths = {}

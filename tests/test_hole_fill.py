@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
-from strdiffusion import objectives, train
+from strdiffusion import train
+from strdiffusion.core import objectives
 from strdiffusion.checkpoints import load_checkpoint
 from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
 from strdiffusion.inpaint import classical_inpaint
-from strdiffusion.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde
-from strdiffusion.sde import IRSDE, degraded
+from strdiffusion.core.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde
+from strdiffusion.core.sde import IRSDE, degraded
 
 from test_train import cli_args, make_data, random_batch
 

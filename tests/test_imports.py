@@ -1,26 +1,28 @@
-"""The package's import graph: no circles, and a sampler free of file, image and command-line libraries.
+"""The package's import graph: no circles, a model core (strdiffusion/core/) that imports only torch, numpy,
+the standard library and itself, and a sampler free of file, image and command-line libraries.
 
 Imports are read from the source with ``ast`` (module-level and function-level ones alike), so the
 test needs no import side effects and sees lazy imports too."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "strdiffusion"
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_name(path: Path, root: Path = PACKAGE.parent) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
+def imports_of(path: Path, top_level_only: bool = False, root: Path = PACKAGE.parent) -> set[str]:
     """Absolute names of the modules ``path`` imports (``from .x import y`` gives strdiffusion.x and,
     when y is a submodule, strdiffusion.x.y)."""
-    name = module_name(path)
+    name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(), filename=str(path))
     nodes = tree.body if top_level_only else ast.walk(tree)
@@ -87,9 +89,9 @@ def test_cycle_finder_finds_a_planted_circle():
 
 def test_graph_sees_relative_and_lazy_imports():
     graph = package_graph()
-    assert "strdiffusion.sampling" in graph["strdiffusion.diffusion_runner"]
+    assert "strdiffusion.core.sampling" in graph["strdiffusion.diffusion_runner"]
     assert "strdiffusion.checkpoints" in graph["strdiffusion.diffusion_runner"]  # imported inside a function
-    assert "strdiffusion.nets.spade" in graph["strdiffusion.diffusion_runner"]
+    assert "strdiffusion.core.nets.spade" in graph["strdiffusion.diffusion_runner"]
 
 
 def test_no_import_circle_in_the_package():
@@ -101,11 +103,11 @@ def test_no_import_circle_in_the_package():
 
 def test_sampler_imports_no_file_image_or_command_line_library():
     banned = {"argparse", "PIL", "cv2", "pandas"}
-    own = {name.split(".")[0] for name in imports_of(PACKAGE / "sampling.py")}
+    own = {name.split(".")[0] for name in imports_of(PACKAGE / "core" / "sampling.py")}
     assert not own & banned, own & banned
     # nor through the package modules it loads at import time
     graph = package_graph(top_level_only=True)
-    seen, todo = set(), ["strdiffusion.sampling"]
+    seen, todo = set(), ["strdiffusion.core.sampling"]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -118,3 +120,42 @@ def test_sampler_imports_no_file_image_or_command_line_library():
             path = PACKAGE.parent / name.replace(".", "/") / "__init__.py"
         top = {d.split(".")[0] for d in imports_of(path, top_level_only=True)}
         assert not top & banned, (name, top & banned)
+
+
+# what the model core may import besides itself
+CORE_ALLOWED = {"torch", "numpy"} | set(sys.stdlib_module_names)
+
+
+def core_violations(core: Path, root: Path) -> list[tuple[str, str]]:
+    """(module, import) for every import of a module under ``core`` (the folder of package ``<pkg>.core``,
+    ``root`` the folder above the package) that is neither in :data:`CORE_ALLOWED` nor the core itself;
+    lazy imports count."""
+    own = module_name(core / "__init__.py", root)
+    bad = []
+    for path in sorted(core.rglob("*.py")):
+        for dep in sorted(imports_of(path, root=root)):
+            top = dep.split(".")[0]
+            inside = dep == own or dep.startswith(own + ".")
+            if not inside and (top == own.split(".")[0] or top not in CORE_ALLOWED):
+                bad.append((module_name(path, root), dep))
+    return bad
+
+
+def test_core_imports_only_torch_numpy_the_standard_library_and_itself():
+    assert (PACKAGE / "core" / "sde.py").exists() and (PACKAGE / "core" / "nets" / "unet.py").exists()
+    assert core_violations(PACKAGE / "core", PACKAGE.parent) == []
+
+
+def test_core_check_catches_a_pipeline_import(tmp_path):
+    core = tmp_path / "pkg" / "core"
+    (core / "nets").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (core / "__init__.py").write_text("")
+    (core / "nets" / "__init__.py").write_text("from ..sde import IRSDE\nimport torch.nn as nn\n")
+    (core / "sde.py").write_text("import math\nimport numpy as np\nfrom . import nets\n")
+    assert core_violations(core, tmp_path) == []
+    (core / "sde.py").write_text("from ..settings import SDESettings\n")
+    (core / "sampling.py").write_text("def f():\n    from tqdm import tqdm\n    from pkg import utils\n")
+    assert core_violations(core, tmp_path) == [("pkg.core.sampling", "pkg"), ("pkg.core.sampling", "pkg.utils"),
+                                              ("pkg.core.sampling", "tqdm"), ("pkg.core.sampling", "tqdm.tqdm"),
+                                              ("pkg.core.sde", "pkg.settings"), ("pkg.core.sde", "pkg.settings.SDESettings")]

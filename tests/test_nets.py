@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strdiffusion.nets import ConditionalUNet, Critic, bake_spectral_norm, default_ch_mult
-from strdiffusion.nets.critic import fir_downsample_2d, fir_kernel_2d
+from strdiffusion.core.nets import ConditionalUNet, Critic, bake_spectral_norm, default_ch_mult
+from strdiffusion.core.nets.critic import fir_downsample_2d, fir_kernel_2d
 
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
@@ -238,7 +238,7 @@ def test_bake_spectral_norm_keeps_eval_output(texture_ref):
 
 def test_inference_convolutions_do_not_depend_on_batch_size():
     """A 64->64 3x3 conv at 16x16: PyTorch's own batch-1 kernel differed from the batched one by ~1e-5."""
-    from strdiffusion.nets.layers import Conv2d
+    from strdiffusion.core.nets.layers import Conv2d
 
     torch.manual_seed(0)
     conv = Conv2d(64, 64, 3, padding=1).eval()

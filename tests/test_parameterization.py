@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 
-from strdiffusion import objectives, train
+from strdiffusion import train
+from strdiffusion.core import objectives
 from strdiffusion.checkpoints import load_checkpoint
 from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
-from strdiffusion.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde, sample_strdiffusion
-from strdiffusion.sde import IRSDE
+from strdiffusion.core.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde, sample_strdiffusion
+from strdiffusion.core.sde import IRSDE
 
 from test_train import cli_args, make_data, random_batch
 

@@ -19,8 +19,8 @@ _MEASURE = textwrap.dedent("""
     import sys, json, torch
     from strdiffusion import plan
     from strdiffusion.checkpoints import build_network
-    from strdiffusion.objectives import objective
-    from strdiffusion.sde import IRSDE
+    from strdiffusion.core.objectives import objective
+    from strdiffusion.core.sde import IRSDE
 
     kind, batch, px, model = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
     def status(key):

@@ -97,7 +97,7 @@ def test_train_tf32_and_deterministic_come_from_the_config():
 
 @pytest.fixture(scope="module")
 def irsde_checkpoint(tmp_path_factory):
-    from strdiffusion.sde import IRSDE
+    from strdiffusion.core.sde import IRSDE
 
     path = tmp_path_factory.mktemp("ckpt") / "irsde.pt"
     torch.manual_seed(0)

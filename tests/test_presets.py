@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from strdiffusion.config import layered, read_layer, validate
 from strdiffusion.methods import NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,13 +24,30 @@ def _config(name: str) -> dict:
 
 
 def test_the_laptop_overlay_keeps_the_defaults_recipe_and_trains_longer():
-    default, laptop = _config("config.yaml"), _config("laptop.yaml")
+    default = validate(_config("config.yaml"))
+    laptop = validate(layered([ROOT / "config" / "config.yaml", ROOT / "config" / "laptop.yaml"]))
     assert laptop["run_datasets"] == ["laptop"]
     assert laptop["datasets"]["laptop"] == default["datasets"]["builtin"]  # the same data, masks and pairs
     assert laptop["train"]["iterations"] > default["train"]["iterations"]
-    for key in ("parameterization", "irsde_recipe"):
+    for key in ("parameterization", "irsde_recipe", "lr", "critic_lr"):
         assert laptop["train"][key] == default["train"][key], key
     assert laptop["sampling"]["denoise_last"] == default["sampling"]["denoise_last"] is True
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_the_laptop_overlay_holds_only_what_differs_from_the_default():
+    default = _leaves(_config("config.yaml"))
+    repeated = [key for key, value in _leaves(_config("laptop.yaml")).items() if default.get(key, object()) == value]
+    assert not repeated, repeated
 
 
 def _dry_run(work: Path, *configfiles: str) -> str:
@@ -63,6 +81,6 @@ def test_the_default_and_the_laptop_overlay_train_all_four_networks_apart(tmp_pa
 
 @pytest.mark.parametrize("overlay", ["laptop.yaml", "paper/psv.yaml", "paper/celebahq.yaml", "paper/places2.yaml"])
 def test_overlays_that_train_do_not_inherit_the_defaults_shipped_checkpoints(overlay):
-    config = _config(overlay)
+    config = read_layer(ROOT / "config" / overlay)  # with the file it extends, if any
     assert config["checkpoints"] == {net: "" for net in NETWORKS}  # Snakemake merges overlays key by key
     assert not any(method.endswith("_fresh") for method in config["methods"])  # no second copy of each row

@@ -267,3 +267,290 @@ class TestRealSlurmWithAccounting:
         assert res.returncode != 0
         assert "CHANGE_ME_account" in res.stdout and "invalid" in res.stdout, res.stdout[-3000:]
         assert len(cluster.jobs()) == before  # nothing was submitted
+
+
+# ---------------------------------------------------------------------------------------------------- faults
+# The reduced chain with a training of some minutes' work at 1 thread; a driver, a job or the node's slurmd is
+# killed, or the disk fills, and the run must recover (or end with one line) without losing saved work.
+FAULT = {**REDUCED, "train": {"iterations": 360, "batch_size": 2, "checkpoint_every": 120, "lr_milestones": [0.75]}}
+PREEMPT = {**REDUCED, "train": {"iterations": 240, "batch_size": 2, "checkpoint_every": 120, "lr_milestones": [0.75]}}
+MODEL = "results/builtin/models/irsde.pt"
+STATE = "results/builtin/models/irsde_state"
+INPUTS = ("results/builtin/data", "results/builtin/structure", "results/builtin/masks", ".snakemake/metadata")
+FIGURES: dict[str, str] = {}  # printed at the end of the class: docs/reliability.md quotes them
+
+
+def fault_profile(dest: Path, cluster, runtime: int | None = None) -> Path:
+    """The test overlay, with the training on one thread (the local reference's count) on the CPU partition (the
+    node's one fake GPU would make it wait for the inpainting jobs) and, when given, a training time limit of
+    ``runtime`` minutes."""
+    overlay_profile(dest, cluster)
+    profile = yaml.safe_load((dest / "config.yaml").read_text())
+    profile["set-threads"]["train_irsde"] = 1
+    profile["set-resources"]["train_irsde"].update(cpus_per_task=1, gpu=0, slurm_partition=cluster.cpu_partition)
+    if runtime is not None:
+        profile["set-resources"]["train_irsde"]["runtime"] = runtime
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+def _fault_workdir(path: Path, reference: Path, config: dict) -> Path:
+    """A workflow folder holding the reference run's data, structure and masks (not its models or results)."""
+    _workflow_dir(path)
+    (path / "reduced.yaml").write_text(yaml.safe_dump(config))
+    for rel in INPUTS:
+        if (reference / rel).exists():
+            shutil.copytree(reference / rel, path / rel)
+    return path
+
+
+def _lock_log(work: Path) -> list[tuple[str, str, str]]:
+    """(time, event, holder) of every line of the training state's writer.log."""
+    rows = []
+    for line in (work / STATE / "writer.log").read_text().splitlines():
+        stamp, rest = line.split(" ", 1)
+        for event in ("taken by", "released by", "took over the stale lock of", "refused to"):
+            if rest.startswith(event):
+                rows.append((stamp, event.split()[0], rest[len(event) + 1:]))
+    return rows
+
+
+def _no_two_writers(rows) -> None:
+    """Every 'taken' is followed by its holder's release (or a take-over of a dead holder) before the next one."""
+    holding = None
+    for _, event, who in rows:
+        pid = who.split(" on ")[0]
+        if event == "taken":
+            assert holding is None, f"two writers: {holding} and {who}\n{rows}"
+            holding = pid
+        elif event == "released":
+            assert holding == pid.split(" (")[0], rows
+            holding = None
+        elif event == "took":
+            holding = None
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    import torch
+
+    sa, sb = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _wait_for(check, timeout: float, what: str, interval: float = 0.5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"{what} not seen within {timeout:.0f} s")
+
+
+def _rule_jobs(cluster, rule: str) -> list[dict]:
+    return [j for j in cluster.jobs() if j["comment"].split("_wildcards_")[0] == f"rule_{rule}"]
+
+
+@pytest.fixture(scope="class")
+def fault_cluster():
+    reason = slurm_cluster.unavailable_reason(False)
+    if reason:
+        pytest.skip(reason)
+    # A job that ended its work by its 1-minute limit may finish its Snakemake wrap-up in the minute after: on this
+    # 2-core machine under load, Snakemake's own start and end take 30-40 s of a 1-minute slot.
+    c = slurm_cluster.SlurmCluster(slurmd_timeout=10, over_time_limit=1).start()
+    yield c
+    c.stop()
+    c.cleanup()
+    for name, figure in FIGURES.items():
+        print(f"fault figure: {name}: {figure}")
+
+
+@pytest.fixture(scope="class")
+def reference(tmp_path_factory):
+    """The whole reduced chain run locally without faults (the tables and weights the faulted runs must equal)."""
+    torch_home = tmp_path_factory.mktemp("torch_home")
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    work = _workflow_dir(tmp_path_factory.mktemp("faults") / "local")
+    (work / "reduced.yaml").write_text(yaml.safe_dump(FAULT))
+    start = time.monotonic()
+    res = subprocess.run([SNAKEMAKE, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile", "reduced.yaml"],
+                         cwd=work, env=_env(torch_home), capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    FIGURES["local reference run"] = f"{time.monotonic() - start:.0f} s"
+    return work, torch_home
+
+
+@pytest.fixture(scope="class")
+def time_limited_run(fault_cluster, reference, tmp_path_factory):
+    """The chain on SLURM with a 1-minute training time limit; the driver is SIGKILLed while the first training job
+    runs and started again (--unlock, then the same command; the profile reruns incomplete jobs)."""
+    local, torch_home = reference
+    root = tmp_path_factory.mktemp("time_limited")
+    work = _fault_workdir(root / "slurm", local, FAULT)
+    profile = fault_profile(root / "profile", fault_cluster, runtime=1)
+    args = ["--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml"]
+    env = _env(torch_home)
+    start = time.monotonic()
+    first = subprocess.Popen([SNAKEMAKE, *args], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    try:
+        running = _wait_for(lambda: [j for j in _rule_jobs(fault_cluster, "train_irsde") if j["state"] == "RUNNING"],
+                            300, "a running training job")
+        _wait_for(lambda: (work / STATE / "writer.log").exists(), 120, "the training's lock")
+        first.kill()  # SIGKILL: no chance to cancel its jobs
+        killed = time.monotonic()
+        first.communicate()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, 9)
+            first.wait()
+    unlock = subprocess.run([SNAKEMAKE, *args, "--unlock"], cwd=work, env=env, capture_output=True, text=True)
+    assert unlock.returncode == 0, unlock.stdout[-2000:] + unlock.stderr[-2000:]
+    res, _ = run_snakemake(work, args, timeout=1200, env=env)
+    return {"work": work, "local": local, "res": res, "first_job": running[0]["jobid"],
+            "seconds": time.monotonic() - start, "after_kill": time.monotonic() - killed}
+
+
+class TestRealSlurmFaults:
+    def test_real_slurm_fault_scancel_resumes_from_state_saved_on_signal(self, fault_cluster, reference, tmp_path):
+        local, torch_home = reference
+        work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
+        profile = fault_profile(tmp_path / "profile", fault_cluster)
+        proc = subprocess.Popen([SNAKEMAKE, MODEL, "--profile", str(profile), *TEST_ARGS, "--configfile",
+                                 "reduced.yaml"], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            log = work / "logs" / "builtin" / "train_irsde.log"
+            _wait_for(lambda: log.exists() and "train irsde:" in log.read_text(errors="replace"), 300,
+                      "the training's first iteration")
+            time.sleep(5)  # some iterations, fewer than checkpoint_every on this machine
+            job = [j for j in _rule_jobs(fault_cluster, "train_irsde") if j["state"] == "RUNNING"][0]
+            subprocess.run(["scancel", job["jobid"]], check=True)
+            cancelled = time.monotonic()
+            out, _ = proc.communicate(timeout=600)
+            recovered = time.monotonic() - cancelled
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        assert proc.returncode == 0, out[-4000:]
+        rows = _lock_log(work)
+        stop = [who for _, event, who in rows if event == "released" and "SIGTERM" in who]
+        assert len(stop) == 1, rows
+        saved = int(stop[0].split("iteration ")[1].rstrip(")"))
+        from strdiffusion.checkpoints import load_checkpoint
+
+        resumes = load_checkpoint(work / MODEL, kind="irsde")[1]["resumes"]
+        assert resumes[0]["at"] == saved and saved % PREEMPT["train"]["checkpoint_every"] != 0, (resumes, rows)
+        FIGURES["scancel"] = (f"job {job['jobid']} cancelled at iteration {saved}, resumed at {resumes[0]['at']} "
+                              f"(0 repeated, checkpoint_every {PREEMPT['train']['checkpoint_every']}); "
+                              f"{recovered:.0f} s from scancel to the finished training")
+
+    def test_real_slurm_fault_slurmd_killed_job_retried_or_one_line(self, fault_cluster, tmp_path):
+        work = _toy_workflow(tmp_path / "node", NODE_LOST)
+        profile = overlay_profile(tmp_path / "profile", fault_cluster)
+        proc = subprocess.Popen([SNAKEMAKE, "--profile", str(profile), *TEST_ARGS], cwd=work, env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            _wait_for(lambda: [j for j in _rule_jobs(fault_cluster, "work") if j["state"] == "RUNNING"], 120,
+                      "a running job")
+            fault_cluster.kill_slurmd()
+            killed = time.monotonic()
+            # slurmctld declares the node down after SlurmdTimeout (10 s) and the job leaves RUNNING
+            _wait_for(lambda: "down" in fault_cluster.node_state(), 120, "the node declared down")
+            down = time.monotonic() - killed
+            fault_cluster.restart_slurmd()
+            out, _ = proc.communicate(timeout=NODE_LOST_WITHIN_S)
+            ended = time.monotonic() - killed
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        _wait_for(lambda: fault_cluster.node_state() in ("idle", "mixed", "allocated"), 120, "the node back")
+        states = [j["state"] for j in _rule_jobs(fault_cluster, "work")]
+        if proc.returncode == 0:
+            assert (work / "out.txt").read_text() == "done\n"
+            outcome = f"completed after the node returned (job states {states})"
+        else:
+            assert "Error in rule work" in out and ("NODE_FAIL" in out or "FAILED" in out), out[-3000:]
+            outcome = "ended with the job's failure reason"
+        FIGURES["slurmd killed"] = f"node down after {down:.0f} s; run {outcome} {ended:.0f} s after the kill"
+
+    def test_real_slurm_fault_disk_full_during_save_keeps_last_good_state(self, fault_cluster, reference, tmp_path):
+        import torch
+
+        local, torch_home = reference
+        work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
+        # room for one state and a half: the first save fits, the second cannot write its temporary copy
+        size = (local / STATE / "state.pt").stat().st_size
+        (work / STATE).mkdir(parents=True)
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 + 65536}", "tmpfs",
+                                str(work / STATE)], capture_output=True, text=True)
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+        try:
+            profile = fault_profile(tmp_path / "profile", fault_cluster)
+            res, seconds = run_snakemake(work, [MODEL, "--profile", str(profile), *TEST_ARGS, "--preemptible-retries",
+                                                "0", "--configfile", "reduced.yaml"], timeout=600,
+                                         env=_env(torch_home))
+            assert res.returncode != 0, res.stdout[-3000:]
+            log = (work / "logs" / "builtin" / "train_irsde.log").read_text()
+            assert log.strip().splitlines()[-1] == (f"error: {STATE}/state.pt: disk full (No space left on device); "
+                                                    "free space and re-run"), log[-2000:]
+            state = torch.load(work / STATE / "state.pt", weights_only=True)
+            every = PREEMPT["train"]["checkpoint_every"]
+            assert int(state["iteration"]) == every  # the last good state, whole
+            assert not [p for p in (work / STATE).iterdir() if p.name.startswith(".state.pt")]
+            assert not (work / MODEL).exists()
+        finally:
+            subprocess.run(["umount", "-l", str(work / STATE)], check=False)
+        FIGURES["disk full"] = (f"run ended in {seconds:.0f} s with the one-line disk-full error; state.pt intact at "
+                                f"iteration {every}")
+
+    def test_real_slurm_fault_time_limit_resubmits_until_done_identical(self, fault_cluster, time_limited_run):
+        run = time_limited_run
+        work, local = run["work"], run["local"]
+        assert run["res"].returncode == 0, _failure(run["res"], fault_cluster, work)
+        rows = _lock_log(work)
+        stops = [who for _, event, who in rows if event == "released" and "SLURM time limit" in who]
+        slots = [who for _, event, who in rows if event == "taken"]
+        assert len(slots) >= 2 and stops, rows  # the training needed more than one slot and stopped itself
+        _same_weights(work / MODEL, local / MODEL)
+        for suffix in ("md", "csv", "tex"):
+            assert (work / "results" / "tables" / f"builtin.{suffix}").read_bytes() == \
+                (local / "results" / "tables" / f"builtin.{suffix}").read_bytes(), suffix
+        from strdiffusion.checkpoints import load_checkpoint
+
+        resumes = load_checkpoint(work / MODEL, kind="irsde")[1]["resumes"]
+        saved_at = [int(w.split("iteration ")[1].rstrip(")")) for w in stops]
+        assert [r["at"] for r in resumes if r["at"] in saved_at], resumes
+        FIGURES["time limit"] = (f"{len(slots)} training jobs of 1 minute, stops at {saved_at}, resumed at "
+                                 f"{[r['at'] for r in resumes]}, whole run {run['seconds']:.0f} s, weights and "
+                                 "table identical")
+
+    def test_real_slurm_fault_driver_killed_restart_never_two_writers(self, fault_cluster, time_limited_run):
+        run = time_limited_run
+        work = run["work"]
+        assert run["res"].returncode == 0, _failure(run["res"], fault_cluster, work)
+        rows = _lock_log(work)
+        _no_two_writers(rows)
+        refused = [who for _, event, who in rows if event == "refused"]
+        for suffix in ("md", "csv"):
+            assert (work / "results" / "tables" / f"builtin.{suffix}").read_bytes() == \
+                (run["local"] / "results" / "tables" / f"builtin.{suffix}").read_bytes(), suffix
+        FIGURES["driver killed"] = (f"restart to the end {run['after_kill']:.0f} s; {len(refused)} job(s) refused "
+                                    f"by the lock while the first driver's job ran; tables identical")
+
+
+# the job sleeps long enough to lose its node; a retry finishes at once
+NODE_LOST = '''rule all:
+    input: "out.txt"
+
+rule work:
+    output: "out.txt"
+    log: "logs/work.log"
+    resources: hold=lambda wildcards, attempt: 60 if attempt == 1 else 0
+    shell: "echo attempt {resources.hold} > {log}; sleep {resources.hold}; echo done > {output}"
+'''
+NODE_LOST_WITHIN_S = 300  # the run ends this long after slurmd is killed, either way

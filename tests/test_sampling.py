@@ -1,5 +1,5 @@
-"""Tests of strdiffusion/sampling.py (the StrDiffusion reverse process and its batching, against
-strdiffusion/sampling_reference.py) and of the inpaint stage's diffusion glue (strdiffusion/inpaint.py,
+"""Tests of strdiffusion/core/sampling.py (the StrDiffusion reverse process and its batching, against
+strdiffusion/core/sampling_reference.py) and of the inpaint stage's diffusion glue (strdiffusion/inpaint.py,
 strdiffusion/diffusion_runner.py)."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from strdiffusion.sampling import SamplerConfig, make_generators, net_callables, sample_irsde, sample_strdiffusion
-from strdiffusion.sampling_reference import sample_reference_order
-from strdiffusion.sde import IRSDE
+from strdiffusion.core.sampling import SamplerConfig, make_generators, net_callables, sample_irsde, sample_strdiffusion
+from strdiffusion.core.sampling_reference import sample_reference_order
+from strdiffusion.core.sde import IRSDE
 
 REPO = Path(__file__).resolve().parent.parent
 # small constants so that resampling triggers often at T = 20
@@ -464,8 +464,8 @@ def test_pipeline_rows_do_not_depend_on_the_batch_size(tmp_path, checkpoint_dir)
 def test_oracle_noise_predictor_recovers_the_hole(T, tol):
     """With the true noise as the 'network', both samplers must reconstruct the ground truth in the
     hole: this pins the reverse-process maths (score sign, drift, step order), not just consistency."""
-    from strdiffusion.sde import IRSDE
-    from strdiffusion.sampling import make_generators, sample_irsde, sample_strdiffusion
+    from strdiffusion.core.sde import IRSDE
+    from strdiffusion.core.sampling import make_generators, sample_irsde, sample_strdiffusion
 
     sde = IRSDE(T=T)
     img = torch.rand(2, 3, 8, 8).repeat_interleave(4, 2).repeat_interleave(4, 3)
@@ -485,7 +485,7 @@ def test_oracle_noise_predictor_recovers_the_hole(T, tol):
 
 
 def test_clipped_share_counts_hole_pixels_outside_the_unit_range():
-    from strdiffusion.sampling import clipped_share
+    from strdiffusion.core.sampling import clipped_share
 
     x = torch.full((2, 3, 4, 4), 0.5)
     m = torch.ones(2, 1, 4, 4)
@@ -503,7 +503,7 @@ def test_irsde_samples_with_the_hole_fill_it_was_trained_with(tmp_path, checkpoi
     from strdiffusion.checkpoints import load_checkpoint, save_checkpoint
     from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
     from strdiffusion.inpaint import CLIPPED_CSV, main
-    from strdiffusion.sampling import SamplerConfig
+    from strdiffusion.core.sampling import SamplerConfig
 
     net, meta = load_checkpoint(checkpoint_dir / "irsde.pt")
     save_checkpoint(tmp_path / "irsde.pt", net, "irsde", meta["ctor_kwargs"], meta["sde"], {"hole_fill": 1.0})

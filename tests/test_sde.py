@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from strdiffusion.sde import IRSDE, randn_like_per_sample
+from strdiffusion.core.sde import IRSDE, randn_like_per_sample
 
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 

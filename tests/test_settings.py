@@ -13,11 +13,11 @@ import yaml
 
 from strdiffusion import checkpoints, inpaint, train
 from strdiffusion.config import validate
+from strdiffusion.core.sde import IRSDE
 from strdiffusion.methods import NETWORKS
 from strdiffusion.options import add_arguments, command_line, from_config, from_namespace, to_argv
-from strdiffusion.sde import IRSDE
-from strdiffusion.settings import (JOBS, DataSettings, ModelSettings, RunSettings, SamplerConfig, SDESettings,
-                                   TrainSettings, job_options)
+from strdiffusion.settings import (JOBS, DataSettings, ModelSettings, RunSettings, SamplerSettings, SDESettings,
+                                   ShardSettings, TrainSettings, job_options)
 from strdiffusion.utils import UserError
 
 
@@ -53,10 +53,11 @@ def test_train_settings_round_trip_through_the_command_line(config, net):
 
 def test_every_config_setting_survives_rendering_and_parsing(config):
     cfg = {**config, "sampling": {**config["sampling"], "autocast": "bf16", "compile": True, "switch": 1}}
-    for cls in (SamplerConfig, RunSettings):
+    for cls in (SamplerSettings, RunSettings):
         s = from_config(cls, cfg)
         assert _parse(cls, shlex.split(command_line(to_argv(s)))) == s
-    assert from_config(SamplerConfig, cfg).switch == 1.0 and isinstance(from_config(SamplerConfig, cfg).switch, float)
+    switch = from_config(SamplerSettings, cfg).switch
+    assert switch == 1.0 and isinstance(switch, float)
     folder = {"source": "folder", "path": "/data/my images", "test_path": "", "train_list": "", "test_list": "",
               "test_fraction": 0.25, "resize": "resize", "max_train": 3, "skip_bad_files": True, "n_test": 1,
               "masks": config["datasets"]["builtin"]["masks"]}
@@ -67,14 +68,9 @@ def test_every_config_setting_survives_rendering_and_parsing(config):
     assert shlex.split(command_line(argv))[argv.index("--path") + 1] == "/data/my images"  # quoted once
 
 
-# settings whose stage default differs from the config's on purpose: the stage defaults to pytorch-fid's own
-# Frechet distance, the workflow to the exact one (same value, seconds instead of minutes on CPU)
-STAGE_DEFAULT_DIFFERS = {"metrics.fid_method"}
-
-
 def test_settings_keys_are_config_keys_with_the_same_defaults():
     """Every ``key`` of a settings field names a property of the config schema; where the schema fills a
-    default for an option that has one, it is the option's."""
+    default, the option has the same one (an option the schema leaves without default may be required)."""
     schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
 
     def schema_node(path):
@@ -91,8 +87,7 @@ def test_settings_keys_are_config_keys_with_the_same_defaults():
             for f in _flat_fields(cls):
                 if f.metadata.get("key"):
                     node = schema_node(f.metadata["key"].replace("{split}", "test"))
-                    has_default = f.default is not dataclasses.MISSING  # a required option is always given
-                    if "default" in node and has_default and f.metadata["key"] not in STAGE_DEFAULT_DIFFERS:
+                    if "default" in node:
                         default = node["default"]
                         assert (tuple(default) if isinstance(default, list) else default) == f.default, f.name
                     seen += 1
@@ -117,7 +112,7 @@ def test_stage_command_lines_are_derived_from_the_settings():
     for f in _flat_fields(TrainSettings):
         assert "--" + f.name.replace("_", "-") in train_flags, f.name
     inpaint_flags = inpaint.build_parser()._option_string_actions
-    for cls in (SamplerConfig, RunSettings):
+    for cls in (ShardSettings, SamplerSettings, RunSettings):
         for f in dataclasses.fields(cls):
             assert (f"--{f.name.replace('_', '-')}" in inpaint_flags) == f.metadata.get("cli", True), f.name
     defaults = train.parse_args(["--net", "irsde", "--images", "i", "--structure", "s", "--masks", "m", "--out", "o",
@@ -158,7 +153,9 @@ def test_options_that_do_not_apply_are_neither_read_nor_rendered(config):
 
 
 def test_job_options(config):
-    assert job_options("inpaint", config, dataset="builtin", method="telea") == ""
+    shard = f"--shard-size {config['sampling']['shard_size']}"
+    assert job_options("inpaint", config, dataset="builtin", method="telea") == shard  # no sampling options
+    assert job_options("inpaint", config, dataset="builtin", method="strdiffusion").startswith(shard + " ")
     argv = shlex.split(job_options("inpaint", config, dataset="builtin", method="strdiffusion"))
     assert argv[argv.index("--T") + 1] == str(config["sde"]["T"]) and "--channels-last" in argv
     argv = shlex.split(job_options("tables", config, dataset="builtin"))

@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from strdiffusion import checkpoints
-from strdiffusion.sde import IRSDE
+from strdiffusion.core.sde import IRSDE
 from strdiffusion.structure import image_structure, save_gray
-from strdiffusion.objectives import critic_loss, denoiser_loss
+from strdiffusion.core.objectives import critic_loss, denoiser_loss
 from strdiffusion.train import main
 from strdiffusion.utils import save_png_atomic
 

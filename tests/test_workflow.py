@@ -15,22 +15,10 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CLASSICAL = ["mean_fill", "telea", "navier_stokes", "biharmonic"]
 DIFFUSION = ["strdiffusion", "strdiffusion_noresample", "irsde"]
 
-# Tiny but complete: every stage, the four networks trained from scratch, all six methods.
-TINY = {
-    "seed": 0,
-    "image_size": 32,
-    "datasets": {"builtin": {"source": "builtin", "n_test": 4, "masks": {
-        "protocol": "lama_medium", "bins": [[0.1, 0.2], [0.3, 0.4]], "per_bin": 4, "train_pool": 16}}},
-    "methods": CLASSICAL + DIFFUSION,
-    # never download the metric weights in a test (users online get them by default)
-    "metrics": {"per_image": ["psnr", "ssim", "l1", "lpips"], "per_set": ["fid", "kid"], "fetch_weights": False},
-    # train from scratch even when the default evaluates shipped checkpoints
-    "checkpoints": {"structure": "", "texture": "", "critic": "", "irsde": ""},
-    "model": {"nf": 4, "depth": 2, "critic_ngf": 4},
-    "sde": {"T": 10},
-    "train": {"iterations": 8, "batch_size": 2, "checkpoint_every": 2, "lr_milestones": [0.75]},
-    "sampling": {"shard_size": 2, "batch_size": 2, "u_max": 3, "u_min": 2, "jump": 2, "re": 2},
-}
+# The tiny config of the workflow catalog's convention: every stage, the four networks trained from scratch,
+# all seven methods; an overlay on config/config.yaml (its `extends` is for `snakemake --directory .test`).
+TINY_CONFIG = Path(__file__).resolve().parents[1] / ".test" / "config" / "config.yaml"
+TINY = {key: value for key, value in yaml.safe_load(TINY_CONFIG.read_text()).items() if key != "extends"}
 
 
 def make_workdir(path: Path, repo: Path, config: dict) -> Path:
@@ -247,3 +235,40 @@ def test_workflow_passes_snakemake_lint(tmp_path, request):
     res = subprocess.run([SNAKEMAKE, "--lint"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr
+
+
+def test_parsing_the_workflow_writes_nothing(tmp_path, request):
+    """A dry run parses every rule file: no temporary folder, and nothing in the work folder but Snakemake's
+    own bookkeeping (.snakemake/)."""
+    work = make_workdir(tmp_path / "parse", Path(request.config.rootpath), TINY)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    env = {**os.environ, "TMPDIR": str(scratch), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--configfile", "tiny.yaml"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = sorted(p.relative_to(work) for p in work.rglob("*") if ".snakemake" not in p.relative_to(work).parts)
+    assert after == before and list(scratch.iterdir()) == []
+
+
+def test_the_tiny_config_runs_from_its_catalog_folder(tmp_path, request):
+    """`snakemake --directory .test`: the workflow reads .test/config/config.yaml, which extends the default."""
+    repo = Path(request.config.rootpath)
+    work = make_workdir(tmp_path / "clone", repo, TINY)
+    shutil.copytree(repo / ".test", work / ".test", ignore=shutil.ignore_patterns("results", "logs", ".snakemake"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--directory", ".test"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    shards = [line for line in res.stdout.splitlines() if line.startswith("inpaint_shard ")]
+    assert shards and int(shards[0].split()[1]) == len(TINY["methods"]) * 2 * 2  # 2 bins of 4 pairs, 2 per shard
+
+
+def test_the_conda_environment_is_the_pinned_stack_without_relative_paths(request):
+    repo = Path(request.config.rootpath)
+    env = yaml.safe_load((repo / "workflow" / "envs" / "strdiffusion.yaml").read_text())
+    (pip,) = [dep["pip"] for dep in env["dependencies"] if isinstance(dep, dict)]
+    pinned = [line.split("#")[0].strip() for line in (repo / "requirements.txt").read_text().splitlines()]
+    assert pip == [line for line in pinned if line]
+    assert not [dep for dep in pip if dep.startswith("-") or "/" in dep]

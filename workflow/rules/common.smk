@@ -2,7 +2,6 @@
 # options come from its stage's settings object (strdiffusion/settings.py), built from the config.
 import importlib.util
 import math
-import os
 import sys
 
 
@@ -17,33 +16,25 @@ def _environment_check():
 
 _environment_check()
 
-from strdiffusion.config import validate
+from strdiffusion.config import validate, with_extends
 from strdiffusion.external_rows import import_inputs, prediction_dirs, row_methods
+from strdiffusion.gpu import workflow_slots
+from strdiffusion.job_env import python_first_on_path
 from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
-from strdiffusion.options import command_line
-from strdiffusion.settings import job_options
+from strdiffusion.options import command_line, from_config
+from strdiffusion.settings import ShardSettings, job_options
 from strdiffusion.utils import UserError, bin_label
 
+_error = python_first_on_path(workflow.basedir)  # PATH and PYTHONPATH not settings of the workflow (no envvars:)
+if _error:
+    sys.exit(_error)
 
-def _job_python_first_on_path():
-    """Rules run `python -m strdiffusion ...`: make that `python` the interpreter running Snakemake (it
-    imports strdiffusion, checked above), not whatever comes first on PATH. Jobs inherit os.environ.
-    With --sdm conda the job's own environment is activated after this and wins, as it should."""
-    here = os.path.dirname(sys.executable)
-    candidate = os.path.join(here, "python")
-    if not (os.path.exists(candidate) and os.path.samefile(candidate, sys.executable)):
-        import tempfile
-
-        here = tempfile.mkdtemp(prefix="strdiffusion-python-")  # e.g. /usr/bin/python3.11 without /usr/bin/python
-        os.symlink(sys.executable, os.path.join(here, "python"))
-    env = os.environ  # PATH is not a setting of the workflow (no envvars: directive; the lint asks for one)
-    env.update(PATH=here + os.pathsep + env.get("PATH", os.defpath))
-
-
-_job_python_first_on_path()
-
+_given = list(workflow.overwrite_configfiles)  # a file may extend others (config/paper/psv.yaml: common.yaml)
+_files = [*([] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(_given):]), *_given]
 try:
-    config.update(validate(config))
+    resolved = validate(with_extends(config, _files, workflow.config_settings.config))
+    config.clear()
+    config.update(resolved)
 except UserError as exc:
     sys.exit(f"error: {exc}")
 
@@ -71,7 +62,7 @@ def bins(dataset):
 
 
 def n_shards(dataset):
-    return math.ceil(config["datasets"][dataset]["n_test"] / config["sampling"]["shard_size"])
+    return math.ceil(config["datasets"][dataset]["n_test"] / from_config(ShardSettings, config).shard_size)
 
 
 def method_models(wildcards):
@@ -90,7 +81,7 @@ def table_inputs(wildcards):
             for key, name in (("per_image", "per_image"), ("sets", "set"))}
 
 
-def run_datasets():
+def run_datasets():  # the data sets of this run (all by default)
     return config["run_datasets"] or list(config["datasets"])
 
 
@@ -146,14 +137,13 @@ def weights_present(kind):
     return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
-from strdiffusion.gpu import workflow_slots
-
 GPU_JOB, inpaint_gpus = workflow_slots(workflow)  # the GPU rules' resources.gpu (docs/gpu.md)
 
 
 def train_nproc(wildcards, resources):
     """Processes of one training job: one per GPU asked for (resources.gpu, set by profiles), at least 1."""
     return max(1, int(getattr(resources, "gpu", 0) or 0))
+
 
 def plan_configfiles(wildcards):  # the run's config files (the default first): the plan merges them alike
     return command_line(["--configfile", *map(str, workflow.configfiles)])

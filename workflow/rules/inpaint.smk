@@ -7,7 +7,6 @@ rule inpaint_shard:
     output:
         directory("results/{dataset}/inpaint/{method}/{bin}/shard_{shard}"),
     params:
-        shard_size=config["sampling"]["shard_size"],
         sampling=options("inpaint"),
         checkpoints=checkpoint_options,
         method=lambda wildcards: base_method(wildcards.method),
@@ -16,10 +15,10 @@ rule inpaint_shard:
     resources:
         gpu=inpaint_gpus,
     benchmark:
-        "benchmarks/rules/{dataset}/inpaint/{method}_{bin}_{shard}.tsv"
+        "logs/{dataset}/benchmarks/inpaint/{method}_{bin}_{shard}.tsv"
     conda:
         "../envs/strdiffusion.yaml"
     shell:
         "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion inpaint --method {params.method} --pairs {input.pairs} --bin {wildcards.bin} "
         "--gt-dir {input.gt} --structure-dir {input.structure} --shard {wildcards.shard} "
-        "--shard-size {params.shard_size} {params.sampling} {params.checkpoints} --out {output} > {log} 2>&1"
+        "{params.sampling} {params.checkpoints} --out {output} > {log} 2>&1"

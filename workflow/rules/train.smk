@@ -24,7 +24,7 @@ for net in NETWORKS:
         log:
             f"logs/{{dataset}}/train_{net}.log",
         benchmark:
-            f"benchmarks/rules/{{dataset}}/train_{net}.tsv"
+            f"logs/{{dataset}}/benchmarks/train_{net}.tsv"
         threads: 1
         # the longest training first (its iteration count), so that the shorter ones fill the other cores
         priority: train_iterations(config, net)

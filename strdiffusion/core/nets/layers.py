@@ -44,7 +44,7 @@ class Conv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError("strdiffusion.nets.layers.Conv2d supports integer zero padding only")
+            raise ValueError("strdiffusion.core.nets.layers.Conv2d supports integer zero padding only")
 
     def _conv_forward(self, x, weight, bias):
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)

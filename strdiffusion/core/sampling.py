@@ -9,7 +9,9 @@ Samplers are plain functions of model callables and tensors (no files, no global
 ``t`` is a python int shared by the batch. :func:`net_callables` turns networks into these.
 No files, no device choice, no command line: the inpaint stage (:mod:`strdiffusion.inpaint`,
 :mod:`strdiffusion.diffusion_runner`) loads the networks and images and calls these functions;
-the reference-order loop used to cross-check them is :mod:`strdiffusion.sampling_reference`.
+the reference-order loop used to cross-check them is :mod:`strdiffusion.core.sampling_reference`.
+A progress bar, where wanted, comes from the caller: ``progress(total=..., desc=...)`` returns an
+object with ``update(n)`` and ``close()`` (``tqdm.tqdm`` is one).
 
 Conventions: images are float32 NCHW in [0, 1]; ``mask`` is (B, 1, H, W), 1 = KNOWN pixel,
 0 = hole (mask FILES are white = hole, see :mod:`strdiffusion.utils`); ``gray`` and ``edge`` are
@@ -24,13 +26,12 @@ trialling draw nothing, so a batch gives the same result as sampling its images 
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 
+from .constants import PARAMETERIZATIONS, SamplerConfig
 from .sde import IRSDE, degraded, randn_like_per_sample
-from .settings import PARAMETERIZATIONS, SamplerConfig
-from .utils import seed_for
+from .seeds import seed_for
 
 # skimage.color.rgb2gray weights (ITU-R BT.709), for late_guidance="gray"
 _GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
@@ -69,10 +70,17 @@ def _check_inputs(image, mask, generators):
         raise ValueError(f"need one generator per image: {image.shape[0]} images, {len(generators)} generators")
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, progress, desc: str):
+    """The caller's progress bar (module docstring), or one that shows nothing when ``progress`` is None."""
+    return progress(total=total, desc=desc) if progress else _NoBar()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +89,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 @torch.inference_mode()
 def sample_strdiffusion(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, mask, gray, edge,
-                        generators, config: SamplerConfig | None = None, progress: bool = False):
+                        generators, config: SamplerConfig | None = None, progress=None):
     """StrDiffusion inpainting of a batch; every resampling decision is made per image.
 
     Args:
@@ -239,10 +247,10 @@ def _reverse_step(sde: IRSDE, x, mu, eps, t: int, noise, denoise_last: bool = Fa
 
 
 def sample_irsde(sde: IRSDE, texture_fn, image, mask, generators, hole_fill: float | str = 0.0,
-                 progress: bool = False, denoise_last: bool = False):
+                 progress=None, denoise_last: bool = False):
     """Plain IR-SDE inpainting: reverse SDE from x_T = mu + lambda N with an unguided texture net.
 
-    ``texture_fn(x, mu, t, None)``; mu = :func:`~strdiffusion.sde.degraded` (image, m, hole_fill);
+    ``texture_fn(x, mu, t, None)``; mu = :func:`~strdiffusion.core.sde.degraded` (image, m, hole_fill);
     ``denoise_last``: as :attr:`SamplerConfig.denoise_last`.
     Returns (result, stats) as
     :func:`sample_strdiffusion` (known pixels pasted back, clamped to [0, 1]).

@@ -25,9 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .settings import SCHEDULES, SDESettings
-
-_DEFAULT = SDESettings()
+from .constants import SCHEDULES, SDEConfig
 
 
 def _theta_schedule(name: str, T: int) -> torch.Tensor:
@@ -57,11 +55,11 @@ class IRSDE:
     ``sigma_bars`` (std of the forward marginal). ``dt`` is a 0-d float32 tensor chosen so that
     exp(-thetas_cumsum[T] * dt) = eps, i.e. at t = T only a fraction ``eps`` of x0 - mu is left.
     ``lam`` is lambda, the stationary std (a python float): max_sigma / 255, or max_sigma itself when
-    it is below 1 (the reference rule). The defaults are :class:`strdiffusion.settings.SDESettings`'.
+    it is below 1 (the reference rule). The defaults are :class:`~strdiffusion.core.constants.SDEConfig`'s.
     """
 
-    def __init__(self, T: int = _DEFAULT.T, max_sigma: float = _DEFAULT.max_sigma, schedule: str = _DEFAULT.schedule,
-                 eps: float = _DEFAULT.eps, device=None):
+    def __init__(self, T: int = SDEConfig.T, max_sigma: float = SDEConfig.max_sigma,
+                 schedule: str = SDEConfig.schedule, eps: float = SDEConfig.eps, device=None):
         if int(T) != T or T < 1:
             raise ValueError(f"T must be a positive integer, got {T!r}")
         if not max_sigma > 0:

@@ -62,7 +62,7 @@ def denoiser_loss(net, sde, batch: dict, kind: str, loss: str = "l1", guidance_s
     ``noise`` (the reference): the output is the noise, and the loss matches the reverse step's mean to
     the optimal x*_{t-1}. ``x0``: the output is the clean image less mu (x0 = mu + output), and the loss
     is the same hole-weighted distance on x0 itself; the sampler turns it into noise
-    (:func:`strdiffusion.sampling.as_noise_fn`).
+    (:func:`strdiffusion.core.sampling.as_noise_fn`).
     """
     mask, t = batch["mask"], batch["t"]
     if kind == "structure":

@@ -1,20 +1,21 @@
 """The reference's StrDiffusion loop order, one image at a time: a cross-check of the batched sampler.
 
 Used by the tests and the benchmarks only. It is written separately from
-:func:`strdiffusion.sampling.sample_strdiffusion`, following the reference's variable names, so that
-the two implementations check each other; conventions are those of :mod:`strdiffusion.sampling`.
+:func:`strdiffusion.core.sampling.sample_strdiffusion`, following the reference's variable names, so that
+the two implementations check each other; conventions are those of :mod:`strdiffusion.core.sampling`.
 """
 from __future__ import annotations
 
 import torch
 
-from .sampling import SamplerConfig, _check_inputs, _composite, _late_guidance, _new_stats, _progress
+from .constants import SamplerConfig
+from .sampling import _check_inputs, _composite, _late_guidance, _new_stats, _progress
 from .sde import IRSDE
 
 
 @torch.inference_mode()
 def sample_reference_order(sde: IRSDE, structure_fn, texture_fn, critic_fn, image, mask, gray, edge,
-                           generators, config: SamplerConfig | None = None, progress: bool = False):
+                           generators, config: SamplerConfig | None = None, progress=None):
     """:func:`sample_strdiffusion` computed image by image in the reference's exact loop order.
 
     Written separately from the batched sampler, following the reference's variables (x_original,

@@ -1,0 +1,28 @@
+"""The environment that workflow jobs inherit from the Snakemake process (set in memory at parse time)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+
+def python_first_on_path(basedir: str, environ=os.environ) -> str | None:
+    """Rules run `python -m strdiffusion ...`: make that `python` the interpreter running Snakemake (which
+    imports strdiffusion). Jobs inherit ``environ``, changed in memory only, so parsing writes nothing. Under
+    --sdm conda the job's environment wins and finds the package in ``basedir`` through PYTHONPATH.
+
+    Returns None, or the one-line error when no `python` on PATH can be this interpreter.
+    """
+    here = os.path.dirname(sys.executable)
+    candidate = os.path.join(here, "python")
+    if os.path.exists(candidate) and os.path.samefile(candidate, sys.executable):
+        environ["PATH"] = here + os.pathsep + environ.get("PATH", os.defpath)
+    else:  # e.g. /usr/bin/python3.11 without /usr/bin/python: then `python` on PATH must be this interpreter
+        found = shutil.which("python", path=environ.get("PATH"))
+        if not (found and os.path.samefile(found, sys.executable)):
+            return (f"error: rules run `python`, but {sys.executable} (the Python running Snakemake) has no `python` "
+                    f"beside it and PATH gives {found or 'none'}; run the snakemake of a virtual or conda "
+                    "environment (`.venv/bin/snakemake --cores all`)")
+    if os.path.isdir(os.path.join(basedir, "strdiffusion")):  # the clone: strdiffusion/ beside the Snakefile
+        environ["PYTHONPATH"] = os.pathsep.join(p for p in (basedir, environ.get("PYTHONPATH")) if p)
+    return None
