@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import common, forward, metrics, sampler, train, workflow
+from . import common, forward, metrics, sampler, scale, train, workflow
 from .common import CONFIGS, PEAK, REPO, TARGETS, calibrate_matmul, describe, env_info, loadavg
 
 # section name -> its module, in the order they run
-SECTIONS = {"forward": forward, "sampler": sampler, "train": train, "metrics": metrics, "workflow": workflow}
-OFF_BY_DEFAULT = {"workflow"}
+SECTIONS = {"forward": forward, "sampler": sampler, "train": train, "metrics": metrics, "workflow": workflow,
+            "scale": scale}
+OFF_BY_DEFAULT = {"workflow", "scale"}
 NAMES = ("env", *SECTIONS)
 
 
@@ -76,6 +77,7 @@ def parse_args(argv):
     p.add_argument("--workflow-timeout", type=int, default=3600)
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     p.add_argument("--gpu-batch", type=int, default=8, help="images per batch of the CUDA paper-config sampler runs")
+    scale.add_arguments(p)
     a = p.parse_args(argv)
     default = [name for name in NAMES if a.all or name not in OFF_BY_DEFAULT]
     sections = [s.strip() for s in a.only.split(",") if s.strip()] or default

@@ -38,3 +38,28 @@ def test_benchmark_rejects_unknown_section(request):
     res = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "fowrard"], cwd=request.config.rootpath,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "unknown sections" in res.stderr
+
+
+@pytest.mark.slow
+def test_scale_rehearsal_reports_every_stage(tmp_path, request):
+    """The Places2 rehearsal at 0.05 % (18 test images; one row, one bin) runs the real DAG and reports each stage."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\n## Other section\n\nkept\n")
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "scale", "--fraction", "0.05",
+                          "--scale-rows", "1", "--scale-bins", "1", "--scale-readme", str(readme), "--device", "cpu",
+                          "--out", str(out)],
+                         cwd=request.config.rootpath, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    from benchmarks.scale import STAGES
+
+    run = json.loads(out.read_text())["scale"]["runs"][0]
+    assert run["n_test"] == 18
+    for stage in STAGES:
+        row = run["stages"][stage]
+        assert row["seconds"] > 0 and row["jobs"] >= 1 and row["files"] >= 1 and row["peak_rss_mb"] > 0, (stage, row)
+    assert run["stages"]["data preparation"]["files"] >= 18 and run["stages"]["inpainting"]["files"] >= 18
+    text = readme.read_text()
+    assert "## Other section\n\nkept" in text and "## Places2-size rehearsal" in text
+    table = text[text.index("| stage |"):]
+    assert all(f"| {stage} | " in table for stage in STAGES)
