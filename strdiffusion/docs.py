@@ -136,16 +136,18 @@ def history(root: Path, *runs: str) -> str:
 
 
 def _config(root: Path, spec: str) -> dict:
-    from .config import merge
+    """The validated config of ``spec``'s files over ``config/config.yaml``, as the workflow builds it (each file
+    over what it ``extends``, data sets ``like`` another resolved, defaults filled)."""
+    from .config import layered, validate
 
-    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    files = [root / "config" / "config.yaml"]
     for name in spec.split("+"):
         if name != "config/config.yaml":
             path = root / name
             if not path.is_file():
                 raise UserError(f"{path}: config file not found (named by a `presets` block)")
-            merge(config, yaml.safe_load(path.read_text()) or {})
-    return config
+            files.append(path)
+    return validate(layered(files), source=spec)
 
 
 def presets(root: Path, *specs: str) -> str:
