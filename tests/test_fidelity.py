@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from strdiffusion import train, training_data
 from strdiffusion.core import objectives
@@ -20,6 +19,7 @@ from strdiffusion.core.sde import IRSDE
 from strdiffusion.validation import hole_scores
 
 from test_train import ZeroUNet, cli_args, make_data, random_batch
+from strdiffusion.config import read_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "paper").glob("*.yaml"))]
@@ -27,7 +27,7 @@ T = 10
 
 
 def _train_section(path: Path) -> dict:
-    return (yaml.safe_load(path.read_text()) or {}).get("train", {})
+    return read_layer(path).get("train", {})  # with what it extends (config/paper/common.yaml)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from strdiffusion import train
 from strdiffusion.core import objectives
@@ -21,6 +20,7 @@ from strdiffusion.core.sampling import SamplerConfig, as_noise_fn, make_generato
 from strdiffusion.core.sde import IRSDE, degraded
 
 from test_train import cli_args, make_data, random_batch
+from strdiffusion.config import read_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_fidelity_hole_fill_is_the_recipes_by_default_and_in_the_paper_configs()
     assert defaults.settings.hole_fill == "recipe"
     assert objectives.recipe_fill("texture", "irsde") == 0.0 and objectives.recipe_fill("irsde", "irsde") == 1.0
     for name in ("psv", "celebahq", "places2"):
-        section = yaml.safe_load((ROOT / "config" / "paper" / f"{name}.yaml").read_text())["train"]
+        section = read_layer(ROOT / "config" / "paper" / f"{name}.yaml")["train"]
         assert section.get("hole_fill", "recipe") == "recipe", name
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from strdiffusion import train
 from strdiffusion.core import objectives
@@ -19,6 +18,7 @@ from strdiffusion.core.sampling import SamplerConfig, as_noise_fn, make_generato
 from strdiffusion.core.sde import IRSDE
 
 from test_train import cli_args, make_data, random_batch
+from strdiffusion.config import read_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 10
@@ -40,7 +40,7 @@ def test_fidelity_parameterization_is_noise_by_default_and_in_the_paper_configs(
                                  "--out", "o.pt", "--state-dir", "d", "--iterations", "1"])
     assert defaults.settings.parameterization == "noise"
     for name in ("psv", "celebahq", "places2"):
-        section = yaml.safe_load((ROOT / "config" / "paper" / f"{name}.yaml").read_text())["train"]
+        section = read_layer(ROOT / "config" / "paper" / f"{name}.yaml")["train"]
         assert section["parameterization"] == "noise" and section["irsde_recipe"] == "irsde", name
 
 
@@ -129,5 +129,5 @@ def test_denoise_last_ends_on_the_x0_estimate_without_the_last_steps_noise():
         assert (error < 1e-4) == config.denoise_last, error
     assert SamplerConfig().denoise_last is False
     for name in ("psv", "celebahq", "places2"):
-        section = yaml.safe_load((ROOT / "config" / "paper" / f"{name}.yaml").read_text())["sampling"]
+        section = read_layer(ROOT / "config" / "paper" / f"{name}.yaml")["sampling"]
         assert section["denoise_last"] is False, name
