@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from strdiffusion import train, training_data
+from strdiffusion.config import read_layer
 from strdiffusion.core import objectives
 from strdiffusion.core.nets.critic import Critic
 from strdiffusion.core.sde import IRSDE
 from strdiffusion.validation import hole_scores
 
 from test_train import ZeroUNet, cli_args, make_data, random_batch
-from strdiffusion.config import read_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "paper").glob("*.yaml"))]
