@@ -155,24 +155,14 @@ def _forward_peak(kind: str, model_items: tuple, batch: int, px: int) -> tuple[i
 # config, profile, benchmarks
 
 def load_config(configfiles) -> dict:
-    """``config/config.yaml`` with each file merged over it (nested keys replaced one by one, as
-    Snakemake's ``--configfile`` does), validated."""
-    import yaml
+    """``config/config.yaml`` with each file merged over it as the workflow does (Snakemake's ``--configfile``
+    merge, each file over what it ``extends``), validated."""
+    from .config import layered, validate
 
-    from .config import validate
-
-    def merge(base, new):
-        for k, v in new.items():
-            base[k] = merge(dict(base[k]), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-        return base
-
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for f in configfiles:
-        path = Path(f)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        cfg = merge(cfg, yaml.safe_load(path.read_text()) or {})
-    return validate(cfg)
+        if not Path(f).is_file():
+            raise UserError(f"{f}: config file not found")
+    return validate(layered([REPO / "config" / "config.yaml", *configfiles]))
 
 
 def load_profile(profile) -> dict:

@@ -381,7 +381,7 @@ def test_fid_cli_falls_back_to_exact_when_pytorch_fid_fails(tmp_path, monkeypatc
     monkeypatch.setattr(M, "InceptionFeatures", _FakeFeatures)
     pairs, gt_dir, pred_dir, gts, preds = _write_set(tmp_path / "data", n=5, size=32)
     out = tmp_path / "set.csv"
-    assert _cli("sets", pairs, gt_dir, pred_dir, out, "--metrics", "fid") == 0
+    assert _cli("sets", pairs, gt_dir, pred_dir, out, "--metrics", "fid", "--fid-method", "pytorch-fid") == 0
     row = pd.read_csv(out).iloc[0]
     expected = MM.frechet_distance_exact(_FakeFeatures()(preds), _FakeFeatures()(gts))
     assert expected > 0 and row["fid"] == pytest.approx(expected, rel=1e-9)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from strdiffusion import gpu
+from strdiffusion.config import read_layer
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -102,7 +103,7 @@ def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
     stats = out[out.index("Job stats:"):].splitlines()
     counts = {line.split()[0]: int(line.split()[1]) for line in stats[3:] if len(line.split()) == 2
               and line.split()[1].isdigit()}
-    cfg = yaml.safe_load((repo_root / "config" / "paper" / f"{name}.yaml").read_text())
+    cfg = read_layer(repo_root / "config" / "paper" / f"{name}.yaml")  # with common.yaml
     ds = cfg["datasets"][dataset]
     shards = math.ceil((n_test or ds["n_test"]) / cfg["sampling"]["shard_size"])
     bins, methods = len(ds["masks"]["bins"]), len(cfg["methods"])
