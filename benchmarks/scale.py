@@ -139,30 +139,6 @@ def write_nvidia_masks(folder: Path, groups: int = 6, px: int = 512, seed: int =
         Image.fromarray(hole).save(sub / f"{k:05d}.png")
 
 
-def write_standin_weights(torch_home: Path) -> None:
-    """Random-weight metric networks under the real file names (Inception's BatchNorm statistics calibrated
-    on random inputs so that its features do not vanish). For time and memory only."""
-    import torch
-    import torchvision
-
-    from strdiffusion.metric_nets import ALEXNET_FILE, INCEPTION_FILE, random_fid_inception
-
-    ck = torch_home / "hub" / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    net = random_fid_inception(init_weights=True)
-    for bn in net.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(2, 3, 128, 128) * 2 - 1)
-    torch.save(net.state_dict(), ck / INCEPTION_FILE)
-    torch.manual_seed(1)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), ck / ALEXNET_FILE)
-
-
 def workflow_copy(work: Path) -> None:
     """The repository's workflow in ``work``, its inpaint rule running the mean-colour fill for every row."""
     shutil.copy(REPO / "Snakefile", work / "Snakefile")
@@ -351,6 +327,8 @@ def run(a, result_all: dict) -> None:
     """The ``scale`` section: one rehearsal per ``--fraction`` percent, the table and the growth exponents."""
     import datetime
 
+    from strdiffusion.metric_nets import write_standin_weights
+
     paper = paper_config()
     rows = paper["methods"][:a.scale_rows] if a.scale_rows else paper["methods"]
     bins = paper["datasets"]["places2"]["masks"]["bins"][:a.scale_bins or None]
@@ -368,7 +346,7 @@ def run(a, result_all: dict) -> None:
         write_images(inputs / "train_large", 4, 256, seed=0)
         # index binning reads groups up to the last bin's (NVIDIA group g holds (10g, 10g + 10] %)
         write_nvidia_masks(inputs / "nvidia_masks", groups=round(bins[-1][1] * 10))
-        write_standin_weights(torch_home)
+        write_standin_weights(torch_home / "hub" / "checkpoints")
         print(f"  synthetic training images, NVIDIA-layout masks and stand-in weights: "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
         for percent in fractions(a.fraction):

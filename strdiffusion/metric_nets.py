@@ -10,7 +10,7 @@ Pretrained weights are never downloaded here (``strdiffusion weights fetch`` / t
 unavailable with a reason that says where to put the file (the metrics stage then reports NaN).
 The networks are built through the packages' own loading code (``torch.hub.load_state_dict_from_url``),
 which uses a cached file as is. ``random_fid_inception`` builds the Inception layout with random
-weights, for tests and benchmarks only.
+weights and ``write_standin_weights`` writes stand-in files of both networks, for tests and benchmarks only.
 """
 from __future__ import annotations
 
@@ -46,6 +46,29 @@ def random_fid_inception(init_weights: bool = False):
     net.Mixed_7b = fid.FIDInceptionE_1(1280)
     net.Mixed_7c = fid.FIDInceptionE_2(2048)
     return net
+
+
+def write_standin_weights(folder: Path) -> None:
+    """Random-weight stand-ins for both metric networks under the real file names in ``folder`` (a hub
+    ``checkpoints`` folder or a weights folder): Inception with its BatchNorm statistics calibrated on random
+    inputs, so that its features are O(1) instead of vanishing, and torchvision's AlexNet. Seeded, so every
+    call writes the same files. For tests and time or memory benchmarks only; never for reported numbers."""
+    import torch
+    import torchvision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = random_fid_inception(init_weights=True)
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average over the calibration pass
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 128, 128) * 2 - 1)
+    torch.save(net.state_dict(), folder / INCEPTION_FILE)
+    torch.manual_seed(1)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / ALEXNET_FILE)
 
 
 # ----------------------------------------------------------------------------- weights

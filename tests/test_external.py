@@ -22,6 +22,7 @@ from PIL import Image
 from strdiffusion import external, external_rows, metrics, tables
 from strdiffusion.config import validate
 from strdiffusion.inpaint import classical_inpaint
+from strdiffusion.metric_nets import write_standin_weights
 from strdiffusion.settings import ImportSettings, job_options
 from strdiffusion.utils import UserError
 from test_workflow import TINY, make_workdir, snakemake
@@ -283,33 +284,10 @@ def test_external_empty_leaves_the_default_dry_run_unchanged(tmp_path, repo_root
 # ---------------------------------------------------------------------------- the round trip
 
 
-def _standin_weights(home: Path) -> None:
-    """Random-weight LPIPS AlexNet and FID Inception with the real file names (Inception's BatchNorm statistics
-    calibrated on random inputs so that its features do not vanish)."""
-    import torchvision
-
-    from strdiffusion.metric_nets import ALEXNET_FILE, INCEPTION_FILE, random_fid_inception
-
-    ck = home / "hub" / "checkpoints"
-    ck.mkdir(parents=True)
-    torch.manual_seed(0)
-    net = random_fid_inception(init_weights=True)
-    for bn in net.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(2, 3, 128, 128) * 2 - 1)
-    torch.save(net.state_dict(), ck / INCEPTION_FILE)
-    torch.manual_seed(1)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), ck / ALEXNET_FILE)
-
-
 @pytest.mark.slow
 def test_external_round_trip_telea_outside_equals_the_builtin_telea_row(tmp_path, repo_root):
     torch_home = tmp_path / "torch_home"
-    _standin_weights(torch_home)
+    write_standin_weights(torch_home / "hub" / "checkpoints")
     # the cheapest run that shows it: one classical row, one bin of four pairs, one shard
     masks = {**TINY["datasets"]["builtin"]["masks"], "bins": [[0.1, 0.2]]}
     config = {**TINY, "methods": ["telea"], "datasets": {"builtin": {**TINY["datasets"]["builtin"], "masks": masks}},

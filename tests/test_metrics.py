@@ -38,32 +38,11 @@ def _noisy(img, sigma, seed):
     return np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).round().astype(np.uint8)
 
 
-def _standin_inception_state_dict():
-    """Random weights in pytorch-fid's FID Inception layout, with BatchNorm statistics calibrated
-    on random inputs so that features are O(1) instead of vanishing."""
-    from strdiffusion.metric_nets import random_fid_inception
-
-    torch.manual_seed(0)
-    net = random_fid_inception(init_weights=True)
-    for bn in net.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration pass
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(2, 3, 128, 128) * 2 - 1)
-    return net.state_dict()
-
-
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     """Folder with stand-in pt_inception-...pth and alexnet-owt-...pth (random weights)."""
-    import torchvision
-
     d = tmp_path_factory.mktemp("weights")
-    torch.save(_standin_inception_state_dict(), d / MN.INCEPTION_FILE)
-    torch.manual_seed(1)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), d / MN.ALEXNET_FILE)
+    MN.write_standin_weights(d)
     return d
 
 
