@@ -72,7 +72,29 @@ def slurm_time_left(job_id: str | None = None) -> tuple[float, float] | None:
     return (left, limit) if left is not None and limit is not None else None
 
 
-class Notice:
+class _Handlers:
+    """Context manager: ``_on_signal`` handles each of ``signals`` in the main thread while inside (elsewhere
+    Python cannot install handlers, and nothing is changed); the previous handlers come back on exit."""
+
+    def __init__(self, signals=SIGNALS):
+        self.signals, self._old = tuple(signals), {}
+
+    def _on_signal(self, signum, frame):
+        raise NotImplementedError
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class Notice(_Handlers):
     """The first stop signal received, and the deadline before the job's SLURM time limit.
 
     Use as a context manager around the work (the previous handlers come back on exit); poll
@@ -80,8 +102,8 @@ class Notice:
     """
 
     def __init__(self, stop_before_limit: float = 0.0, signals=SIGNALS):
-        self.signals, self.reason = tuple(signals), None
-        self._old: dict = {}
+        super().__init__(signals)
+        self.reason = None
         self.deadline = None
         if stop_before_limit > 0:
             slot = slurm_time_left()
@@ -92,21 +114,10 @@ class Notice:
                 log.info("SLURM job %s: %.0f s of %.0f s left; stopping with a saved state %.0f s before the limit",
                          os.environ.get("SLURM_JOB_ID"), left, limit, margin)
 
-    def _handle(self, signum, frame):
+    def _on_signal(self, signum, frame):
         if self.reason is None:
             self.reason = signal.Signals(signum).name
             log.warning("%s received: stopping at the next safe point", self.reason)
-
-    def __enter__(self) -> "Notice":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
 
     def requested(self, world_size: int = 1) -> str | None:
         """Why to stop now (a signal's name, or ``time limit``), or None. With ``world_size`` > 1 every rank of
@@ -125,23 +136,9 @@ class Notice:
         return self.reason
 
 
-class raise_on_notice:
+class raise_on_notice(_Handlers):
     """Context manager: SIGTERM or SIGUSR1 raises :class:`Interrupted` at once in the main thread (for work
     that holds nothing worth saving mid-way, such as an inpainting shard written atomically)."""
 
-    def __init__(self, signals=SIGNALS):
-        self.signals, self._old = tuple(signals), {}
-
-    def _raise(self, signum, frame):
+    def _on_signal(self, signum, frame):
         raise Interrupted(signal.Signals(signum).name)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._old[sig] = signal.signal(sig, self._raise)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
