@@ -197,6 +197,22 @@ def with_extends(config: dict, files, overrides: dict | None = None) -> dict:
     return layered(files, overrides) if EXTENDS in config else config
 
 
+def workflow_config(root, configfiles, named_by: str = "") -> dict:
+    """The validated config a workflow run from ``root`` with ``--configfile configfiles`` gets: the workflow's
+    ``config/config.yaml``, each file merged over it (each over what it extends), data sets ``like`` another
+    resolved and defaults filled. A file that does not exist is a one-line error (``named_by`` says where its
+    name came from)."""
+    base = Path(root) / "config" / "config.yaml"
+    files = [base]
+    for f in configfiles:
+        path = Path(f)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found" + (f" (named by {named_by})" if named_by else ""))
+        if path.resolve() != base.resolve():
+            files.append(path)
+    return validate(layered(files), source=" + ".join(str(f) for f in configfiles) or str(base))
+
+
 def load(path) -> dict:
     path = Path(path)
     return validate(read_layer(path), source=str(path))

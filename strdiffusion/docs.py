@@ -136,18 +136,10 @@ def history(root: Path, *runs: str) -> str:
 
 
 def _config(root: Path, spec: str) -> dict:
-    """The validated config of ``spec``'s files over ``config/config.yaml``, as the workflow builds it (each file
-    over what it ``extends``, data sets ``like`` another resolved, defaults filled)."""
-    from .config import layered, validate
+    """The validated config of ``spec``'s files (``a.yaml+b.yaml``, relative to ``root``) as the workflow builds it."""
+    from .config import workflow_config
 
-    files = [root / "config" / "config.yaml"]
-    for name in spec.split("+"):
-        if name != "config/config.yaml":
-            path = root / name
-            if not path.is_file():
-                raise UserError(f"{path}: config file not found (named by a `presets` block)")
-            files.append(path)
-    return validate(layered(files), source=spec)
+    return workflow_config(root, [root / name for name in spec.split("+")], named_by="a `presets` block")
 
 
 def presets(root: Path, *specs: str) -> str:

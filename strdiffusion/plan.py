@@ -155,14 +155,10 @@ def _forward_peak(kind: str, model_items: tuple, batch: int, px: int) -> tuple[i
 # config, profile, benchmarks
 
 def load_config(configfiles) -> dict:
-    """``config/config.yaml`` with each file merged over it as the workflow does (Snakemake's ``--configfile``
-    merge, each file over what it ``extends``), validated."""
-    from .config import layered, validate
+    """``config/config.yaml`` with each file merged over it as the workflow does, validated."""
+    from .config import workflow_config
 
-    for f in configfiles:
-        if not Path(f).is_file():
-            raise UserError(f"{f}: config file not found")
-    return validate(layered([REPO / "config" / "config.yaml", *configfiles]))
+    return workflow_config(REPO, configfiles)
 
 
 def load_profile(profile) -> dict:
