@@ -114,6 +114,13 @@ def test_each_paper_config_holds_only_what_differs_from_common_yaml(repo_root):
         assert layered["run_datasets"] == own["run_datasets"]
 
 
+def test_the_laptop_overlay_holds_only_what_differs_from_the_default(repo_root):
+    default = _leaves(yaml.safe_load((repo_root / "config" / "config.yaml").read_text()))
+    laptop = yaml.safe_load((repo_root / "config" / "laptop.yaml").read_text())
+    repeated = [key for key, value in _leaves(laptop).items() if default.get(key, object()) == value]
+    assert not repeated, repeated
+
+
 def test_extends_merges_the_named_files_beneath_in_order(tmp_path):
     (tmp_path / "a.yaml").write_text("train: {lr: 1.0, batch_size: 2}\nseed: 1\n")
     (tmp_path / "sub").mkdir()

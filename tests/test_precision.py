@@ -55,28 +55,20 @@ def data(tmp_path_factory):
 # ---------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("tf32", [True, False])
-def test_train_tf32_both_ways_and_recorded(data, tmp_path, tf32):
+@pytest.mark.parametrize("flag,on,net", [("tf32", True, "structure"), ("tf32", False, "structure"),
+                                         ("deterministic", True, "critic"), ("deterministic", False, "critic")],
+                         ids=["tf32-on", "tf32-off", "deterministic-on", "deterministic-off"])
+def test_train_precision_flag_both_ways_and_recorded(data, tmp_path, flag, on, net):
     from strdiffusion.train import main
 
-    _set_opposite(tf32, False)
-    assert main([*cli_args(data, tmp_path / "s.pt", tmp_path / "state", "structure", 1, ema=0, val_count=0,
-                           batch_size=2), *(["--tf32"] if tf32 else [])]) == 0
-    meta = checkpoints.load_checkpoint(tmp_path / "s.pt", kind="structure")[1]
-    _expect(meta["precision"], tf32, False)
-    _expect(precision.in_effect(), tf32, False)
+    tf32, deterministic = (on, False) if flag == "tf32" else (False, on)
+    _set_opposite(tf32, deterministic)
+    assert main([*cli_args(data, tmp_path / "n.pt", tmp_path / "state", net, 1, ema=0, val_count=0,
+                           batch_size=2), *([f"--{flag}"] if on else [])]) == 0
+    meta = checkpoints.load_checkpoint(tmp_path / "n.pt", kind=net)[1]
+    _expect(meta["precision"], tf32, deterministic)
+    _expect(precision.in_effect(), tf32, deterministic)
     assert meta["precision"]["amp"] == "none" and meta["precision"]["skipped_steps"] == 0
-
-
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_train_deterministic_both_ways_and_recorded(data, tmp_path, deterministic):
-    from strdiffusion.train import main
-
-    _set_opposite(False, deterministic)
-    assert main([*cli_args(data, tmp_path / "c.pt", tmp_path / "state", "critic", 1, ema=0, val_count=0,
-                           batch_size=2), *(["--deterministic"] if deterministic else [])]) == 0
-    meta = checkpoints.load_checkpoint(tmp_path / "c.pt", kind="critic")[1]
-    _expect(meta["precision"], False, deterministic)
 
 
 def test_train_tf32_and_deterministic_come_from_the_config():

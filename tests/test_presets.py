@@ -34,22 +34,6 @@ def test_the_laptop_overlay_keeps_the_defaults_recipe_and_trains_longer():
     assert laptop["sampling"]["denoise_last"] == default["sampling"]["denoise_last"] is True
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def test_the_laptop_overlay_holds_only_what_differs_from_the_default():
-    default = _leaves(_config("config.yaml"))
-    repeated = [key for key, value in _leaves(_config("laptop.yaml")).items() if default.get(key, object()) == value]
-    assert not repeated, repeated
-
-
 def _dry_run(work: Path, *configfiles: str) -> str:
     res = subprocess.run([SNAKEMAKE, "-n", "--cores", "2", *(["--configfile", *configfiles] if configfiles else [])],
                          cwd=work, capture_output=True, text=True, timeout=300)

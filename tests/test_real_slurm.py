@@ -45,7 +45,8 @@ REDUCED = {
     "sampling": {"shard_size": 2, "batch_size": 2},
 }
 
-pytestmark = pytest.mark.slow
+# one worker holds every cluster of this file (they share /etc/slurm, one at a time) while the others run the rest
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def _start(accounting: bool) -> slurm_cluster.SlurmCluster:
@@ -141,16 +142,21 @@ rule broken:
     shell: "echo about to fail > {log}; exit 3"
 '''
 
-# the first attempt waits to be cancelled; a retry (attempt 2) finishes at once
-CANCELLED = '''rule all:
+def _hold_then_finish(rule: str, first_hold: int) -> str:
+    """A workflow whose one job sleeps ``first_hold`` seconds on its first attempt (time for a fault to hit it)
+    and finishes at once when retried."""
+    return f'''rule all:
     input: "out.txt"
 
-rule long:
+rule {rule}:
     output: "out.txt"
-    log: "logs/long.log"
-    resources: hold=lambda wildcards, attempt: 300 if attempt == 1 else 0
-    shell: "echo attempt {resources.hold} > {log}; sleep {resources.hold}; echo done > {output}"
+    log: "logs/{rule}.log"
+    resources: hold=lambda wildcards, attempt: {first_hold} if attempt == 1 else 0
+    shell: "echo attempt {{resources.hold}} > {{log}}; sleep {{resources.hold}}; echo done > {{output}}"
 '''
+
+
+CANCELLED = _hold_then_finish("long", 300)  # the first attempt waits to be cancelled
 
 
 class TestRealSlurmWithoutAccounting:
@@ -543,14 +549,5 @@ class TestRealSlurmFaults:
                                     f"by the lock while the first driver's job ran; tables identical")
 
 
-# the job sleeps long enough to lose its node; a retry finishes at once
-NODE_LOST = '''rule all:
-    input: "out.txt"
-
-rule work:
-    output: "out.txt"
-    log: "logs/work.log"
-    resources: hold=lambda wildcards, attempt: 60 if attempt == 1 else 0
-    shell: "echo attempt {resources.hold} > {log}; sleep {resources.hold}; echo done > {output}"
-'''
+NODE_LOST = _hold_then_finish("work", 60)  # the job sleeps long enough to lose its node
 NODE_LOST_WITHIN_S = 300  # the run ends this long after slurmd is killed, either way
