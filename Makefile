@@ -1,12 +1,15 @@
 # Two commands for a new user (see README.md):
 #   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
-#   make test        # build .venv if missing, then run the test suite
+#   make test        # build .venv if missing, then run the test suite (TEST_WORKERS pytest-xdist workers)
 #   make test-fast   # the suite without end-to-end and subprocess-heavy tests (pytest -m "not slow")
 #   make smoke       # the workflow on its tiny config, .test/config/config.yaml (results in .test/results/)
 #   make docs        # regenerate the measured tables of README.md and docs/ from docs/results/
 PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= all
+# The suite on three workers: tests that share a long fixture (a SLURM cluster, a workflow run) stay on one
+# worker each (pytest.mark.xdist_group); the rest is spread over the others. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
@@ -22,10 +25,10 @@ reproduce: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 smoke: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --directory .test

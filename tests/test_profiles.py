@@ -218,6 +218,7 @@ def _held(log: Path) -> tuple[set[str], float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gpu_slots")  # one worker makes the shared folder
 def test_gpu_slots_four_trainings_and_parallel_inpainting_hold_distinct_gpus(gpu_workdir, tmp_path):
     """profiles/local-gpu on a machine listing four GPUs: the four training jobs run at once on four distinct
     GPUs, inpainting jobs that run side by side hold distinct GPUs, and no two overlapping jobs share one."""
@@ -242,6 +243,7 @@ def test_gpu_slots_four_trainings_and_parallel_inpainting_hold_distinct_gpus(gpu
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gpu_slots")  # one worker makes the shared folder
 def test_gpu_slots_training_with_two_gpus_runs_ddp_on_them(gpu_workdir, tmp_path):
     work, res = _gpu_run(gpu_workdir, tmp_path, 4, MODELS[:1], "--set-resources", "train_structure:gpu=2")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -254,6 +256,7 @@ def test_gpu_slots_training_with_two_gpus_runs_ddp_on_them(gpu_workdir, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gpu_slots")  # one worker makes the shared folder
 def test_gpu_slots_rule_asking_for_a_gpu_without_a_pool_stops_with_one_line(gpu_workdir, tmp_path):
     work, res = _gpu_run(gpu_workdir, tmp_path, 0, MODELS[:1])
     assert res.returncode != 0
@@ -265,6 +268,7 @@ def test_gpu_slots_rule_asking_for_a_gpu_without_a_pool_stops_with_one_line(gpu_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gpu_slots")  # one worker makes the shared folder
 def test_gpu_slots_without_a_profile_run_no_more_gpu_jobs_than_gpus(gpu_workdir, tmp_path):
     """No profile on a machine listing two GPUs: Snakemake's gpu resource defaults to 2, each GPU rule asks for
     one, so at most two of the four trainings run at any time (Snakemake's own job log), on distinct GPUs."""
