@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from test_metrics import _noisy, _photo, _standin_inception_state_dict, _write_set
+from test_metrics import _noisy, _photo, _write_set
 
 from strdiffusion import metric_nets as MN
 from strdiffusion import metrics as M
@@ -25,7 +25,7 @@ from strdiffusion import reference_stats as R
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("weights")
-    torch.save(_standin_inception_state_dict(), d / MN.INCEPTION_FILE)
+    MN.write_standin_weights(d)
     return d / MN.INCEPTION_FILE
 
 
