@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .settings import DataSettings
 from .utils import UndecodableImage, UserError, atomic_dir, read_image_rgb, seed_for, write_csv_atomic
 

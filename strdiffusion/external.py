@@ -113,7 +113,7 @@ def import_bin(pairs_csv, gt_dir, bin_name: str, method: str, dataset: str, s, o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import add_arguments
+    from .stages.options import add_arguments
     from .settings import ImportSettings
 
     p = argparse.ArgumentParser(prog="strdiffusion import", description=(

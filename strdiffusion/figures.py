@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .external_rows import IMPORTED, missing_ids, parse_description
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .settings import FigureSettings
 from .tables import METHOD_NAMES, METRICS, PER_IMAGE
 from .utils import UserError, atomic_path, read_image_rgb, read_mask

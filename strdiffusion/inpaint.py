@@ -29,7 +29,8 @@ import pandas as pd
 from .diffusion_runner import DiffusionRunner
 from .interrupt import raise_on_notice
 from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .core.constants import SamplerConfig
 from .settings import RunSettings, SamplerSettings, ShardSettings
 from .state_lock import StateLock

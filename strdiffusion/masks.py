@@ -46,7 +46,8 @@ import numpy as np
 from .mask_bins import MaskBin, check_bins, check_size, hole_ratio, in_bin
 from .mask_folder import NVIDIA_PER_BIN, import_folder, import_pool
 from .mask_generators import FIXED, MAX_TAMPER_AREA, PROTOCOLS, Protocol
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .settings import MaskSettings, PairSettings, PoolSettings
 from .utils import UserError, atomic_dir, bin_label, parse_bins, read_mask, save_png_atomic, seed_for, write_csv_atomic
 

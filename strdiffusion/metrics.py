@@ -32,7 +32,8 @@ from .external_rows import missing_ids
 from .metric_math import (IMAGE_METRICS, SET_METRICS, compute_image_metrics, fid_backend,
                           fid_from_features, kid_from_features)
 from .metric_nets import InceptionFeatures, LPIPSMetric
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .settings import ImageMetricSettings, SetMetricSettings
 from .utils import UserError, read_image_rgb, write_csv_atomic, write_text_atomic
 

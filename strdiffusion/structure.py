@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .settings import StructureSettings
 from .utils import UserError, atomic_dir, read_image_rgb, save_png_atomic
 

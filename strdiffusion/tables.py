@@ -22,7 +22,8 @@ import pandas as pd
 from .external_rows import parse_description
 from .methods import DIFFUSION, FRESH
 from .metrics import status_path
-from .options import add_arguments, from_namespace
+from .options import from_namespace
+from .stages.options import add_arguments
 from .settings import TableSettings
 from .utils import UserError, seed_for, write_csv_atomic, write_text_atomic
 

@@ -71,7 +71,8 @@ from .gpu import check_rank_device
 from .gpu import resolve_device as _device
 from .interrupt import Interrupted, Notice
 from .methods import NETWORKS
-from .options import add_arguments, from_namespace, nested, option
+from .options import from_namespace, nested, option
+from .stages.options import add_arguments
 from .precision import MixedPrecision, configure, in_effect
 from .settings import ModelSettings, TrainSettings, device_option
 from .state_lock import StateLock

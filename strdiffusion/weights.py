@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .options import add_arguments
+from .stages.options import add_arguments
 from .settings import WeightSettings
 from .utils import UserError, atomic_path, write_text_atomic
 

@@ -1,4 +1,4 @@
-"""Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py):
+"""Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py, strdiffusion/stages/options.py):
 one source for each stage's option names, defaults and config keys."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from strdiffusion import checkpoints, inpaint, train
 from strdiffusion.config import validate
 from strdiffusion.core.sde import IRSDE
 from strdiffusion.methods import NETWORKS
-from strdiffusion.options import add_arguments, command_line, from_config, from_namespace, to_argv
+from strdiffusion.options import command_line, from_config, from_namespace, to_argv
+from strdiffusion.stages.options import add_arguments
 from strdiffusion.settings import (JOBS, DataSettings, ModelSettings, RunSettings, SamplerSettings, SDESettings,
                                    ShardSettings, TrainSettings, job_options)
 from strdiffusion.utils import UserError
