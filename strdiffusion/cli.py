@@ -1,8 +1,9 @@
 """Command line: ``strdiffusion <stage> ...`` (also ``python -m strdiffusion <stage> ...``).
 
-Each stage is a module with ``main(argv)``. User errors (bad files, keys, values) are printed as
-one line, ``error: ...``, with exit status 2; no traceback. A job stopped on notice (SIGTERM, SIGUSR1, its
-SLURM time limit; :mod:`strdiffusion.interrupt`) prints ``interrupted by ...`` and exits with status 75.
+Each stage is a module of :mod:`strdiffusion.stages` with ``main(argv)``. User errors (bad files, keys,
+values) are printed as one line, ``error: ...``, with exit status 2; no traceback. A job stopped on notice
+(SIGTERM, SIGUSR1, its SLURM time limit; :mod:`strdiffusion.interrupt`) prints ``interrupted by ...`` and
+exits with status 75.
 """
 from __future__ import annotations
 
@@ -12,23 +13,23 @@ import os
 import sys
 
 STAGES = {
-    "data": ("data", "prepare a data set (builtin photographs or a folder) into train/test crops"),
-    "structure": ("structure", "grayscale and Canny edge maps of a folder of images"),
-    "masks": ("masks", "generate or import hole masks per hole-ratio bin; pair them with test images"),
-    "train": ("train", "train the structure, texture, critic or IR-SDE network"),
-    "inpaint": ("inpaint", "inpaint images: a pipeline shard, or your own image and mask"),
-    "metrics": ("metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
-    "tables": ("tables", "paper-style tables (Markdown, LaTeX, CSV)"),
-    "figures": ("figures", "qualitative grids and metric-vs-hole-ratio plots"),
-    "export": ("export", "write the test pairs in the layouts of other inpainting codes (LaMa, RePaint, plain)"),
-    "import": ("external", "score an outside method's outputs of one bin like the built-in rows"),
-    "curves": ("curves", "learning-curves figure of the trained networks"),
-    "shrink": ("shrink", "store a trained checkpoint's weights as float16 for shipping (half the size)"),
-    "check-config": ("config", "validate a config file against the schema"),
-    "weights": ("weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
-    "env": ("gpu", "print devices, versions and the job's GPU slot"),
-    "docs": ("docs", "regenerate the measured tables of README.md and docs/ from docs/results/ (--check: compare)"),
-    "plan": ("plan", "jobs, peak memory, GPU-hours and disk of a config and profile, before running it"),
+    "data": ("stages.data", "prepare a data set (builtin photographs or a folder) into train/test crops"),
+    "structure": ("stages.structure", "grayscale and Canny edge maps of a folder of images"),
+    "masks": ("stages.masks", "generate or import hole masks per hole-ratio bin; pair them with test images"),
+    "train": ("stages.train", "train the structure, texture, critic or IR-SDE network"),
+    "inpaint": ("stages.inpaint", "inpaint images: a pipeline shard, or your own image and mask"),
+    "metrics": ("stages.metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
+    "tables": ("stages.tables", "paper-style tables (Markdown, LaTeX, CSV)"),
+    "figures": ("stages.figures", "qualitative grids and metric-vs-hole-ratio plots"),
+    "export": ("stages.export", "write the test pairs in the layouts of other inpainting codes (LaMa, RePaint, plain)"),
+    "import": ("stages.imports", "score an outside method's outputs of one bin like the built-in rows"),
+    "curves": ("stages.curves", "learning-curves figure of the trained networks"),
+    "shrink": ("stages.shrink", "store a trained checkpoint's weights as float16 for shipping (half the size)"),
+    "check-config": ("stages.check_config", "validate a config file against the schema"),
+    "weights": ("stages.weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
+    "env": ("stages.env", "print devices, versions and the job's GPU slot"),
+    "docs": ("stages.docs", "regenerate the measured tables of README.md and docs/ from docs/results/ (--check: compare)"),
+    "plan": ("stages.plan", "jobs, peak memory, GPU-hours and disk of a config and profile, before running it"),
 }
 
 

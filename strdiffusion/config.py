@@ -218,17 +218,6 @@ def load(path) -> dict:
     return validate(read_layer(path), source=str(path))
 
 
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="strdiffusion check-config", description="validate a config file")
-    p.add_argument("config", nargs="+", help="YAML files; later files override earlier ones (deep merge)")
-    a = p.parse_args(argv)
-    validate(layered(a.config), source=" + ".join(a.config))
-    print(f"{' + '.join(a.config)}: valid")
-    return 0
-
-
 def merge(base: dict, update: dict) -> dict:
     """Deep-merge ``update`` into ``base`` in place (Snakemake's --configfile semantics)."""
     for key, value in update.items():

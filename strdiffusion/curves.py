@@ -8,9 +8,7 @@ Output: one PNG with a panel per network (and a PDF beside it), written atomical
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -82,14 +80,10 @@ def plot(curves: dict[str, list[tuple[pd.DataFrame, str]]], out_png: Path) -> No
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion curves", description=__doc__.splitlines()[0])
-    p.add_argument("--inputs", nargs="+", required=True, metavar="NET=PATH",
-                   help="curve CSVs or checkpoints, e.g. structure=results/x/curves/structure.csv")
-    p.add_argument("--out", required=True, type=Path, help="output PNG (a PDF is written beside it)")
-    a = p.parse_args(argv)
+def from_inputs(inputs, out) -> None:
+    """The figure of ``inputs`` (``NET=PATH`` items: curve CSVs of this run, checkpoints) written to ``out``."""
     curves = {}
-    for item in a.inputs:
+    for item in inputs:
         net, sep, path = item.partition("=")
         if not sep or not net or not path:
             raise UserError(f"--inputs item {item!r} is not NET=PATH")
@@ -102,10 +96,5 @@ def main(argv=None) -> int:
         runs.append((load_curve(path), source))
     for runs in curves.values():
         runs.sort(key=lambda run: run[1] != "this run")  # this run solid, the checkpoint dashed
-    plot(curves, a.out)
-    log.info("wrote %s", a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    plot(curves, out)
+    log.info("wrote %s", out)

@@ -14,18 +14,14 @@ written into a temporary folder and renamed into place, so a failed run leaves n
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from .options import add_arguments, from_namespace
-from .settings import DataSettings
 from .utils import UndecodableImage, UserError, atomic_dir, read_image_rgb, seed_for, write_csv_atomic
 
 log = logging.getLogger("strdiffusion.data")
@@ -240,18 +236,3 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
     log.info("prepared %s: %d train, %d test crops at %d px; %d skipped", out, counts.get("train", 0),
              counts.get("test", 0), size, int((manifest.status != "ok").sum()))
     return manifest
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion data", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="output folder (train/, test/, manifest.csv)")
-    add_arguments(p, DataSettings)
-    a = p.parse_args(argv)
-    s = from_namespace(DataSettings, a)
-    prepare(Path(a.out), s.source, s.size, s.seed, s.path, s.train_list, s.test_list, s.test_fraction, s.resize,
-            s.skip_bad_files, s.max_train, s.test_path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

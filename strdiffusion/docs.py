@@ -21,7 +21,6 @@ naming every block that differs. Kinds:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import difflib
 import hashlib
@@ -315,35 +314,25 @@ def _write_jobs(root: Path, configfile: str) -> None:
     print(f"{configfile}: {sum(int(r['count']) for r in rows)} jobs in {seconds:.0f} s -> {RESULTS}/jobs_{name}.csv")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion docs", description="Regenerate the generated blocks of README.md, "
-                                "docs/*.md and checkpoints/laptop/README.md from docs/results/, config/*.yaml and the "
-                                "shipped checkpoints.")
-    p.add_argument("--root", default=".", help="the repository (default: the current folder)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each block that differs")
-    p.add_argument("--count-jobs", metavar="CONFIG", action="append", default=[],
-                   help="dry-run the workflow on CONFIG (over config/config.yaml) and record its job counts first")
-    a = p.parse_args(argv)
-    root = Path(a.root)
-    for configfile in a.count_jobs:
+def update(root, check: bool = False, count_jobs=()) -> int:
+    """Rewrite (``check``: compare, printing each differing block) the generated blocks under ``root``,
+    after recording the job counts of each config in ``count_jobs``; 1 when ``check`` finds one stale."""
+    root = Path(root)
+    for configfile in count_jobs:
         _write_jobs(root, configfile)
     stale = regenerate(root)
     for page, (text, new, changed) in stale.items():
         rel = page.relative_to(root)
-        if a.check:
+        if check:
             diff = difflib.unified_diff(text.splitlines(), new.splitlines(), f"{rel} (committed)",
                                         f"{rel} (generated)", n=0, lineterm="")
             print(f"{rel}: generated blocks differ: {'; '.join(changed)}\n" + "\n".join(list(diff)[:20]))
         else:
             write_text_atomic(page, new)
             print(f"{rel}: rewrote {'; '.join(changed)}")
-    if a.check and stale:
+    if check and stale:
         print("run `strdiffusion docs` (or `make docs`) to regenerate them", file=sys.stderr)
         return 1
     if not stale:
         print("the generated blocks are up to date")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,8 @@ beside DIR and renamed onto it at the end, so a killed job leaves no half export
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +81,3 @@ def export_pairs(pairs_csv, gt_dir, out) -> pd.DataFrame:
     log.info("exported %d pairs in %d bins (%s) -> %s", len(manifest), manifest["bin"].nunique(),
              ", ".join(LAYOUTS), out)
     return manifest
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion export", description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", required=True, help="pairs CSV (image_id, bin, mask)")
-    p.add_argument("--gt-dir", required=True, help="folder of the test images <image_id>.png")
-    p.add_argument("--out", required=True, help="output folder (lama/, keep_white/, plain/, manifest.csv)")
-    a = p.parse_args(argv)
-    export_pairs(a.pairs, a.gt_dir, a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,16 +22,14 @@ The config's outside rows and where their outputs go: :mod:`strdiffusion.externa
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from .export import read_pairs
-from .external_rows import RESIZE, SIDECAR, check_config
+from .external_rows import RESIZE, SIDECAR
 from .utils import UserError, atomic_dir, read_image_rgb, read_mask, save_png_atomic, write_text_atomic
 
 log = logging.getLogger("strdiffusion.external")
@@ -110,35 +108,3 @@ def import_bin(pairs_csv, gt_dir, bin_name: str, method: str, dataset: str, s, o
     log.info("%s bin %s: %d outputs %s -> %s", method, bin_name, len(rows),
              "scored as delivered" if s.as_is else "composited with the known pixels", out)
     return record
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .options import add_arguments
-    from .settings import ImportSettings
-
-    p = argparse.ArgumentParser(prog="strdiffusion import", description=(
-        "Score an outside method's outputs like the built-in rows: check and composite one bin of them into "
-        "OUT/<image_id>.png for the metric stage."))
-    p.add_argument("--pairs", required=True, help="pairs CSV (image_id, bin, mask)")
-    p.add_argument("--gt-dir", required=True, help="folder of the test images <image_id>.png")
-    p.add_argument("--bin", required=True, help="hole-ratio bin label, e.g. 10-20")
-    p.add_argument("--method", required=True, help="the row's name (in messages)")
-    p.add_argument("--dataset", default="", help="fills {dataset} in --path")
-    p.add_argument("--out", required=True, help="output folder of the composited outputs")
-    add_arguments(p, ImportSettings)
-    return p
-
-
-def main(argv=None) -> int:
-    from .options import from_namespace
-    from .settings import ImportSettings
-
-    a = build_parser().parse_args(argv)
-    s = from_namespace(ImportSettings, a)
-    check_config({"external_methods": {a.method: {"path": s.path}}}, "--path")
-    import_bin(a.pairs, a.gt_dir, a.bin, a.method, a.dataset, s, a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,9 +7,7 @@ ground truth.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from .external_rows import IMPORTED, missing_ids, parse_description
-from .options import add_arguments, from_namespace
 from .settings import FigureSettings
 from .tables import METHOD_NAMES, METRICS, PER_IMAGE
 from .utils import UserError, atomic_path, read_image_rgb, read_mask
@@ -108,27 +105,13 @@ def metric_curves(per_image_files, methods, bins, out_png: Path, names=None):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion figures", description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", required=True)
-    p.add_argument("--gt-dir", required=True)
-    p.add_argument("--structure-dir", required=True)
-    p.add_argument("--inpaint-dir", required=True, help="results/<dataset>/inpaint")
-    p.add_argument("--per-image", nargs="+", required=True)
-    p.add_argument("--qualitative", required=True, help="output PNG (a PDF is written beside it)")
-    p.add_argument("--curves", required=True, help="output PNG (a PDF is written beside it)")
-    add_arguments(p, FigureSettings)
-    a = p.parse_args(argv)
-    s = from_namespace(FigureSettings, a)
+def make_figures(pairs_csv, gt_dir, structure_dir, inpaint_dir, per_image, qualitative_png, curves_png,
+                 s: FigureSettings) -> None:
+    """The qualitative grid and the metric-vs-hole-ratio plot of ``s``'s methods and bins."""
     methods, bins = list(s.methods), list(s.bins)
-    pairs = pd.read_csv(a.pairs, dtype={"bin": str, "image_id": str})
+    pairs = pd.read_csv(pairs_csv, dtype={"bin": str, "image_id": str})
     names = {m: e["name"] for m, e in parse_description(s.external).items()}
-    qualitative(pairs, Path(a.gt_dir), Path(a.structure_dir), Path(a.inpaint_dir), methods, bins, s.per_bin,
-                Path(a.qualitative), names)
-    metric_curves(a.per_image, methods, bins, Path(a.curves), names)
-    log.info("figures -> %s, %s", a.qualitative, a.curves)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    qualitative(pairs, Path(gt_dir), Path(structure_dir), Path(inpaint_dir), methods, bins, s.per_bin,
+                Path(qualitative_png), names)
+    metric_curves(per_image, methods, bins, Path(curves_png), names)
+    log.info("figures -> %s, %s", qualitative_png, curves_png)

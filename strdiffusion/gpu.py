@@ -153,20 +153,3 @@ def check_rank_device(name: str, world_size: int) -> None:
     if world_size > 1 and str(name).startswith("cuda:"):
         raise UserError(f"--device {name} with {world_size} processes puts every process on one GPU; "
                         "use --device cuda (process r takes the r-th visible GPU)")
-
-
-def main(argv=None) -> int:
-    """``strdiffusion env``: print the job's view of devices (for debugging profiles)."""
-    import argparse
-    import platform
-
-    p = argparse.ArgumentParser(prog="strdiffusion env", description="print devices, versions and GPU slot")
-    p.add_argument("--hold", type=float, default=0.0, help="keep the GPU slot this many seconds")
-    a = p.parse_args(argv)
-    import torch
-
-    print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
-    print(f"python={platform.python_version()} torch={torch.__version__} cuda_available={torch.cuda.is_available()} "
-          f"threads={torch.get_num_threads()}", flush=True)
-    time.sleep(a.hold)
-    return 0

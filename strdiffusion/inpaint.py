@@ -14,11 +14,9 @@ Mask convention everywhere: mask FILES are white (255) = HOLE; in memory ``mask`
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,10 +26,10 @@ import pandas as pd
 
 from .diffusion_runner import DiffusionRunner
 from .interrupt import raise_on_notice
-from .methods import CLASSICAL, DIFFUSION, METHODS, NETWORKS, method_networks
-from .options import add_arguments, from_namespace
+from .methods import CLASSICAL, DIFFUSION, METHODS, method_networks
+from .options import from_namespace
 from .core.constants import SamplerConfig
-from .settings import RunSettings, SamplerSettings, ShardSettings
+from .settings import RunSettings, SamplerSettings
 from .state_lock import StateLock
 from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
                     write_text_atomic)
@@ -282,58 +280,3 @@ def inpaint_user_images(args) -> None:
                 save_png_atomic(c[4].parent / "structure" / c[4].name, structs[k])
             log.info("inpainted %s -> %s", c[0], c[4])
     log.info("%s: %s", method, runner.summary())
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="strdiffusion inpaint",
-        description="Inpaint a shard of the pipeline's test pairs, or your own image(s). "
-                    "MASK CONVENTION: white (255) pixels of the mask file are HOLES to fill; black pixels are kept.")
-    p.add_argument("--method", default="strdiffusion", choices=METHODS)
-    g = p.add_argument_group("pipeline shard")
-    g.add_argument("--pairs", help="pairs CSV (image_id, bin, mask)")
-    g.add_argument("--bin", help="hole-ratio bin label, e.g. 10-20")
-    g.add_argument("--gt-dir", help="folder of ground-truth test images <image_id>.png")
-    g.add_argument("--structure-dir", help="folder with gray/ and edge/ maps of the test images")
-    g.add_argument("--shard", type=int, default=0)
-    add_arguments(g, ShardSettings)
-    g.add_argument("--out", help="output folder (shard) or output PNG/folder (own images)")
-    add_sampling_arguments(p)
-    return p
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the diffusion samplers and of own-image mode (``strdiffusion inpaint``), from
-    :class:`SamplerSettings` and :class:`RunSettings`."""
-    add_arguments(parser, SamplerSettings, "diffusion sampling (defaults reproduce the reference)")
-    add_arguments(parser, RunSettings, "how the sampler runs (results unchanged unless noted)")
-    c = parser.add_argument_group("networks")
-    for net in NETWORKS:
-        c.add_argument(f"--{net}-checkpoint", metavar="FILE", help=f"{net} network checkpoint")
-    c.add_argument("--checkpoints", metavar="DIR",
-                   help=f"folder with {', '.join(n + '.pt' for n in NETWORKS)} (explicit --*-checkpoint wins)")
-    u = parser.add_argument_group("own images (instead of a pipeline shard)")
-    u.add_argument("--image", metavar="IMG|DIR", help="image file, or folder of images (any size)")
-    u.add_argument("--mask", metavar="MASK|DIR",
-                   help="mask file of the image's size, or folder matched by file name: WHITE = HOLE to fill, black = keep")
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.image:
-        with raise_on_notice():
-            inpaint_user_images(args)
-        return 0
-    missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
-    if missing:
-        raise UserError("pipeline mode needs " + ", ".join("--" + k.replace("_", "-") for k in missing)
-                        + " (or use --image/--mask for your own images)")
-    if args.shard < 0:
-        raise UserError("--shard must be >= 0")
-    from_namespace(ShardSettings, args)  # checks --shard-size
-    run_shard(args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

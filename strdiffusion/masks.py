@@ -35,9 +35,7 @@ bin does not change the others, and the same seed gives byte-identical files.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +44,6 @@ import numpy as np
 from .mask_bins import MaskBin, check_bins, check_size, hole_ratio, in_bin
 from .mask_folder import NVIDIA_PER_BIN, import_folder, import_pool
 from .mask_generators import FIXED, MAX_TAMPER_AREA, PROTOCOLS, Protocol
-from .options import add_arguments, from_namespace
 from .settings import MaskSettings, PairSettings, PoolSettings
 from .utils import UserError, atomic_dir, bin_label, parse_bins, read_mask, save_png_atomic, seed_for, write_csv_atomic
 
@@ -372,29 +369,8 @@ def _folder_opts(s: MaskSettings | PoolSettings) -> dict:
     return opts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The subcommands; their options are the fields of MaskSettings, PoolSettings and PairSettings."""
-    p = argparse.ArgumentParser(prog="strdiffusion masks", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="masks per hole-ratio bin: OUT/<bin>/<k:04d>.png + OUT/stats.csv")
-    g.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    add_arguments(g, MaskSettings)
-    q = sub.add_parser("pool", help="training masks of mixed hole ratios: OUT/<k:05d>.png + OUT/stats.csv")
-    q.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    add_arguments(q, PoolSettings)
-    r = sub.add_parser("pairs", help="pair test images with masks: CSV image_id, bin, mask, hole_ratio")
-    r.add_argument("--manifest", required=True, help="data manifest CSV (columns id, split, ...); split == test used")
-    r.add_argument("--masks", required=True, help="folder written by `masks generate`")
-    r.add_argument("--out", required=True, help="pairs CSV")
-    add_arguments(r, PairSettings)
-    s = sub.add_parser("stats", help="measure existing mask folders into a stats CSV")
-    s.add_argument("--masks", required=True)
-    s.add_argument("--protocol", default="")
-    s.add_argument("--out", required=True)
-    return p
-
-
-def _generate(s: MaskSettings, out: Path) -> None:
+def run_generate(s: MaskSettings, out: Path) -> None:
+    """``masks generate``: the masks of each of ``s``'s bins written to ``out`` with their stats."""
     bins = _parse_bin_arg(s.bins)
     if s.protocol not in FIXED and s.protocol in ALL_PROTOCOLS:
         if bins is None:
@@ -408,14 +384,16 @@ def _generate(s: MaskSettings, out: Path) -> None:
     write_binned(out, s.protocol, mask_bins)
 
 
-def _pool(s: PoolSettings, out: Path) -> None:
+def run_pool(s: PoolSettings, out: Path) -> None:
+    """``masks pool``: a training pool of mixed hole ratios written to ``out``."""
     pool = generate_pool(s.protocol, s.size, s.count, s.seed, nvidia_source=s.nvidia_source,
                          nvidia_border=s.nvidia_border, nvidia_per_bin=s.nvidia_per_bin, folder=_folder_opts(s))
     write_pool(out, s.protocol, pool)
     log.info("%s pool: %d masks at %d px -> %s", s.protocol, len(pool), s.size, out)
 
 
-def _pairs(s: PairSettings, manifest_csv, masks, out) -> None:
+def run_pairs(s: PairSettings, manifest_csv, masks, out) -> None:
+    """``masks pairs``: the manifest's test images paired with the masks of each bin, written to ``out``."""
     import pandas as pd
 
     try:
@@ -433,20 +411,3 @@ def _pairs(s: PairSettings, manifest_csv, masks, out) -> None:
     pairs = make_pairs(test["id"].tolist(), _parse_bin_arg(s.bins), Path(masks), s.n_test, s.seed)
     write_csv_atomic(pairs, out)
     log.info("%d pairs (%d bins x %d images) -> %s", len(pairs), pairs["bin"].nunique(), s.n_test, out)
-
-
-def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    if a.cmd == "generate":
-        _generate(from_namespace(MaskSettings, a), Path(a.out))
-    elif a.cmd == "pool":
-        _pool(from_namespace(PoolSettings, a), Path(a.out))
-    elif a.cmd == "pairs":
-        _pairs(from_namespace(PairSettings, a), a.manifest, a.masks, a.out)
-    else:
-        write_csv_atomic(measure(a.masks, a.protocol), a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,6 @@ with a reason, in ``<out stem>.status.json``, that says where to put the file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -32,7 +31,6 @@ from .external_rows import missing_ids
 from .metric_math import (IMAGE_METRICS, SET_METRICS, compute_image_metrics, fid_backend,
                           fid_from_features, kid_from_features)
 from .metric_nets import InceptionFeatures, LPIPSMetric
-from .options import add_arguments, from_namespace
 from .settings import ImageMetricSettings, SetMetricSettings
 from .utils import UserError, read_image_rgb, write_csv_atomic, write_text_atomic
 
@@ -215,41 +213,9 @@ def _write_status(out, status: dict) -> None:
     write_text_atomic(status_path(out), json.dumps(status, indent=2) + "\n")
 
 
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pairs", required=True, help="pairs CSV (columns image_id, bin, mask)")
-    p.add_argument("--gt-dir", required=True, help="folder of ground-truth images <image_id>.png")
-    p.add_argument("--pred-dir", required=True, nargs="+",
-                   help="folder(s) of composited predictions <image_id>.png (e.g. every shard of a bin)")
-    p.add_argument("--method", required=True, help="method name written into the output")
-    p.add_argument("--bin", required=True, help="hole-ratio bin label to evaluate, e.g. 10-20")
-    p.add_argument("--out", required=True, help="output CSV; status goes to <out stem>.status.json")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="strdiffusion metrics",
-        description="Metrics on whole composited images against the ground truth. Missing pretrained "
-                    "weights give NaN and a reason in <out stem>.status.json; nothing is downloaded.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("images", help="PSNR, SSIM, L1, LPIPS per image")
-    _common_args(p)
-    add_arguments(p, ImageMetricSettings)
-    p = sub.add_parser("sets", help="FID and KID of the set against its ground truths")
-    _common_args(p)
-    p.add_argument("--reference", default="",
-                   help="the ground truths' statistics from `metrics reference` (.npz); used when fresh")
-    add_arguments(p, SetMetricSettings)
-    p = sub.add_parser("reference", help="the ground truths' Inception statistics of one bin, for every "
-                                         "method's set job (.npz; kept when up to date)")
-    p.add_argument("--pairs", required=True, help="pairs CSV (columns image_id, bin, mask)")
-    p.add_argument("--gt-dir", required=True, help="folder of ground-truth images <image_id>.png")
-    p.add_argument("--bin", required=True, help="hole-ratio bin label, e.g. 10-20")
-    p.add_argument("--out", required=True, help="output .npz")
-    add_arguments(p, SetMetricSettings)  # the set jobs' network options (the metric ones are unused here)
-    return parser
-
-
-def _run_images(args, s: ImageMetricSettings) -> None:
+def run_images(args, s: ImageMetricSettings) -> None:
+    """``metrics images``: the per-image metrics of one bin; ``args`` holds pairs, gt_dir, pred_dir, method, bin
+    and out."""
     import pandas as pd
 
     metrics = _parse_metrics(",".join(s.metrics), IMAGE_METRICS)
@@ -285,7 +251,9 @@ def _run_images(args, s: ImageMetricSettings) -> None:
     _write_status(args.out, status)
 
 
-def _run_sets(args, s: SetMetricSettings) -> None:
+def run_sets(args, s: SetMetricSettings) -> None:
+    """``metrics sets``: FID and KID of one bin against its ground truths (``args`` as :func:`run_images`'s, and
+    reference)."""
     import pandas as pd
 
     metrics = _parse_metrics(",".join(s.metrics), SET_METRICS)
@@ -352,7 +320,7 @@ def _gt_and_pred_features(args, features, ids, paths):
     return set_features(features, paths, "both")
 
 
-def _run_reference(args, s: SetMetricSettings) -> None:
+def run_reference(args, s: SetMetricSettings) -> None:
     """``metrics reference``: write (or keep, when fresh) the reference statistics of one bin."""
     from .reference_stats import read, stale_reason, statistics, unavailable, write
 
@@ -375,18 +343,3 @@ def _run_reference(args, s: SetMetricSettings) -> None:
                        features.weights_path, gt_dir, ids)
     write(out, stats)
     log.info("reference statistics of %d ground truths (bin %s) written to %s", len(ids), args.bin, out)
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.command == "sets" and (args.kid_subsets < 1 or args.kid_subset_size < 2):
-        raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
-    if args.command == "images":
-        _run_images(args, from_namespace(ImageMetricSettings, args))
-    elif args.command == "reference":
-        _run_reference(args, from_namespace(SetMetricSettings, args))
-    else:
-        _run_sets(args, from_namespace(SetMetricSettings, args))
-    return 0

@@ -3,11 +3,10 @@
 A field made with :func:`option` carries its default, help text, choices and the config key it is
 read from; everything else is derived from the fields:
 
-- :func:`add_arguments`: one command-line option per field, ``--<name with dashes>``; booleans are
-  switches (default off), tuples comma-separated lists (no value: empty), a field without a default a
-  required option.
+- the command-line options, one per field, ``--<name with dashes>``: :mod:`strdiffusion.stages.options`.
   A field made with :func:`nested` (another settings object) adds that object's options in a group.
-- :func:`from_namespace`: the object back from the parsed options.
+- :func:`from_namespace`: the object back from the parsed options (any object with the fields' names
+  as attributes).
 - :func:`from_config`: the object from the validated config: ``key`` is a dotted path such as
   ``train.lr`` or ``datasets.{dataset}.source`` (formatted with the job's wildcards); a key the config
   leaves out keeps the default, a field without ``key`` is not read from the config. A field with
@@ -17,9 +16,6 @@ read from; everything else is derived from the fields:
   value only when it differs from the default, a ``when`` field only when it applies) and
   :func:`command_line` quotes them for a shell: the one place where the workflow's values, paths
   among them, are quoted.
-
-No argparse import: :func:`add_arguments` takes the parser it fills, and a bad list value raises
-ValueError, which argparse reports as an invalid value of that option.
 """
 from __future__ import annotations
 
@@ -64,45 +60,6 @@ def _scalar(tp):
     if typing.get_origin(tp) is tuple:
         return True, typing.get_args(tp)[0]
     return False, tp
-
-
-def _list_parser(elem):
-    def parse(text: str) -> tuple:
-        return tuple(elem(v) for v in str(text).split(",") if v.strip())
-
-    parse.__name__ = f"comma-separated {elem.__name__} list"
-    return parse
-
-
-def add_arguments(parser, cls, title: str | None = None) -> None:
-    """Add the options of settings class ``cls`` to ``parser`` (in a group when ``title`` is given)."""
-    group = parser.add_argument_group(title) if title else parser
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("nested"):
-            add_arguments(parser, hints[f.name], f.metadata.get("title") or f.name)
-            continue
-        if not f.metadata.get("cli", True):
-            continue
-        is_list, elem = _scalar(hints[f.name])
-        kw = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
-        if elem is bool:
-            assert f.default is False, f"{cls.__name__}.{f.name}: a switch is off by default"
-            kw["action"] = "store_true"
-        else:
-            kw["type"] = _list_parser(elem) if is_list else elem
-            if is_list:  # a list option without a value is the empty list
-                kw.update(nargs="?", const=())
-            if f.metadata.get("choices"):
-                kw["choices"] = f.metadata["choices"]
-            if f.default is REQUIRED:
-                kw["required"] = True
-            else:
-                kw["default"] = f.default
-                if f.default not in (None, "", ()):
-                    shown = ",".join(map(str, f.default)) if is_list else f.default
-                    kw["help"] = f"{kw['help']} (default {shown})".lstrip()
-        group.add_argument(flag(f.name), **kw)
 
 
 def from_namespace(cls, namespace):

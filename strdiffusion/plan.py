@@ -15,7 +15,6 @@ the estimate. Metric jobs are estimated from their inputs (2,048 float32 feature
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -295,22 +294,14 @@ def render(rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def report(configfiles, profile: str, gpu_mem_gb: float, benchmarks: str, out) -> None:
+    """Print the plan of ``configfiles`` and the warnings against ``profile``; write the table to ``out``."""
     import pandas as pd
 
-    p = argparse.ArgumentParser(prog="strdiffusion plan", description=__doc__.splitlines()[0])
-    p.add_argument("--configfile", nargs="*", default=[], help="config file(s) merged over config/config.yaml")
-    p.add_argument("--profile", default="", help="profile folder whose config.yaml gives mem_mb and runtime")
-    p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="memory of one GPU (default 80)")
-    p.add_argument("--benchmarks", default="", help="benchmarks JSON with measured rates "
-                                                    "(default benchmarks/out/latest.json when present)")
-    p.add_argument("--out", default="results/plan.csv", help="the table as CSV")
-    a = p.parse_args(argv)
-    cfg = load_config(a.configfile)
-    rows = plan_rows(cfg, a.gpu_mem_gb, a.benchmarks or None)
+    cfg = load_config(configfiles)
+    rows = plan_rows(cfg, gpu_mem_gb, benchmarks or None)
     print(render(rows))
-    for line in warnings_for(rows, load_profile(a.profile), a.gpu_mem_gb):
+    for line in warnings_for(rows, load_profile(profile), gpu_mem_gb):
         print(line)
-    write_csv_atomic(pd.DataFrame(rows), a.out)
-    print(f"wrote {a.out}", file=sys.stderr)
-    return 0
+    write_csv_atomic(pd.DataFrame(rows), out)
+    print(f"wrote {out}", file=sys.stderr)

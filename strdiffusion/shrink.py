@@ -10,8 +10,6 @@ file it came from), so its provenance stays traceable. Weights outside float16's
 """
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 import torch
@@ -19,8 +17,6 @@ import torch
 from .checkpoints import FORMAT, load_checkpoint
 from .utils import UserError, atomic_path
 from .weights import sha256_of
-
-log = logging.getLogger(__name__)
 
 _HALF_MAX = float(torch.finfo(torch.float16).max)
 
@@ -52,18 +48,3 @@ def shrink(src, dst) -> dict:
     with atomic_path(dst) as tmp:
         torch.save({**meta, "state_dict": state_dict}, tmp)
     return meta
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion shrink", description=__doc__.splitlines()[0])
-    p.add_argument("src", type=Path, help="a checkpoint written by `strdiffusion train` (float32)")
-    p.add_argument("dst", type=Path, help="output checkpoint (float16 weights, same metadata)")
-    a = p.parse_args(argv)
-    meta = shrink(a.src, a.dst)
-    log.info("wrote %s (%.2f MiB, from %.2f MiB; source sha256 %s)", a.dst, a.dst.stat().st_size / 2**20,
-             a.src.stat().st_size / 2**20, meta["source_sha256"])
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,16 +10,12 @@ Output (``--out DIR``): ``DIR/gray/<id>.png`` (16-bit, gray * 65535) and ``DIR/e
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .options import add_arguments, from_namespace
-from .settings import StructureSettings
 from .utils import UserError, atomic_dir, read_image_rgb, save_png_atomic
 
 log = logging.getLogger("strdiffusion.structure")
@@ -79,20 +75,3 @@ def extract(images_dir: Path, out: Path, sigma: float) -> int:
             save_png_atomic(tmp / "edge" / f.name, (edge * 255).astype(np.uint8))
     log.info("structure of %d images (Canny sigma %.2f) -> %s", len(files), sigma, out)
     return len(files)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion structure", description=__doc__.splitlines()[0])
-    p.add_argument("--images", required=True, help="folder of RGB PNGs")
-    p.add_argument("--out", required=True, help="output folder (gray/, edge/)")
-    add_arguments(p, StructureSettings)
-    a = p.parse_args(argv)
-    s = from_namespace(StructureSettings, a)
-    if s.sigma <= 0:
-        raise UserError(f"Canny sigma must be positive, got {s.sigma}; fix config key structure.sigma_*")
-    extract(Path(a.images), Path(a.out), s.sigma)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,11 +9,9 @@ to install where. Written as Markdown, LaTeX (booktabs) and a long-format CSV, e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,6 @@ import pandas as pd
 from .external_rows import parse_description
 from .methods import DIFFUSION, FRESH
 from .metrics import status_path
-from .options import add_arguments, from_namespace
 from .settings import TableSettings
 from .utils import UserError, seed_for, write_csv_atomic, write_text_atomic
 
@@ -300,32 +297,20 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
     return "\n".join(md) + "\n", tex
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion tables", description=__doc__.splitlines()[0])
-    p.add_argument("--per-image", nargs="*", default=[], help="per-image metric CSVs")
-    p.add_argument("--sets", nargs="*", default=[], help="per-set metric CSVs (FID, KID)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True, help="output prefix; writes PREFIX.md, PREFIX.tex, PREFIX.csv")
-    add_arguments(p, TableSettings)
-    a = p.parse_args(argv)
-    s = from_namespace(TableSettings, a)
+def write_tables(per_image, sets, dataset: str, out: str, s: TableSettings) -> None:
+    """The tables of ``s``'s methods, bins and columns: ``out``.md, ``out``.tex and ``out``.csv."""
     methods, bins, columns = list(s.methods), list(s.bins), list(s.columns)
     for c in columns:
         if c not in METRICS:
             raise UserError(f"unknown table column '{c}'; choose from {', '.join(METRICS)}")
-    long, unavailable = summarise(a.per_image, a.sets, methods, bins, s.seed)
+    long, unavailable = summarise(per_image, sets, methods, bins, s.seed)
     columns = shown_columns(columns, long, unavailable, s.reference)
-    md, tex = render(long, unavailable, methods, bins, columns, a.dataset, s.reference, s.given,
+    md, tex = render(long, unavailable, methods, bins, columns, dataset, s.reference, s.given,
                      parse_description(s.external))
-    long.insert(0, "dataset", a.dataset)
-    write_csv_atomic(long, a.out + ".csv")
-    write_text_atomic(a.out + ".md", md)
-    write_text_atomic(a.out + ".tex", tex)
+    long.insert(0, "dataset", dataset)
+    write_csv_atomic(long, out + ".csv")
+    write_text_atomic(out + ".md", md)
+    write_text_atomic(out + ".tex", tex)
     for metric, reason in unavailable.items():
         log.warning("%s n/a: %s", metric, reason)
-    log.info("table for %s -> %s.{md,tex,csv}", a.dataset, a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    log.info("table for %s -> %s.{md,tex,csv}", dataset, out)

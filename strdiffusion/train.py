@@ -50,7 +50,6 @@ to start while the first lives.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -71,7 +70,7 @@ from .gpu import check_rank_device
 from .gpu import resolve_device as _device
 from .interrupt import Interrupted, Notice
 from .methods import NETWORKS
-from .options import add_arguments, from_namespace, nested, option
+from .options import nested, option
 from .precision import MixedPrecision, configure, in_effect
 from .settings import ModelSettings, TrainSettings, device_option
 from .state_lock import StateLock
@@ -131,16 +130,6 @@ class TrainJob:
             object.__setattr__(self, "curve", self.state_dir / "curve.csv")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strdiffusion train", description=__doc__.splitlines()[0])
-    add_arguments(p, TrainJob)
-    return p
-
-
-def parse_args(argv) -> TrainJob:
-    return from_namespace(TrainJob, build_parser().parse_args(argv))
-
-
 def ctor_kwargs(net: str, model: ModelSettings) -> dict:
     """Constructor settings of network ``net`` at ``model``'s size. The paper's attention (the
     ModelSettings defaults) stays implicit, so such checkpoints read as before attention was a setting."""
@@ -187,11 +176,11 @@ def _relaunch(argv, nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-# ---------------------------------------------------------------------- main
+# ---------------------------------------------------------------------- the job
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    job = parse_args(argv)
+def run_job(job: TrainJob, argv) -> int:
+    """Train ``job`` (given on the command line ``argv``): in this process, or under torch.distributed.run
+    when it asks for more than one process; returns the exit status."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     with guarded(job, world_size) as notice:
         if job.nproc > 1 and world_size == 1:
@@ -491,7 +480,3 @@ def plot_losses(history: dict, path: Path, kind: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,6 @@ line what to download and where to put it; the metric stage then reports ``n/a``
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import http.client
@@ -27,8 +26,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .options import add_arguments
-from .settings import WeightSettings
 from .utils import UserError, atomic_path, write_text_atomic
 
 log = logging.getLogger("strdiffusion.weights")
@@ -173,39 +170,24 @@ def fetch(names=("alexnet", "inception"), paths: dict | None = None, urls: dict 
     return [fetch_one(n, paths.get(n) or None, urls.get(n) or None, timeout) for n in names]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="strdiffusion weights", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download the LPIPS AlexNet and FID Inception weights (verified) if missing")
-    f.add_argument("--only", default="alexnet,inception", help="which: alexnet, inception (comma separated)")
-    add_arguments(f, WeightSettings)
-    f.add_argument("--alexnet-url", default="", help="download address (default: torchvision's)")
-    f.add_argument("--inception-url", default="", help="download address (default: pytorch-fid's release)")
-    f.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
-    f.add_argument("--allow-offline", action="store_true",
-                   help="exit 0 when offline (a warning line; the metrics stay n/a), as the workflow's rule does")
-    f.add_argument("--status", default="", help="write a JSON status of both files here")
-    a = p.parse_args(argv)
-    names = [n.strip() for n in a.only.split(",") if n.strip()]
+def fetch_command(only: str, paths: dict, urls: dict, timeout: float, allow_offline: bool, status: str) -> int:
+    """``strdiffusion weights fetch``: fetch the weights named in ``only`` (comma separated), print what is
+    where, write the JSON ``status`` (when given); missing weights are an error unless ``allow_offline``."""
+    names = [n.strip() for n in only.split(",") if n.strip()]
     for n in names:
         if n not in WEIGHTS:
-            raise UserError(f"--only {a.only}: unknown weights '{n}'; choose from {', '.join(WEIGHTS)}")
-    results = fetch(names, {"alexnet": a.alexnet_weights, "inception": a.inception_weights},
-                    {"alexnet": a.alexnet_url, "inception": a.inception_url}, a.timeout)
-    if a.status:
-        write_text_atomic(a.status, json.dumps(results, indent=2) + "\n")
+            raise UserError(f"--only {only}: unknown weights '{n}'; choose from {', '.join(WEIGHTS)}")
+    results = fetch(names, paths, urls, timeout)
+    if status:
+        write_text_atomic(status, json.dumps(results, indent=2) + "\n")
     missing = [r for r in results if not r["present"]]
     for r in results:
         if r["present"]:
             print(f"{r['name']}: {r['action']} {r['path']} (sha256 {r['sha256'][:12]}...)")
     if missing:
-        if a.allow_offline:
+        if allow_offline:
             for r in missing:
                 print(f"warning: {r['reason']}", file=sys.stderr)
             return 0
         raise UserError(" | ".join(r["reason"] for r in missing))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from strdiffusion import checkpoints, curves
+from strdiffusion.stages import curves as curves_stage
 from strdiffusion.utils import UserError
 
 
@@ -25,7 +26,7 @@ def test_learning_curves_from_csv_and_checkpoint(tmp_path):
     loaded = curves.load_curve(tmp_path / "critic.pt")
     assert loaded["auc"].tolist() == [0.5, 0.6, 0.8]
     out = tmp_path / "fig" / "learning_curves.png"
-    assert curves.main(["--inputs", f"structure={tmp_path / 'structure.csv'}", f"critic={tmp_path / 'critic.pt'}",
+    assert curves_stage.main(["--inputs", f"structure={tmp_path / 'structure.csv'}", f"critic={tmp_path / 'critic.pt'}",
                         "--out", str(out)]) == 0
     with Image.open(out) as im:
         assert im.size[0] > 2 * im.size[1]  # two panels side by side
@@ -35,13 +36,13 @@ def test_learning_curves_from_csv_and_checkpoint(tmp_path):
 
 def test_learning_curves_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="no such learning curve"):
-        curves.main(["--inputs", f"texture={tmp_path / 'missing.csv'}", "--out", str(tmp_path / "x.png")])
+        curves_stage.main(["--inputs", f"texture={tmp_path / 'missing.csv'}", "--out", str(tmp_path / "x.png")])
     net = checkpoints.build_network("critic", ngf=4)
     checkpoints.save_checkpoint(tmp_path / "old.pt", net, "critic", {"ngf": 4}, None)
     with pytest.raises(UserError, match="carries no learning curve"):
-        curves.main(["--inputs", f"critic={tmp_path / 'old.pt'}", "--out", str(tmp_path / "x.png")])
+        curves_stage.main(["--inputs", f"critic={tmp_path / 'old.pt'}", "--out", str(tmp_path / "x.png")])
     with pytest.raises(UserError, match="NET=PATH"):
-        curves.main(["--inputs", "nonsense", "--out", str(tmp_path / "x.png")])
+        curves_stage.main(["--inputs", "nonsense", "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
 
 
@@ -53,11 +54,11 @@ def test_one_panel_shows_a_fresh_run_beside_a_given_checkpoint(tmp_path):
     checkpoints.save_checkpoint(tmp_path / "texture.pt", net, "texture", {"nf": 4, "depth": 2}, None, {"curve": longer})
     out = tmp_path / "one.png"
     # the checkpoint first on the command line: the panel still draws this run solid, the checkpoint dashed
-    assert curves.main(["--inputs", f"texture={tmp_path / 'texture.pt'}", f"texture={tmp_path / 'texture.csv'}",
+    assert curves_stage.main(["--inputs", f"texture={tmp_path / 'texture.pt'}", f"texture={tmp_path / 'texture.csv'}",
                         "--out", str(out)]) == 0
     with Image.open(out) as im:
         assert im.size[0] < 1.5 * im.size[1]  # one panel, not two
     with pytest.raises(UserError, match="twice from the same kind of source"):
-        curves.main(["--inputs", f"texture={tmp_path / 'texture.csv'}", f"texture={tmp_path / 'texture.csv'}",
+        curves_stage.main(["--inputs", f"texture={tmp_path / 'texture.csv'}", f"texture={tmp_path / 'texture.csv'}",
                      "--out", str(tmp_path / "two.png")])
     assert not (tmp_path / "two.png").exists()

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from strdiffusion import checkpoints
-from strdiffusion.train import main
+from strdiffusion.stages.train import main
 from test_train import cli_args, env_cpu, make_data
 
 ITERATIONS = 3

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from strdiffusion import docs
+from strdiffusion.stages import docs as docs_stage
 from strdiffusion.utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _copy_repo(dest: Path, items=("README.md", "docs", "config", "checkpoints"))
 
 
 def _check(root: Path, capsys) -> tuple[int, str]:
-    rc = docs.main(["--root", str(root), "--check"])
+    rc = docs_stage.main(["--root", str(root), "--check"])
     return rc, capsys.readouterr().out
 
 
@@ -61,7 +62,7 @@ def test_docs_check_fails_on_an_edited_number_and_regenerating_restores_it(tmp_p
     readme.write_text(text.replace(block, block.replace(f"| {number} |", f"| {edited} |", 1)))
     rc, out = _check(root, capsys)
     assert rc == 1 and "README.md" in out and spec in out and f"+| " in out, out
-    assert docs.main(["--root", str(root)]) == 0
+    assert docs_stage.main(["--root", str(root)]) == 0
     assert readme.read_text() == text  # the committed page again
     # a number edited in the results file reaches the page (and makes the committed page stale)
     run = spec.split()[1]
@@ -74,7 +75,7 @@ def test_docs_check_fails_on_an_edited_number_and_regenerating_restores_it(tmp_p
         writer.writeheader()
         writer.writerows(rows)
     assert _check(root, capsys)[0] == 1
-    assert docs.main(["--root", str(root)]) == 0
+    assert docs_stage.main(["--root", str(root)]) == 0
     assert "31.42" in _block(readme.read_text(), spec) and "31.42" not in text
 
 
@@ -86,7 +87,7 @@ def test_docs_numbers_that_restate_a_config_follow_the_config(tmp_path, capsys):
     laptop.write_text(yaml.safe_dump(config))
     rc, out = _check(root, capsys)
     assert rc == 1 and "presets" in out, out
-    docs.main(["--root", str(root)])
+    docs_stage.main(["--root", str(root)])
     row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `config/laptop.yaml`"))
     assert row.split(" | ")[3] == "2,345", row  # the critic's column
 

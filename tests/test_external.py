@@ -19,11 +19,13 @@ import torch
 import yaml
 from PIL import Image
 
-from strdiffusion import external, external_rows, metrics, tables
+from strdiffusion import external, external_rows, tables
 from strdiffusion.config import validate
 from strdiffusion.inpaint import classical_inpaint
 from strdiffusion.metric_nets import write_standin_weights
 from strdiffusion.settings import ImportSettings, job_options
+from strdiffusion.stages import metrics as metrics_stage
+from strdiffusion.stages import tables as tables_stage
 from strdiffusion.utils import UserError
 from test_workflow import TINY, make_workdir, snakemake
 
@@ -176,7 +178,7 @@ def test_external_missing_outputs_error_or_partial_row_with_its_image_count(test
             for i in range(6):
                 Image.fromarray(classical_inpaint("telea", _photo(i), (~_hole(i)).astype(np.float32))).save(pred / f"img{i}.png")
         per_image[method] = test_set / f"{method}.csv"
-        assert metrics.main(["images", "--pairs", str(test_set / "pairs.csv"), "--gt-dir", str(test_set / "gt"),
+        assert metrics_stage.main(["images", "--pairs", str(test_set / "pairs.csv"), "--gt-dir", str(test_set / "gt"),
                              "--pred-dir", str(pred), "--method", method, "--bin", BIN, "--metrics", "psnr,ssim,l1",
                              "--out", str(per_image[method])]) == 0
     scored = pd.read_csv(per_image["outside"], dtype={"image_id": str})
@@ -219,7 +221,7 @@ def test_external_rows_are_named_and_their_protocol_footnoted(tmp_path):
         df.to_csv(files[-1], index=False)
     rows = {"lama": {"name": "LaMa & co_1", "resize": "bicubic"}, "mat": {"name": "MAT", "as_is": True}}
     prefix = tmp_path / "out" / "toy"
-    assert tables.main(["--per-image", *map(str, files), "--methods", "telea,lama,mat", "--bins", BIN,
+    assert tables_stage.main(["--per-image", *map(str, files), "--methods", "telea,lama,mat", "--bins", BIN,
                         "--dataset", "toy", "--external", json.dumps(rows), "--out", str(prefix)]) == 0
     md, tex = (tmp_path / "out" / "toy.md").read_text(), (tmp_path / "out" / "toy.tex").read_text()
     assert "| LaMa & co_1 | **28.50**" in md and "| MAT | 27.50" in md
@@ -228,7 +230,7 @@ def test_external_rows_are_named_and_their_protocol_footnoted(tmp_path):
     assert "resized (bicubic)" in note
     assert r"LaMa \& co\_1 &" in tex  # a user's name cannot break the LaTeX table
     plain = tmp_path / "plain" / "toy"
-    assert tables.main(["--per-image", str(files[0]), "--methods", "telea", "--bins", BIN, "--dataset", "toy",
+    assert tables_stage.main(["--per-image", str(files[0]), "--methods", "telea", "--bins", BIN, "--dataset", "toy",
                         "--out", str(plain)]) == 0
     assert "external_methods" not in (tmp_path / "plain" / "toy.md").read_text()
 

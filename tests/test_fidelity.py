@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from strdiffusion import train, training_data
+from strdiffusion.stages import train as train_stage
 from strdiffusion.config import read_layer
 from strdiffusion.core import objectives
 from strdiffusion.core.nets.critic import Critic
@@ -39,14 +40,14 @@ def data(tmp_path_factory):
 
 def test_fidelity_ema_off_and_raw_weights_saved(data, tmp_path):
     """The reference never updates its EMA and samples the raw weights: so do our defaults."""
-    defaults = train.parse_args(["--net", "structure", "--images", "i", "--structure", "s", "--masks", "m",
+    defaults = train_stage.parse_args(["--net", "structure", "--images", "i", "--structure", "s", "--masks", "m",
                                  "--out", "o.pt", "--state-dir", "d", "--iterations", "1"])
     assert defaults.settings.ema == 0
     for path in CONFIGS:
         if "ema" in _train_section(path):
             assert _train_section(path)["ema"] == 0, path
     args = cli_args(data, tmp_path / "s.pt", tmp_path / "state", "structure", 4, ema=0, val_count=0)
-    train.main(args)
+    train_stage.main(args)
     saved = torch.load(tmp_path / "s.pt", weights_only=True)["state_dict"]
     raw = torch.load(tmp_path / "state" / "state.pt", weights_only=True)["net"]
     assert all(torch.equal(saved[k], raw[k]) for k in saved)
@@ -131,7 +132,7 @@ def test_fidelity_lr_milestones_are_fractions_of_the_run():
     psv = _train_section(ROOT / "config" / "paper" / "psv.yaml")
     assert train.milestone_iterations(psv["lr_milestones"], psv["iterations"]) == [200_000, 400_000, 600_000]
     with pytest.raises(Exception, match="fractions"):
-        train.parse_args(["--net", "irsde", "--images", "i", "--structure", "s", "--masks", "m", "--out", "o",
+        train_stage.parse_args(["--net", "irsde", "--images", "i", "--structure", "s", "--masks", "m", "--out", "o",
                           "--state-dir", "d", "--iterations", "10", "--milestones", "120"])
 
 
@@ -197,7 +198,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_state(data, tmp_path, 
 
 def test_learning_curve_rows_metadata_and_resume(data, tmp_path):
     common = dict(ema=0, checkpoint_every=3, val_count=2, milestones="")
-    train.main(cli_args(data, tmp_path / "a.pt", tmp_path / "a", "irsde", 6, curve=tmp_path / "a.csv", **common))
+    train_stage.main(cli_args(data, tmp_path / "a.pt", tmp_path / "a", "irsde", 6, curve=tmp_path / "a.csv", **common))
     curve = pd.read_csv(tmp_path / "a.csv")
     assert curve["iteration"].tolist() == [0, 3, 6]
     assert {"seconds", "loss", "lr", "hole_psnr", "ssim", "clipped", "val_seconds"} <= set(curve.columns)
@@ -208,15 +209,15 @@ def test_learning_curve_rows_metadata_and_resume(data, tmp_path):
     # provenance: the commit of this checkout and the settings the run was made with
     assert len(meta["commit"]) == 40 and meta["train_settings"]["iterations"] == 6
     # interrupted after 3 iterations and resumed: the same curve
-    train.main(cli_args(data, tmp_path / "b.pt", tmp_path / "b", "irsde", 3, curve=tmp_path / "b.csv", **common))
-    train.main(cli_args(data, tmp_path / "b.pt", tmp_path / "b", "irsde", 6, curve=tmp_path / "b.csv", **common))
+    train_stage.main(cli_args(data, tmp_path / "b.pt", tmp_path / "b", "irsde", 3, curve=tmp_path / "b.csv", **common))
+    train_stage.main(cli_args(data, tmp_path / "b.pt", tmp_path / "b", "irsde", 6, curve=tmp_path / "b.csv", **common))
     again = pd.read_csv(tmp_path / "b.csv")
     pd.testing.assert_frame_equal(curve.drop(columns=["seconds", "val_seconds"]),
                                   again.drop(columns=["seconds", "val_seconds"]))
 
 
 def test_learning_curve_of_the_critic(data, tmp_path):
-    train.main(cli_args(data, tmp_path / "c.pt", tmp_path / "c", "critic", 4, ema=0, checkpoint_every=2,
+    train_stage.main(cli_args(data, tmp_path / "c.pt", tmp_path / "c", "critic", 4, ema=0, checkpoint_every=2,
                         val_count=2, curve=tmp_path / "c.csv"))
     curve = pd.read_csv(tmp_path / "c.csv")
     assert curve["iteration"].tolist() == [0, 2, 4]

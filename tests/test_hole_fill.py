@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from strdiffusion import train
+from strdiffusion.stages import train as train_stage
 from strdiffusion.core import objectives
 from strdiffusion.checkpoints import load_checkpoint
 from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
@@ -48,7 +48,7 @@ def test_degraded_fills_holes_with_each_images_known_mean_colour_or_a_constant()
 
 
 def test_fidelity_hole_fill_is_the_recipes_by_default_and_in_the_paper_configs():
-    defaults = train.parse_args(["--net", "texture", "--images", "i", "--structure", "s", "--masks", "m",
+    defaults = train_stage.parse_args(["--net", "texture", "--images", "i", "--structure", "s", "--masks", "m",
                                  "--out", "o.pt", "--state-dir", "d", "--iterations", "1"])
     assert defaults.settings.hole_fill == "recipe"
     assert objectives.recipe_fill("texture", "irsde") == 0.0 and objectives.recipe_fill("irsde", "irsde") == 1.0
@@ -102,7 +102,7 @@ def test_an_x0_net_that_outputs_nothing_samples_the_mean_colour_fill():
 def test_training_with_mean_fill_is_recorded_and_sampled_with(tmp_path, net):
     data = make_data(tmp_path)
     out = tmp_path / f"{net}.pt"
-    assert train.main(cli_args(data, out, tmp_path / "state", net, 2, hole_fill="mean",
+    assert train_stage.main(cli_args(data, out, tmp_path / "state", net, 2, hole_fill="mean",
                                parameterization="x0", val_count=0)) == 0
     _, meta = load_checkpoint(out)
     assert meta["hole_fill"] == "mean"

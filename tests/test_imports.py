@@ -1,5 +1,6 @@
 """The package's import graph: no circles, a model core (strdiffusion/core/) that imports only torch, numpy,
-the standard library and itself, and a sampler free of file, image and command-line libraries.
+the standard library and itself, a sampler free of file, image and command-line libraries, and argparse only in
+the command line (cli.py and the stages of strdiffusion/stages/).
 
 Imports are read from the source with ``ast`` (module-level and function-level ones alike), so the
 test needs no import side effects and sees lazy imports too."""
@@ -159,3 +160,39 @@ def test_core_check_catches_a_pipeline_import(tmp_path):
     assert core_violations(core, tmp_path) == [("pkg.core.sampling", "pkg"), ("pkg.core.sampling", "pkg.utils"),
                                               ("pkg.core.sampling", "tqdm"), ("pkg.core.sampling", "tqdm.tqdm"),
                                               ("pkg.core.sde", "pkg.settings"), ("pkg.core.sde", "pkg.settings.SDESettings")]
+
+
+# where argparse may be imported: the command line and its stages; the library takes plain values
+COMMAND_LINE = {"strdiffusion.cli", "strdiffusion.stages"}
+
+
+def argparse_importers(package: Path, root: Path, allowed=frozenset(COMMAND_LINE)) -> list[str]:
+    """Modules of ``package`` (``root`` the folder above it) outside ``allowed`` (modules or packages) that
+    import argparse, lazily or not."""
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        name = module_name(path, root)
+        if any(name == a or name.startswith(a + ".") for a in allowed):
+            continue
+        if any(d.split(".")[0] == "argparse" for d in imports_of(path, root=root)):
+            bad.append(name)
+    return bad
+
+
+def test_only_the_command_line_and_its_stages_import_argparse():
+    assert (PACKAGE / "stages" / "train.py").exists()
+    assert argparse_importers(PACKAGE, PACKAGE.parent) == []
+
+
+def test_argparse_check_catches_a_library_module(tmp_path):
+    pkg = tmp_path / "strdiffusion"
+    (pkg / "stages").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cli.py").write_text("import argparse\n")
+    (pkg / "stages" / "__init__.py").write_text("")
+    (pkg / "stages" / "data.py").write_text("from argparse import ArgumentParser\n")
+    (pkg / "data.py").write_text("import numpy\n")
+    assert argparse_importers(pkg, tmp_path) == []
+    (pkg / "data.py").write_text("def main():\n    import argparse\n")
+    (pkg / "stagesish.py").write_text("from argparse import Namespace\n")
+    assert argparse_importers(pkg, tmp_path) == ["strdiffusion.data", "strdiffusion.stagesish"]

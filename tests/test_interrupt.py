@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from strdiffusion.interrupt import INTERRUPTED, parse_slurm_time
-from strdiffusion.train import main
+from strdiffusion.stages.train import main
 from test_train import assert_same_weights, cli_args, env_cpu, make_data
 
 ITERATIONS = 12

@@ -20,6 +20,7 @@ from PIL import Image
 
 from strdiffusion import mask_folder as F
 from strdiffusion import masks as M
+from strdiffusion.stages import masks as masks_stage
 from strdiffusion.utils import UserError, read_mask
 
 SIDE = 40
@@ -130,7 +131,7 @@ def test_mask_folder_cli_stats_pairs_and_n_test_warning(tmp_path, caplog):
     folder = make_folder(tmp_path / "kw", "known_white")
     out = tmp_path / "masks"
     with caplog.at_level(logging.WARNING, logger="strdiffusion.masks"):
-        assert M.main(["generate", "--protocol", "folder", "--source", str(folder), "--polarity", "known_white",
+        assert masks_stage.main(["generate", "--protocol", "folder", "--source", str(folder), "--polarity", "known_white",
                        "--binning", "ratio", "--size", str(SIDE), "--bins", "0.1:0.2,0.2:0.3", "--count", "5",
                        "--n-test", "4", "--seed", "0", "--out", str(out)]) == 0
     warnings = [r.getMessage() for r in caplog.records if "n_test" in r.getMessage()]

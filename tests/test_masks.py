@@ -12,6 +12,7 @@ from PIL import Image
 
 from strdiffusion import mask_generators as G
 from strdiffusion import masks as M
+from strdiffusion.stages import masks as masks_stage
 from strdiffusion.utils import UserError, seed_for
 
 BINS = [(0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5)]
@@ -154,7 +155,7 @@ def test_mask_stats_histogram():
 # ---------------------------------------------------------------------------------------------- CLI
 
 def _generate(out, *extra, seed="0", protocol="lama_medium", bins="0.1:0.2,0.3:0.4", count="4"):
-    return M.main(["generate", "--protocol", protocol, "--size", "64", "--bins", bins, "--count", count,
+    return masks_stage.main(["generate", "--protocol", protocol, "--size", "64", "--bins", bins, "--count", count,
                    "--seed", seed, "--out", str(out), *extra])
 
 
@@ -189,9 +190,9 @@ def test_mask_cli_determinism(tmp_path):
     a, b, c = (_png_bytes(tmp_path / n) for n in "abc")
     assert a == b and len(a) == 8
     assert a.keys() == c.keys() and a != c
-    assert M.main(["pool", "--protocol", "deepfill", "--size", "64", "--count", "12", "--seed", "5",
+    assert masks_stage.main(["pool", "--protocol", "deepfill", "--size", "64", "--count", "12", "--seed", "5",
                    "--out", str(tmp_path / "p1")]) == 0
-    M.main(["pool", "--protocol", "deepfill", "--size", "64", "--count", "12", "--seed", "5",
+    masks_stage.main(["pool", "--protocol", "deepfill", "--size", "64", "--count", "12", "--seed", "5",
             "--out", str(tmp_path / "p2")])
     p1 = _png_bytes(tmp_path / "p1")
     assert p1 == _png_bytes(tmp_path / "p2") and sorted(p1) == [f"{k:05d}.png" for k in range(12)]
@@ -200,7 +201,7 @@ def test_mask_cli_determinism(tmp_path):
 
 
 def test_mask_cli_repaint_needs_no_bins(tmp_path):
-    M.main(["generate", "--protocol", "repaint_expand", "--size", "256", "--count", "3", "--seed", "0",
+    masks_stage.main(["generate", "--protocol", "repaint_expand", "--size", "256", "--count", "3", "--seed", "0",
             "--out", str(tmp_path / "m")])
     (f,) = (tmp_path / "m").glob("*/*.png")
     assert f.parent.name == "expand" and (_read_png(f) == 255).mean() == 0.9375
@@ -218,7 +219,7 @@ def test_mask_cli_bad_input_is_user_error(tmp_path, args, match):
             "--out": str(tmp_path / "m")}
     base.update(dict(zip(args[::2], args[1::2])))
     with pytest.raises(UserError, match=match):
-        M.main(["generate", *[x for kv in base.items() for x in kv]])
+        masks_stage.main(["generate", *[x for kv in base.items() for x in kv]])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -293,7 +294,7 @@ def test_mask_nvidia_ratio_binning_and_resize(tmp_path):
 def test_mask_nvidia_cli_and_errors(tmp_path):
     folder = _nvidia_folder(tmp_path)
     out = tmp_path / "out"
-    assert M.main(["generate", "--protocol", "nvidia", "--size", "16", "--bins", "0.2:0.3", "--count", "2",
+    assert masks_stage.main(["generate", "--protocol", "nvidia", "--size", "16", "--bins", "0.2:0.3", "--count", "2",
                    "--seed", "0", "--out", str(out), "--nvidia-source", str(folder), "--nvidia-per-bin", "2"]) == 0
     assert sorted(p.name for p in (out / "20-30").iterdir()) == ["0000.png", "0001.png"]
     listing = pd.read_csv(out / "masks.csv")
@@ -365,12 +366,12 @@ def test_mask_pairs_cli_reads_manifest(mask_dir, tmp_path, monkeypatch):
     manifest = pd.DataFrame(dict(id=["0007", "0002", "0005", "0001", "0009"],
                                  source=["x"] * 5, split=["test", "train", "test", "test", "test"]))
     manifest.to_csv("manifest.csv", index=False)
-    assert M.main(["pairs", "--manifest", "manifest.csv", "--masks", "masks", "--bins", "0.3:0.4",
+    assert masks_stage.main(["pairs", "--manifest", "manifest.csv", "--masks", "masks", "--bins", "0.3:0.4",
                    "--n-test", "3", "--seed", "0", "--out", "pairs.csv"]) == 0
     pairs = pd.read_csv("pairs.csv", dtype={"image_id": str, "bin": str})
     assert list(pairs.columns) == ["image_id", "bin", "mask", "hole_ratio"]
     assert list(pairs.image_id) == ["0001", "0005", "0007"] and set(pairs.bin) == {"30-40"}
     assert all(m.startswith("masks/30-40/") and Path(m).exists() for m in pairs["mask"])
     with pytest.raises(UserError, match="only 4 test images but n_test = 5"):
-        M.main(["pairs", "--manifest", "manifest.csv", "--masks", "masks", "--n-test", "5", "--seed", "0",
+        masks_stage.main(["pairs", "--manifest", "manifest.csv", "--masks", "masks", "--n-test", "5", "--seed", "0",
                 "--out", "p2.csv"])

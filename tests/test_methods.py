@@ -29,9 +29,10 @@ def test_fresh_rows_run_their_base_method():
 
 def test_workflow_and_inpaint_stage_read_the_one_method_list(repo_root):
     from strdiffusion import inpaint
+    from strdiffusion.stages import inpaint as inpaint_stage
 
     assert inpaint.CLASSICAL is CLASSICAL and inpaint.DIFFUSION is DIFFUSION
-    assert set(inpaint.build_parser()._option_string_actions["--method"].choices) == set(METHODS)
+    assert set(inpaint_stage.build_parser()._option_string_actions["--method"].choices) == set(METHODS)
     common = (repo_root / "workflow" / "rules" / "common.smk").read_text()
     assert "from strdiffusion.methods import" in common
     assert not re.search(r'"(strdiffusion_noresample|navier_stokes)"', common)  # no second list

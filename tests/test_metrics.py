@@ -19,6 +19,8 @@ from PIL import Image
 from strdiffusion import metric_math as MM
 from strdiffusion import metric_nets as MN
 from strdiffusion import metrics as M
+from strdiffusion.stages import metrics as metrics_stage
+from strdiffusion.stages import tables as tables_stage
 from strdiffusion.utils import UserError
 
 
@@ -86,7 +88,7 @@ def _write_set(root: Path, n=8, size=64, bin_label="10-20"):
 
 
 def _cli(cmd, pairs, gt_dir, pred_dir, out, *extra, bin_label="10-20"):
-    return M.main([cmd, "--pairs", str(pairs), "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir),
+    return metrics_stage.main([cmd, "--pairs", str(pairs), "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir),
                    "--method", "toy", "--bin", bin_label, "--out", str(out), "--device", "cpu", *extra])
 
 
@@ -438,7 +440,7 @@ def test_empty_metric_lists_write_csvs_without_metric_columns_and_a_table_withou
     long, _ = tables.summarise([res / "img_none.csv"], [res / "set2.csv"], ["toy"], ["10-20"])
     assert long.empty
     prefix = tmp_path / "table" / "x"
-    assert tables.main(["--per-image", str(res / "per_image.csv"), "--sets", str(res / "set.csv"),
+    assert tables_stage.main(["--per-image", str(res / "per_image.csv"), "--sets", str(res / "set.csv"),
                         "--methods", "toy", "--bins", "10-20", "--columns", "psnr,ssim", "--dataset", "x",
                         "--out", str(prefix)]) == 0
     table = pd.read_csv(f"{prefix}.csv")

@@ -22,6 +22,7 @@ _JOB = textwrap.dedent("""
     import sys
     import numpy as np, torch
     from strdiffusion import metrics as M
+    from strdiffusion.stages import metrics as metrics_stage
 
     class SmallFeatures:
         available, reason, dims, weights_path = True, "", 2048, None
@@ -36,8 +37,8 @@ _JOB = textwrap.dedent("""
             with torch.inference_mode():
                 return self.net(x).reshape(len(images), -1).double().numpy()
 
-    M.InceptionFeatures = SmallFeatures
-    M.main(sys.argv[1:])
+    M.InceptionFeatures = SmallFeatures  # where the stage's work (metrics.run_sets) looks it up
+    metrics_stage.main(sys.argv[1:])
     # VmHWM, not getrusage's ru_maxrss: that one keeps the forking parent's peak across exec
     hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     print("peak_rss_kb", int(hwm.split()[1]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from strdiffusion import train
+from strdiffusion.stages import train as train_stage
 from strdiffusion.core import objectives
 from strdiffusion.checkpoints import load_checkpoint
 from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
@@ -36,7 +36,7 @@ class OracleX0(torch.nn.Module):
 
 
 def test_fidelity_parameterization_is_noise_by_default_and_in_the_paper_configs():
-    defaults = train.parse_args(["--net", "texture", "--images", "i", "--structure", "s", "--masks", "m",
+    defaults = train_stage.parse_args(["--net", "texture", "--images", "i", "--structure", "s", "--masks", "m",
                                  "--out", "o.pt", "--state-dir", "d", "--iterations", "1"])
     assert defaults.settings.parameterization == "noise"
     for name in ("psv", "celebahq", "places2"):
@@ -96,7 +96,7 @@ def test_x0_training_records_it_and_the_runner_reads_it(tmp_path):
     data = make_data(tmp_path / "data", n_images=8, n_masks=2)
     for name, extra in (("x0", {"parameterization": "x0"}), ("noise", {})):
         out = tmp_path / name / "irsde.pt"
-        train.main(cli_args(data, out, tmp_path / name / "state", "irsde", 2, ema=0, val_count=2, **extra))
+        train_stage.main(cli_args(data, out, tmp_path / name / "state", "irsde", 2, ema=0, val_count=2, **extra))
         _, meta = load_checkpoint(out, kind="irsde")
         assert meta["parameterization"] == name
         assert len(meta["curve"]["iteration"]) >= 2  # the learning curve scored the x0 network too

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from strdiffusion import plan as P
+from strdiffusion.stages import plan as plan_stage
 
 # One real training step on CPU; prints the growth of the process's peak RSS over the step. glibc
 # keeps freed heap pages resident above its dynamic mmap threshold; a fixed threshold (env below)
@@ -102,7 +103,7 @@ def test_plan_cli_psv_table_csv_job_counts_and_warnings(tmp_path, repo_root, cap
     prof["set-resources"]["set_metrics"]["mem_mb"] = 100  # below any estimate
     (profile / "config.yaml").write_text(yaml.safe_dump(prof))
     out = tmp_path / "plan.csv"
-    assert P.main(["--configfile", str(repo_root / "config/paper/psv.yaml"), "--profile", str(profile),
+    assert plan_stage.main(["--configfile", str(repo_root / "config/paper/psv.yaml"), "--profile", str(profile),
                    "--gpu-mem-gb", "16", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     table = pd.read_csv(out)

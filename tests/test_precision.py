@@ -59,7 +59,7 @@ def data(tmp_path_factory):
                                          ("deterministic", True, "critic"), ("deterministic", False, "critic")],
                          ids=["tf32-on", "tf32-off", "deterministic-on", "deterministic-off"])
 def test_train_precision_flag_both_ways_and_recorded(data, tmp_path, flag, on, net):
-    from strdiffusion.train import main
+    from strdiffusion.stages.train import main
 
     tf32, deterministic = (on, False) if flag == "tf32" else (False, on)
     _set_opposite(tf32, deterministic)
@@ -101,7 +101,8 @@ def irsde_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("tf32,deterministic", [(True, False), (False, True), (False, False), (True, True)])
 def test_sampling_tf32_and_deterministic_both_ways_in_the_shard(irsde_checkpoint, tmp_path, tf32, deterministic):
     """The inpaint stage sets both flags as asked, whatever torch held before, and writes them into the shard."""
-    from strdiffusion.inpaint import PRECISION_JSON, main
+    from strdiffusion.inpaint import PRECISION_JSON
+    from strdiffusion.stages.inpaint import main
 
     _set_opposite(tf32, deterministic)
     gt = tmp_path / "gt"

@@ -20,6 +20,7 @@ from test_metrics import _noisy, _photo, _write_set
 from strdiffusion import metric_nets as MN
 from strdiffusion import metrics as M
 from strdiffusion import reference_stats as R
+from strdiffusion.stages import metrics as metrics_stage
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,12 @@ def home(inception_file, tmp_path, monkeypatch):
 
 
 def _reference(pairs, gt_dir, out):
-    return M.main(["reference", "--pairs", str(pairs), "--gt-dir", str(gt_dir), "--bin", "10-20", "--out", str(out),
+    return metrics_stage.main(["reference", "--pairs", str(pairs), "--gt-dir", str(gt_dir), "--bin", "10-20", "--out", str(out),
                    "--device", "cpu", "--batch-size", "3"])
 
 
 def _sets(pairs, gt_dir, pred_dir, out, *extra):
-    assert M.main(["sets", "--pairs", str(pairs), "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir), "--method", "toy",
+    assert metrics_stage.main(["sets", "--pairs", str(pairs), "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir), "--method", "toy",
                    "--bin", "10-20", "--out", str(out), "--device", "cpu", "--batch-size", "3", "--fid-method", "exact",
                    "--kid-subsets", "3", "--kid-subset-size", "3", *extra]) == 0
     return pd.read_csv(out).iloc[0]

@@ -397,7 +397,7 @@ def test_cli_inpaints_an_odd_sized_image_and_keeps_known_pixels(tmp_path, checkp
 
 
 def test_own_images_reject_a_wrong_T_and_a_mask_of_another_size(tmp_path, checkpoint_dir):
-    from strdiffusion.inpaint import main
+    from strdiffusion.stages.inpaint import main
     from strdiffusion.utils import UserError
 
     _, _, img_p, mask_p = _write_pair(tmp_path)
@@ -416,7 +416,7 @@ def test_own_images_reject_a_wrong_T_and_a_mask_of_another_size(tmp_path, checkp
 
 
 def test_user_images_folder_mode_and_mask_without_holes(tmp_path, checkpoint_dir):
-    from strdiffusion.inpaint import main
+    from strdiffusion.stages.inpaint import main
 
     imgs, masks = tmp_path / "imgs", tmp_path / "masks"
     a, _, _, am = _write_pair(imgs, "a", size=(16, 16), hole=(slice(4, 9), slice(4, 9)))
@@ -433,7 +433,7 @@ def test_user_images_folder_mode_and_mask_without_holes(tmp_path, checkpoint_dir
 
 
 def test_pipeline_rows_do_not_depend_on_the_batch_size(tmp_path, checkpoint_dir):
-    from strdiffusion.inpaint import main
+    from strdiffusion.stages.inpaint import main
 
     gt = tmp_path / "gt"
     rows = []
@@ -502,7 +502,8 @@ def test_irsde_samples_with_the_hole_fill_it_was_trained_with(tmp_path, checkpoi
     the pipeline shard records each image's clipped share."""
     from strdiffusion.checkpoints import load_checkpoint, save_checkpoint
     from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
-    from strdiffusion.inpaint import CLIPPED_CSV, main
+    from strdiffusion.inpaint import CLIPPED_CSV
+    from strdiffusion.stages.inpaint import main
     from strdiffusion.core.sampling import SamplerConfig
 
     net, meta = load_checkpoint(checkpoint_dir / "irsde.pt")

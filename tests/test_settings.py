@@ -1,4 +1,4 @@
-"""Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py):
+"""Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py, strdiffusion/stages/options.py):
 one source for each stage's option names, defaults and config keys."""
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from importlib import resources
 import pytest
 import yaml
 
-from strdiffusion import checkpoints, inpaint, train
+from strdiffusion import checkpoints
 from strdiffusion.config import validate
 from strdiffusion.core.sde import IRSDE
 from strdiffusion.methods import NETWORKS
-from strdiffusion.options import add_arguments, command_line, from_config, from_namespace, to_argv
+from strdiffusion.options import command_line, from_config, from_namespace, to_argv
+from strdiffusion.stages.options import add_arguments
 from strdiffusion.settings import (JOBS, DataSettings, ModelSettings, RunSettings, SamplerSettings, SDESettings,
                                    ShardSettings, TrainSettings, job_options)
+from strdiffusion.stages import inpaint as inpaint_stage
+from strdiffusion.stages import train as train_stage
 from strdiffusion.utils import UserError
 
 
@@ -102,20 +105,20 @@ def test_sde_defaults_live_in_one_place():
 
 def test_network_kinds_have_one_definition():
     assert checkpoints.NET_KINDS is NETWORKS
-    assert tuple(train.build_parser()._option_string_actions["--net"].choices) == NETWORKS
-    actions = inpaint.build_parser()._option_string_actions
+    assert tuple(train_stage.build_parser()._option_string_actions["--net"].choices) == NETWORKS
+    actions = inpaint_stage.build_parser()._option_string_actions
     assert all(f"--{net}-checkpoint" in actions for net in NETWORKS)
 
 
 def test_stage_command_lines_are_derived_from_the_settings():
-    train_flags = train.build_parser()._option_string_actions
+    train_flags = train_stage.build_parser()._option_string_actions
     for f in _flat_fields(TrainSettings):
         assert "--" + f.name.replace("_", "-") in train_flags, f.name
-    inpaint_flags = inpaint.build_parser()._option_string_actions
+    inpaint_flags = inpaint_stage.build_parser()._option_string_actions
     for cls in (ShardSettings, SamplerSettings, RunSettings):
         for f in dataclasses.fields(cls):
             assert (f"--{f.name.replace('_', '-')}" in inpaint_flags) == f.metadata.get("cli", True), f.name
-    defaults = train.parse_args(["--net", "irsde", "--images", "i", "--structure", "s", "--masks", "m", "--out", "o",
+    defaults = train_stage.parse_args(["--net", "irsde", "--images", "i", "--structure", "s", "--masks", "m", "--out", "o",
                                  "--state-dir", "d", "--iterations", "5"]).settings
     assert defaults == TrainSettings(iterations=5)
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from strdiffusion import tables
+from strdiffusion.stages import tables as tables_stage
 
 
 def _per_image(tmp_path, method, b, psnr, ssim, lpips=None):
@@ -75,7 +76,7 @@ def test_paired_bootstrap_detects_a_shift_but_not_noise():
 def test_cli_writes_all_three_formats(tmp_path):
     f = _per_image(tmp_path, "telea", "10-20", np.full(4, 25.0), np.full(4, 0.7), lpips=np.full(4, 0.2))
     prefix = tmp_path / "out" / "toy"
-    assert tables.main(["--per-image", str(f), "--methods", "telea", "--bins", "10-20", "--dataset", "toy",
+    assert tables_stage.main(["--per-image", str(f), "--methods", "telea", "--bins", "10-20", "--dataset", "toy",
                         "--out", str(prefix)]) == 0
     for ext in ("md", "tex", "csv"):
         assert (tmp_path / "out" / f"toy.{ext}").stat().st_size > 0
@@ -111,7 +112,7 @@ def test_a_metric_not_configured_has_no_column_one_without_weights_is_na(tmp_pat
     bare = tmp_path / "bare_set.csv"  # what the set stage writes with no per-set metric
     pd.DataFrame([{"method": "telea", "bin": "10-20", "n_images": 4}]).to_csv(bare, index=False)
     args = ["--per-image", str(f), "--methods", "telea", "--bins", "10-20", "--dataset", "toy"]
-    assert tables.main(args + ["--sets", str(bare), "--out", str(tmp_path / "a" / "toy")]) == 0
+    assert tables_stage.main(args + ["--sets", str(bare), "--out", str(tmp_path / "a" / "toy")]) == 0
     md = (tmp_path / "a" / "toy.md").read_text()
     assert "FID" not in md and "PSNR" in md and "LPIPS" in md and "n/a" not in md
 
@@ -119,7 +120,7 @@ def test_a_metric_not_configured_has_no_column_one_without_weights_is_na(tmp_pat
     pd.DataFrame([{"method": "telea", "bin": "10-20", "n_images": 4, "fid": math.nan}]).to_csv(missing, index=False)
     (tmp_path / "missing_set.status.json").write_text(json.dumps(
         {"fid": {"available": False, "reason": "put pt_inception-2015-12-05-6726825d.pth into /x"}}))
-    assert tables.main(args + ["--sets", str(missing), "--out", str(tmp_path / "b" / "toy")]) == 0
+    assert tables_stage.main(args + ["--sets", str(missing), "--out", str(tmp_path / "b" / "toy")]) == 0
     md = (tmp_path / "b" / "toy.md").read_text()
     assert "FID↓" in md and "n/a" in md and "FID n/a: put pt_inception" in md
 
@@ -128,11 +129,11 @@ def test_rows_from_given_checkpoints_are_footnoted_and_fresh_rows_named(tmp_path
     files = [_per_image(tmp_path, m, "10-20", np.full(4, v), np.full(4, 0.7), lpips=np.full(4, 0.2))
              for m, v in (("irsde", 26.0), ("irsde_fresh", 24.0))]
     prefix = tmp_path / "out" / "toy"
-    assert tables.main(["--per-image", *map(str, files), "--methods", "irsde,irsde_fresh", "--bins", "10-20",
+    assert tables_stage.main(["--per-image", *map(str, files), "--methods", "irsde,irsde_fresh", "--bins", "10-20",
                         "--dataset", "toy", "--given", "irsde=checkpoints/laptop/irsde.pt", "--out", str(prefix)]) == 0
     md = (tmp_path / "out" / "toy.md").read_text()
     assert "| IR-SDE (no structure) (trained in this run) | 24.00" in md and "| IR-SDE (no structure) | **26.00**" in md
     assert "sample given checkpoints" in md and "irsde `checkpoints/laptop/irsde.pt`" in md
-    assert tables.main(["--per-image", *map(str, files), "--methods", "irsde,irsde_fresh", "--bins", "10-20",
+    assert tables_stage.main(["--per-image", *map(str, files), "--methods", "irsde,irsde_fresh", "--bins", "10-20",
                         "--dataset", "toy", "--out", str(prefix)]) == 0
     assert "given checkpoints" not in (tmp_path / "out" / "toy.md").read_text()

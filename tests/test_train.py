@@ -19,7 +19,7 @@ from strdiffusion import checkpoints
 from strdiffusion.core.sde import IRSDE
 from strdiffusion.structure import image_structure, save_gray
 from strdiffusion.core.objectives import critic_loss, denoiser_loss
-from strdiffusion.train import main
+from strdiffusion.stages.train import main
 from strdiffusion.utils import save_png_atomic
 
 SIZE = 16

@@ -1,0 +1,55 @@
+"""Command-line options from settings dataclasses (:mod:`strdiffusion.options`).
+
+- :func:`add_arguments`: one command-line option per field, ``--<name with dashes>``; booleans are
+  switches (default off), tuples comma-separated lists (no value: empty), a field without a default a
+  required option. A field made with :func:`~strdiffusion.options.nested` (another settings object)
+  adds that object's options in a group.
+- :func:`strdiffusion.options.from_namespace`: the object back from the parsed options.
+
+:func:`add_arguments` takes the parser it fills, and a bad list value raises ValueError, which
+argparse reports as an invalid value of that option.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..options import REQUIRED, _hints, _scalar, flag
+
+
+def _list_parser(elem):
+    def parse(text: str) -> tuple:
+        return tuple(elem(v) for v in str(text).split(",") if v.strip())
+
+    parse.__name__ = f"comma-separated {elem.__name__} list"
+    return parse
+
+
+def add_arguments(parser, cls, title: str | None = None) -> None:
+    """Add the options of settings class ``cls`` to ``parser`` (in a group when ``title`` is given)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            add_arguments(parser, hints[f.name], f.metadata.get("title") or f.name)
+            continue
+        if not f.metadata.get("cli", True):
+            continue
+        is_list, elem = _scalar(hints[f.name])
+        kw = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}
+        if elem is bool:
+            assert f.default is False, f"{cls.__name__}.{f.name}: a switch is off by default"
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = _list_parser(elem) if is_list else elem
+            if is_list:  # a list option without a value is the empty list
+                kw.update(nargs="?", const=())
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            if f.default is REQUIRED:
+                kw["required"] = True
+            else:
+                kw["default"] = f.default
+                if f.default not in (None, "", ()):
+                    shown = ",".join(map(str, f.default)) if is_list else f.default
+                    kw["help"] = f"{kw['help']} (default {shown})".lstrip()
+        group.add_argument(flag(f.name), **kw)

@@ -1,0 +1,24 @@
+"""``strdiffusion train``: train the structure, texture, critic or IR-SDE network (:mod:`strdiffusion.train`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import train as lib
+from ..options import from_namespace
+from .options import add_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="strdiffusion train", description=lib.__doc__.splitlines()[0])
+    add_arguments(p, lib.TrainJob)
+    return p
+
+
+def parse_args(argv) -> lib.TrainJob:
+    return from_namespace(lib.TrainJob, build_parser().parse_args(argv))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return lib.run_job(parse_args(argv), argv)
