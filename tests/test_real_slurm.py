@@ -278,7 +278,12 @@ class TestRealSlurmWithAccounting:
 # ---------------------------------------------------------------------------------------------------- faults
 # The reduced chain with a training of some minutes' work at 1 thread; a driver, a job or the node's slurmd is
 # killed, or the disk fills, and the run must recover (or end with one line) without losing saved work.
+# The time-limited training's iteration count is set from the speed measured on this machine at the time (the
+# `reference` fixture): about TIME_LIMITED_WORK_S seconds of training, so that it needs several 1-minute slots
+# however fast or loaded the machine is.
 FAULT = {**REDUCED, "train": {"iterations": 360, "batch_size": 2, "checkpoint_every": 120, "lr_milestones": [0.75]}}
+TIME_LIMITED_WORK_S = 150
+CALIBRATION_ITERATIONS = 60
 PREEMPT = {**REDUCED, "train": {"iterations": 240, "batch_size": 2, "checkpoint_every": 120, "lr_milestones": [0.75]}}
 MODEL = "results/builtin/models/irsde.pt"
 STATE = "results/builtin/models/irsde_state"
@@ -372,28 +377,48 @@ def fault_cluster():
         print(f"fault figure: {name}: {figure}")
 
 
+def _local_snakemake(work: Path, torch_home: Path, *targets: str) -> None:
+    res = subprocess.run([SNAKEMAKE, *targets, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile",
+                          "reduced.yaml"], cwd=work, env=_env(torch_home), capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
 @pytest.fixture(scope="class")
 def reference(tmp_path_factory):
-    """The whole reduced chain run locally without faults (the tables and weights the faulted runs must equal)."""
+    """The whole reduced chain run locally without faults (the tables and weights the faulted runs must equal), its
+    training long enough for several 1-minute slots at this machine's present speed: (folder, TORCH_HOME, config)."""
+    from strdiffusion.checkpoints import load_checkpoint
+
     torch_home = tmp_path_factory.mktemp("torch_home")
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
-    work = _workflow_dir(tmp_path_factory.mktemp("faults") / "local")
+    root = tmp_path_factory.mktemp("faults")
+    work = _workflow_dir(root / "local")
     (work / "reduced.yaml").write_text(yaml.safe_dump(FAULT))
     start = time.monotonic()
-    res = subprocess.run([SNAKEMAKE, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile", "reduced.yaml"],
-                         cwd=work, env=_env(torch_home), capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    FIGURES["local reference run"] = f"{time.monotonic() - start:.0f} s"
-    return work, torch_home
+    _local_snakemake(work, torch_home, "results/builtin/data/train", "results/builtin/data/test",
+                     "results/builtin/structure/train", "results/builtin/structure/test", "results/builtin/masks/pool",
+                     "results/builtin/masks/pairs.csv")
+    calibration = {**FAULT, "train": {**FAULT["train"], "iterations": CALIBRATION_ITERATIONS}}
+    probe = _fault_workdir(root / "calibration", work, calibration)
+    _local_snakemake(probe, torch_home, MODEL)
+    per_iteration = load_checkpoint(probe / MODEL, kind="irsde")[1]["train_seconds"] / CALIBRATION_ITERATIONS
+    every = FAULT["train"]["checkpoint_every"]
+    iterations = every * max(3, -(-TIME_LIMITED_WORK_S // (per_iteration * every)))
+    config = {**FAULT, "train": {**FAULT["train"], "iterations": int(iterations)}}
+    (work / "reduced.yaml").write_text(yaml.safe_dump(config))
+    _local_snakemake(work, torch_home)
+    FIGURES["local reference run"] = (f"{time.monotonic() - start:.0f} s; {per_iteration:.3f} s per iteration, "
+                                      f"so {int(iterations)} iterations for the time-limited training")
+    return work, torch_home, config
 
 
 @pytest.fixture(scope="class")
 def time_limited_run(fault_cluster, reference, tmp_path_factory):
     """The chain on SLURM with a 1-minute training time limit; the driver is SIGKILLed while the first training job
     runs and started again (--unlock, then the same command; the profile reruns incomplete jobs)."""
-    local, torch_home = reference
+    local, torch_home, config = reference
     root = tmp_path_factory.mktemp("time_limited")
-    work = _fault_workdir(root / "slurm", local, FAULT)
+    work = _fault_workdir(root / "slurm", local, config)
     profile = fault_profile(root / "profile", fault_cluster, runtime=1)
     args = ["--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml"]
     env = _env(torch_home)
@@ -420,7 +445,7 @@ def time_limited_run(fault_cluster, reference, tmp_path_factory):
 
 class TestRealSlurmFaults:
     def test_real_slurm_fault_scancel_resumes_from_state_saved_on_signal(self, fault_cluster, reference, tmp_path):
-        local, torch_home = reference
+        local, torch_home, _ = reference
         work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
         profile = fault_profile(tmp_path / "profile", fault_cluster)
         proc = subprocess.Popen([SNAKEMAKE, MODEL, "--profile", str(profile), *TEST_ARGS, "--configfile",
@@ -486,7 +511,7 @@ class TestRealSlurmFaults:
     def test_real_slurm_fault_disk_full_during_save_keeps_last_good_state(self, fault_cluster, reference, tmp_path):
         import torch
 
-        local, torch_home = reference
+        local, torch_home, _ = reference
         work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
         # room for one state and a half: the first save fits, the second cannot write its temporary copy
         size = (local / STATE / "state.pt").stat().st_size
