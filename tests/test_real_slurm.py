@@ -383,10 +383,40 @@ def _local_snakemake(work: Path, torch_home: Path, *targets: str) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
+class _Reference:
+    """The local run without faults that the faulted runs must equal, running in the background while the first
+    fault tests use its inputs: the folder with its data, structure and masks (``inputs``), the speed measured
+    before it started, and :meth:`finished`, the whole run's folder once it has ended."""
+
+    def __init__(self, work: Path, inputs: Path, torch_home: Path, config: dict, per_iteration: float,
+                 state_size: int):
+        self.work, self.inputs, self.torch_home, self.config = work, inputs, torch_home, config
+        self.per_iteration, self.state_size = per_iteration, state_size
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile",
+                                      "reduced.yaml"], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def finished(self) -> Path:
+        if self.proc is not None:
+            out, _ = self.proc.communicate(timeout=1200)
+            assert self.proc.returncode == 0, out[-3000:]
+            self.proc = None
+            FIGURES["local reference run"] = (
+                f"{time.monotonic() - self.start:.0f} s (beside the first fault tests); {self.per_iteration:.3f} s "
+                f"per iteration, so {self.config['train']['iterations']} iterations for the time-limited training")
+        return self.work
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
+
 @pytest.fixture(scope="class")
 def reference(tmp_path_factory):
-    """The whole reduced chain run locally without faults (the tables and weights the faulted runs must equal), its
-    training long enough for several 1-minute slots at this machine's present speed: (folder, TORCH_HOME, config)."""
+    """The reduced chain's inputs made locally, the training speed measured on them, then the whole chain started
+    locally in the background, its training long enough for several 1-minute slots at that speed."""
     from strdiffusion.checkpoints import load_checkpoint
 
     torch_home = tmp_path_factory.mktemp("torch_home")
@@ -394,31 +424,30 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     work = _workflow_dir(root / "local")
     (work / "reduced.yaml").write_text(yaml.safe_dump(FAULT))
-    start = time.monotonic()
     _local_snakemake(work, torch_home, "results/builtin/data/train", "results/builtin/data/test",
                      "results/builtin/structure/train", "results/builtin/structure/test", "results/builtin/masks/pool",
                      "results/builtin/masks/pairs.csv")
+    inputs = _fault_workdir(root / "inputs", work, FAULT)  # a still copy: the background run goes on writing
     calibration = {**FAULT, "train": {**FAULT["train"], "iterations": CALIBRATION_ITERATIONS}}
-    probe = _fault_workdir(root / "calibration", work, calibration)
+    probe = _fault_workdir(root / "calibration", inputs, calibration)
     _local_snakemake(probe, torch_home, MODEL)
     per_iteration = load_checkpoint(probe / MODEL, kind="irsde")[1]["train_seconds"] / CALIBRATION_ITERATIONS
     every = FAULT["train"]["checkpoint_every"]
     iterations = every * max(3, -(-TIME_LIMITED_WORK_S // (per_iteration * every)))
     config = {**FAULT, "train": {**FAULT["train"], "iterations": int(iterations)}}
     (work / "reduced.yaml").write_text(yaml.safe_dump(config))
-    _local_snakemake(work, torch_home)
-    FIGURES["local reference run"] = (f"{time.monotonic() - start:.0f} s; {per_iteration:.3f} s per iteration, "
-                                      f"so {int(iterations)} iterations for the time-limited training")
-    return work, torch_home, config
+    ref = _Reference(work, inputs, torch_home, config, per_iteration, (probe / STATE / "state.pt").stat().st_size)
+    yield ref
+    ref.stop()
 
 
 @pytest.fixture(scope="class")
 def time_limited_run(fault_cluster, reference, tmp_path_factory):
     """The chain on SLURM with a 1-minute training time limit; the driver is SIGKILLed while the first training job
     runs and started again (--unlock, then the same command; the profile reruns incomplete jobs)."""
-    local, torch_home, config = reference
+    torch_home, config = reference.torch_home, reference.config
     root = tmp_path_factory.mktemp("time_limited")
-    work = _fault_workdir(root / "slurm", local, config)
+    work = _fault_workdir(root / "slurm", reference.inputs, config)
     profile = fault_profile(root / "profile", fault_cluster, runtime=1)
     args = ["--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml"]
     env = _env(torch_home)
@@ -439,23 +468,25 @@ def time_limited_run(fault_cluster, reference, tmp_path_factory):
     unlock = subprocess.run([SNAKEMAKE, *args, "--unlock"], cwd=work, env=env, capture_output=True, text=True)
     assert unlock.returncode == 0, unlock.stdout[-2000:] + unlock.stderr[-2000:]
     res, _ = run_snakemake(work, args, timeout=1200, env=env)
+    seconds, after_kill = time.monotonic() - start, time.monotonic() - killed
+    local = reference.finished()
     return {"work": work, "local": local, "res": res, "first_job": running[0]["jobid"],
-            "seconds": time.monotonic() - start, "after_kill": time.monotonic() - killed}
+            "seconds": seconds, "after_kill": after_kill}
 
 
 class TestRealSlurmFaults:
     def test_real_slurm_fault_scancel_resumes_from_state_saved_on_signal(self, fault_cluster, reference, tmp_path):
-        local, torch_home, _ = reference
-        work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
+        work = _fault_workdir(tmp_path / "slurm", reference.inputs, PREEMPT)
         profile = fault_profile(tmp_path / "profile", fault_cluster)
         proc = subprocess.Popen([SNAKEMAKE, MODEL, "--profile", str(profile), *TEST_ARGS, "--configfile",
-                                 "reduced.yaml"], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
+                                 "reduced.yaml"], cwd=work, env=_env(reference.torch_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             log = work / "logs" / "builtin" / "train_irsde.log"
             _wait_for(lambda: log.exists() and "train irsde:" in log.read_text(errors="replace"), 300,
                       "the training's first iteration")
-            time.sleep(5)  # some iterations, fewer than checkpoint_every on this machine
+            # about half of checkpoint_every at the speed measured before (the cancelled state is not a checkpoint)
+            time.sleep(max(1.0, 0.5 * PREEMPT["train"]["checkpoint_every"] * reference.per_iteration))
             job = [j for j in _rule_jobs(fault_cluster, "train_irsde") if j["state"] == "RUNNING"][0]
             subprocess.run(["scancel", job["jobid"]], check=True)
             cancelled = time.monotonic()
@@ -511,10 +542,10 @@ class TestRealSlurmFaults:
     def test_real_slurm_fault_disk_full_during_save_keeps_last_good_state(self, fault_cluster, reference, tmp_path):
         import torch
 
-        local, torch_home, _ = reference
-        work = _fault_workdir(tmp_path / "slurm", local, PREEMPT)
+        torch_home = reference.torch_home
+        work = _fault_workdir(tmp_path / "slurm", reference.inputs, PREEMPT)
         # room for one state and a half: the first save fits, the second cannot write its temporary copy
-        size = (local / STATE / "state.pt").stat().st_size
+        size = reference.state_size
         (work / STATE).mkdir(parents=True)
         mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 + 65536}", "tmpfs",
                                 str(work / STATE)], capture_output=True, text=True)
