@@ -295,7 +295,7 @@ def test_external_round_trip_telea_outside_equals_the_builtin_telea_row(tmp_path
     config = {**TINY, "methods": ["telea"], "datasets": {"builtin": {**TINY["datasets"]["builtin"], "masks": masks}},
               "sampling": {**TINY["sampling"], "shard_size": 4}}
     work = make_workdir(tmp_path / "run", repo_root, config)
-    snakemake(work, "--printshellcmds", "export", torch_home=torch_home)  # a target after the nargs+ --configfile
+    snakemake(work, "export", "--printshellcmds", torch_home=torch_home)
     export = work / "results/builtin/export"
     manifest = pd.read_csv(export / "manifest.csv", dtype={"image_id": str, "bin": str})
     assert list(manifest.bin.unique()) == ["10-20"] and len(manifest) == 4

@@ -35,7 +35,8 @@ def snakemake(workdir: Path, *args, torch_home: Path, check=True, timeout=900):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["TORCH_HOME"] = str(torch_home)  # empty: metric weights are missing, as offline
     env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run([SNAKEMAKE, "--cores", "2", "--configfile", "tiny.yaml", *args], cwd=workdir, env=env,
+    # targets and options first: --configfile takes every word after it
+    res = subprocess.run([SNAKEMAKE, *args, "--cores", "2", "--configfile", "tiny.yaml"], cwd=workdir, env=env,
                          capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in sorted((workdir / "logs").rglob("*.log"))[-5:]) \
