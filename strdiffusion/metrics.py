@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -213,16 +214,29 @@ def _write_status(out, status: dict) -> None:
     write_text_atomic(status_path(out), json.dumps(status, indent=2) + "\n")
 
 
-def run_images(args, s: ImageMetricSettings) -> None:
-    """``metrics images``: the per-image metrics of one bin; ``args`` holds pairs, gt_dir, pred_dir, method, bin
-    and out."""
+@dataclass(frozen=True)
+class BinJob:
+    """What one metric job reads and writes: the pairs CSV and the bin it evaluates, the ground truths' folder,
+    the folders of one method's predictions (e.g. every shard of the bin), the method's name for the output,
+    the output file, and (set jobs only) the ground truths' reference statistics, used when fresh."""
+    pairs: Path
+    gt_dir: Path
+    bin: str
+    out: Path
+    pred_dirs: tuple[Path, ...] = ()
+    method: str = ""
+    reference: Path | None = None
+
+
+def run_images(job: BinJob, s: ImageMetricSettings) -> None:
+    """``metrics images``: the per-image metrics of one bin."""
     import pandas as pd
 
     metrics = _parse_metrics(",".join(s.metrics), IMAGE_METRICS)
     if s.crop < 0:
         raise UserError(f"--crop {s.crop}: must be >= 0")
-    ids = prediction_ids(args.pairs, args.bin, args.pred_dir)
-    paths = pair_paths(ids, args.gt_dir, args.pred_dir)
+    ids = prediction_ids(job.pairs, job.bin, job.pred_dirs)
+    paths = pair_paths(ids, job.gt_dir, job.pred_dirs)
     status = {m: {"available": True, "reason": ""} for m in metrics}
     lpips_metric = None
     if "lpips" in metrics:
@@ -239,28 +253,27 @@ def run_images(args, s: ImageMetricSettings) -> None:
         for gts, preds in iter_image_pairs(paths, s.batch_size * max(1, 64 // s.batch_size)):
             chunks.append(compute_image_metrics(gts, preds, metrics, lpips_metric, crop=s.crop))
     except ValueError as exc:
-        raise UserError(f"{' '.join(map(str, args.pred_dir))}: {exc}") from None
+        raise UserError(f"{' '.join(map(str, job.pred_dirs))}: {exc}") from None
     values = pd.concat(chunks, ignore_index=True)
-    log.info("%s bin %s: %d images, %s in %.1f s", args.method, args.bin, len(ids), ",".join(metrics),
+    log.info("%s bin %s: %d images, %s in %.1f s", job.method, job.bin, len(ids), ",".join(metrics),
              time.perf_counter() - started)
-    table = pd.concat([pd.DataFrame({"method": args.method, "bin": args.bin, "image_id": ids}), values], axis=1)
-    clipped = read_clipped(args.pred_dir, ids)
+    table = pd.concat([pd.DataFrame({"method": job.method, "bin": job.bin, "image_id": ids}), values], axis=1)
+    clipped = read_clipped(job.pred_dirs, ids)
     if clipped is not None:
         table["clipped"] = clipped
-    write_csv_atomic(table, args.out)
-    _write_status(args.out, status)
+    write_csv_atomic(table, job.out)
+    _write_status(job.out, status)
 
 
-def run_sets(args, s: SetMetricSettings) -> None:
-    """``metrics sets``: FID and KID of one bin against its ground truths (``args`` as :func:`run_images`'s, and
-    reference)."""
+def run_sets(job: BinJob, s: SetMetricSettings) -> None:
+    """``metrics sets``: FID and KID of one bin against its ground truths."""
     import pandas as pd
 
     metrics = _parse_metrics(",".join(s.metrics), SET_METRICS)
-    ids = prediction_ids(args.pairs, args.bin, args.pred_dir)
-    paths = pair_paths(ids, args.gt_dir, args.pred_dir)
+    ids = prediction_ids(job.pairs, job.bin, job.pred_dirs)
+    paths = pair_paths(ids, job.gt_dir, job.pred_dirs)
     n = len(ids)
-    row = {"method": args.method, "bin": args.bin, "n_images": n}
+    row = {"method": job.method, "bin": job.bin, "n_images": n}
     if "fid" in metrics:
         row["fid"] = math.nan
     if "kid" in metrics:
@@ -275,7 +288,7 @@ def run_sets(args, s: SetMetricSettings) -> None:
             log.warning("%s", status[m]["reason"])
 
     if not metrics:
-        log.info("%s bin %s: %d images, no set metrics asked for", args.method, args.bin, n)
+        log.info("%s bin %s: %d images, no set metrics asked for", job.method, job.bin, n)
     elif n < 2:
         unavailable(f"too few images ({n}; at least 2 are needed)")
     else:
@@ -287,7 +300,7 @@ def run_sets(args, s: SetMetricSettings) -> None:
             unavailable(features.reason)
         else:
             started = time.perf_counter()
-            f_gt, f_pred = _gt_and_pred_features(args, features, ids, paths)
+            f_gt, f_pred = _gt_and_pred_features(job, features, ids, paths)
             log.info("Inception features of %d images in %.1f s", 2 * n, time.perf_counter() - started)
             if "fid" in metrics:
                 started = time.perf_counter()
@@ -303,43 +316,41 @@ def run_sets(args, s: SetMetricSettings) -> None:
             if "kid" in metrics:
                 row["kid_mean"], row["kid_std"] = kid_from_features(
                     f_pred, f_gt, s.kid_subsets, s.kid_subset_size)
-    write_csv_atomic(pd.DataFrame([row]), args.out)
-    _write_status(args.out, status)
+    write_csv_atomic(pd.DataFrame([row]), job.out)
+    _write_status(job.out, status)
 
 
-def _gt_and_pred_features(args, features, ids, paths):
+def _gt_and_pred_features(job: BinJob, features, ids, paths):
     """The ground truths' features from the reference statistics file when it is given and fresh
     (same image list, same weights), else computed here; the predictions' features, streamed."""
-    reference = getattr(args, "reference", "")
-    if reference:
+    if job.reference is not None:
         from .reference_stats import load_fresh
 
-        f_gt = load_fresh(reference, args.gt_dir, ids, features.weights_path)
+        f_gt = load_fresh(job.reference, job.gt_dir, ids, features.weights_path)
         if f_gt is not None:
             return f_gt, set_features(features, paths, "pred")
     return set_features(features, paths, "both")
 
 
-def run_reference(args, s: SetMetricSettings) -> None:
+def run_reference(job: BinJob, s: SetMetricSettings) -> None:
     """``metrics reference``: write (or keep, when fresh) the reference statistics of one bin."""
     from .reference_stats import read, stale_reason, statistics, unavailable, write
 
-    ids = load_pair_ids(args.pairs, args.bin)
-    out = Path(args.out)
+    ids = load_pair_ids(job.pairs, job.bin)
+    out = job.out
     features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
     if not features.available:
         log.warning("reference statistics n/a: %s", features.reason)
-        write(out, unavailable(args.gt_dir, ids, features.reason))
+        write(out, unavailable(job.gt_dir, ids, features.reason))
         return
     if out.is_file():
         with_features = read(out)
-        why = stale_reason(with_features, args.gt_dir, ids, features.weights_path)
+        why = stale_reason(with_features, job.gt_dir, ids, features.weights_path)
         if not why:
             log.info("%s is up to date (%d images); kept", out, len(ids))
             return
         log.info("%s is stale (%s); recomputing", out, why)
-    gt_dir = Path(args.gt_dir)
-    stats = statistics(set_features(features, [(gt_dir / f"{i}.png", None) for i in ids], "gt"),
-                       features.weights_path, gt_dir, ids)
+    stats = statistics(set_features(features, [(job.gt_dir / f"{i}.png", None) for i in ids], "gt"),
+                       features.weights_path, job.gt_dir, ids)
     write(out, stats)
-    log.info("reference statistics of %d ground truths (bin %s) written to %s", len(ids), args.bin, out)
+    log.info("reference statistics of %d ground truths (bin %s) written to %s", len(ids), job.bin, out)

@@ -6,6 +6,7 @@ it), so a stand-in set there is the one the stage uses.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import metrics as lib
 from ..options import from_namespace
@@ -14,14 +15,18 @@ from ..utils import UserError
 from .options import add_arguments
 
 
-def _common_args(p: argparse.ArgumentParser) -> None:
+def _bin_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--pairs", required=True, help="pairs CSV (columns image_id, bin, mask)")
     p.add_argument("--gt-dir", required=True, help="folder of ground-truth images <image_id>.png")
+    p.add_argument("--bin", required=True, help="hole-ratio bin label to evaluate, e.g. 10-20")
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    _bin_args(p, "output CSV; status goes to <out stem>.status.json")
     p.add_argument("--pred-dir", required=True, nargs="+",
                    help="folder(s) of composited predictions <image_id>.png (e.g. every shard of a bin)")
     p.add_argument("--method", required=True, help="method name written into the output")
-    p.add_argument("--bin", required=True, help="hole-ratio bin label to evaluate, e.g. 10-20")
-    p.add_argument("--out", required=True, help="output CSV; status goes to <out stem>.status.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, SetMetricSettings)
     p = sub.add_parser("reference", help="the ground truths' Inception statistics of one bin, for every "
                                          "method's set job (.npz; kept when up to date)")
-    p.add_argument("--pairs", required=True, help="pairs CSV (columns image_id, bin, mask)")
-    p.add_argument("--gt-dir", required=True, help="folder of ground-truth images <image_id>.png")
-    p.add_argument("--bin", required=True, help="hole-ratio bin label, e.g. 10-20")
-    p.add_argument("--out", required=True, help="output .npz")
+    _bin_args(p, "output .npz")
     add_arguments(p, SetMetricSettings)  # the set jobs' network options (the metric ones are unused here)
     return parser
 
@@ -54,10 +56,14 @@ def main(argv=None) -> int:
         raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.command == "sets" and (args.kid_subsets < 1 or args.kid_subset_size < 2):
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
+    job = lib.BinJob(pairs=Path(args.pairs), gt_dir=Path(args.gt_dir), bin=args.bin, out=Path(args.out),
+                     pred_dirs=tuple(Path(d) for d in getattr(args, "pred_dir", ())),
+                     method=getattr(args, "method", ""),
+                     reference=Path(args.reference) if getattr(args, "reference", "") else None)
     if args.command == "images":
-        lib.run_images(args, from_namespace(ImageMetricSettings, args))
+        lib.run_images(job, from_namespace(ImageMetricSettings, args))
     elif args.command == "reference":
-        lib.run_reference(args, from_namespace(SetMetricSettings, args))
+        lib.run_reference(job, from_namespace(SetMetricSettings, args))
     else:
-        lib.run_sets(args, from_namespace(SetMetricSettings, args))
+        lib.run_sets(job, from_namespace(SetMetricSettings, args))
     return 0
