@@ -27,9 +27,8 @@ import pandas as pd
 from .diffusion_runner import DiffusionRunner
 from .interrupt import raise_on_notice
 from .methods import CLASSICAL, DIFFUSION, METHODS, method_networks
-from .options import from_namespace
 from .core.constants import SamplerConfig
-from .settings import RunSettings, SamplerSettings
+from .settings import RunSettings, SamplerSettings, ShardSettings
 from .state_lock import StateLock
 from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
                     write_text_atomic)
@@ -87,56 +86,68 @@ def load_pair(gt_dir: Path, row) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def run_shard(args) -> None:
-    pairs = pd.read_csv(args.pairs, dtype={"bin": str, "image_id": str})
-    rows = shard_rows(pairs, args.bin, args.shard, args.shard_size)
-    out = Path(args.out)
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+    """How the diffusion methods sample: the sampler's and the run's settings, and the network files (an explicit
+    file per network kind in ``files``, else ``folder/<net>.pt``)."""
+    sampler: SamplerSettings = dataclasses.field(default_factory=SamplerSettings)
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)
+    files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    folder: Path | None = None
+
+    def config(self, method: str) -> SamplerConfig:
+        """The reverse process's constants; resampling only for ``strdiffusion``."""
+        return dataclasses.replace(self.sampler, resample=(method == "strdiffusion")).sampler()
+
+    def checkpoint_paths(self, method: str) -> dict[str, Path]:
+        """Checkpoint of each network ``method`` needs."""
+        return {net: self._checkpoint_path(net, method) for net in method_networks(method)}
+
+    def _checkpoint_path(self, net: str, method: str) -> Path:
+        if self.files.get(net):
+            return Path(self.files[net])
+        if self.folder is not None:
+            path = self.folder / f"{net}.pt"
+            if not path.is_file():
+                raise UserError(f"--method {method} needs the {net} network, but {path} does not exist "
+                                f"(--checkpoints {self.folder} should hold "
+                                f"{', '.join(n + '.pt' for n in method_networks(method))})")
+            return path
+        raise UserError(f"--method {method} needs the {net} network: pass --{net}-checkpoint FILE "
+                        f"or --checkpoints DIR holding {net}.pt")
+
+    def runner(self, method: str) -> DiffusionRunner:
+        return DiffusionRunner(method, self.checkpoint_paths(method), self.config(method), self.run)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """One pipeline job: shard ``shard`` (of ``shard_size`` pairs) of bin ``bin`` of the pairs CSV, inpainted by
+    ``method`` into the folder ``out``; ``structure_dir`` holds the test images' gray/ and edge/ maps."""
+    pairs: Path
+    gt_dir: Path
+    bin: str
+    out: Path
+    method: str
+    shard: int = 0
+    shard_size: int = ShardSettings().shard_size
+    structure_dir: Path | None = None
+
+
+def run_shard(job: ShardJob, diffusion: Diffusion = Diffusion()) -> None:
+    pairs = pd.read_csv(job.pairs, dtype={"bin": str, "image_id": str})
+    rows = shard_rows(pairs, job.bin, job.shard, job.shard_size)
+    out = job.out
     with StateLock(out.with_name(out.name + ".lock"), f"the shard {out}"), raise_on_notice(), atomic_dir(out) as tmp:
-        if args.method in CLASSICAL:
+        if job.method in CLASSICAL:
             for row in rows.itertuples():
-                image, mask = load_pair(args.gt_dir, row)
-                save_png_atomic(tmp / f"{row.image_id}.png", classical_inpaint(args.method, image, mask))
-        elif args.method in DIFFUSION:
-            inpaint_rows(args, rows, tmp)
+                image, mask = load_pair(job.gt_dir, row)
+                save_png_atomic(tmp / f"{row.image_id}.png", classical_inpaint(job.method, image, mask))
+        elif job.method in DIFFUSION:
+            inpaint_rows(job, diffusion, rows, tmp)
         else:
-            raise UserError(f"unknown method '{args.method}'; choose from {', '.join(METHODS)}")
-    log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", args.method, len(rows), args.bin, args.shard, out)
-
-
-# ---------------------------------------------------------------------------------------------
-# settings of the diffusion methods, from the command line
-
-
-def sampler_config(args, method: str) -> SamplerConfig:
-    """The reverse process's constants from the options; resampling only for ``strdiffusion``."""
-    return dataclasses.replace(from_namespace(SamplerSettings, args), resample=(method == "strdiffusion")).sampler()
-
-
-def run_settings(args) -> RunSettings:
-    return from_namespace(RunSettings, args)
-
-
-def checkpoint_paths(args, method: str) -> dict[str, Path]:
-    """Checkpoint of each network ``method`` needs: ``--<net>-checkpoint``, else ``--checkpoints DIR/<net>.pt``."""
-    return {net: _checkpoint_path(args, net, method) for net in method_networks(method)}
-
-
-def _checkpoint_path(args, net: str, method: str) -> Path:
-    given = getattr(args, f"{net}_checkpoint", None)
-    if given:
-        return Path(given)
-    if args.checkpoints:
-        path = Path(args.checkpoints) / f"{net}.pt"
-        if not path.is_file():
-            raise UserError(f"--method {method} needs the {net} network, but {path} does not exist "
-                            f"(--checkpoints {args.checkpoints} should hold {', '.join(n + '.pt' for n in method_networks(method))})")
-        return path
-    raise UserError(f"--method {method} needs the {net} network: pass --{net}-checkpoint FILE "
-                    f"or --checkpoints DIR holding {net}.pt")
-
-
-def _runner(args, method: str) -> DiffusionRunner:
-    return DiffusionRunner(method, checkpoint_paths(args, method), sampler_config(args, method), run_settings(args))
+            raise UserError(f"unknown method '{job.method}'; choose from {', '.join(METHODS)}")
+    log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", job.method, len(rows), job.bin, job.shard, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,19 +178,19 @@ def _load_structure(structure_dir: Path, image_id: str, shape):
     return gray, edge
 
 
-def inpaint_rows(args, rows, out_dir) -> None:
+def inpaint_rows(job: ShardJob, diffusion: Diffusion, rows, out_dir) -> None:
     """Pipeline mode: inpaint the pairs in ``rows`` (image_id, bin, mask) into ``out_dir/<image_id>.png``."""
     out_dir = Path(out_dir)
-    runner = _runner(args, args.method)
-    structure_dir = Path(args.structure_dir) if args.structure_dir else None
+    runner = diffusion.runner(job.method)
+    structure_dir = job.structure_dir
     items = []
     for row in rows.itertuples():
-        image, mask = load_pair(args.gt_dir, row)
+        image, mask = load_pair(job.gt_dir, row)
         st = None
-        if structure_dir is not None and args.method != "irsde":
+        if structure_dir is not None and job.method != "irsde":
             st = _load_structure(structure_dir, str(row.image_id), image.shape[:2])
         items.append((str(row.image_id), image, mask, st, str(row.bin)))
-    for chunk in _size_groups(items, args.batch_size):
+    for chunk in _size_groups(items, diffusion.run.batch_size):
         bins = {c[4] for c in chunk}
         for bin_name in sorted(bins):
             part = [c for c in chunk if c[4] == bin_name]
@@ -187,12 +198,12 @@ def inpaint_rows(args, rows, out_dir) -> None:
                                           [c[0] for c in part], bin_name)
             for k, (image_id, *_rest) in enumerate(part):
                 save_png_atomic(out_dir / f"{image_id}.png", results[k])
-                if args.save_structure and structs is not None:
+                if diffusion.run.save_structure and structs is not None:
                     save_png_atomic(out_dir / "structure" / f"{image_id}.png", structs[k])
     clipped = pd.DataFrame({"image_id": list(runner.clipped), "clipped": list(runner.clipped.values())})
     write_csv_atomic(clipped, out_dir / CLIPPED_CSV)
     write_text_atomic(out_dir / PRECISION_JSON, json.dumps(runner.precision, indent=2, sort_keys=True) + "\n")
-    log.info("%s: %s", args.method, runner.summary())
+    log.info("%s: %s", job.method, runner.summary())
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -202,14 +213,12 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
 
 
-def _user_pairs(args) -> list[tuple[Path, Path, Path]]:
+def _user_pairs(image: Path, mask: Path | None, out: Path | None) -> list[tuple[Path, Path, Path]]:
     """(image, mask, output) paths of the user's files; folders are matched by file stem."""
-    image, mask = Path(args.image), Path(args.mask) if args.mask else None
     if mask is None:
         raise UserError("--image needs --mask (white pixels = holes to fill)")
-    if not args.out:
+    if out is None:
         raise UserError("--image needs --out (an output PNG, or a folder when --image is a folder)")
-    out = Path(args.out)
     if not image.exists():
         raise UserError(f"--image {image} does not exist")
     if not mask.exists():
@@ -238,8 +247,10 @@ def _user_pairs(args) -> list[tuple[Path, Path, Path]]:
     return [(image, mask, out)]
 
 
-def inpaint_user_images(args) -> None:
-    """Inpaint the user's image(s): ``--image IMG|DIR --mask MASK|DIR --out OUT.png|DIR``.
+def inpaint_user_images(image: Path, mask: Path | None, out: Path | None, method: str,
+                        diffusion: Diffusion = Diffusion()) -> None:
+    """Inpaint the user's image(s) ``image`` (a file or a folder) with ``mask`` (a file or a folder of masks matched
+    by name) into ``out`` (a PNG, or a folder); on the command line ``--image/--mask/--out``.
 
     Any image size: inputs are reflect-padded on the bottom/right to the networks' multiple and
     the result cropped back. The mask must have the image's size. A mask without holes copies the
@@ -247,9 +258,7 @@ def inpaint_user_images(args) -> None:
     whole image from its structure prior alone) but warned about, since nothing guides it.
     Structure (gray, Canny edges with ``--sigma``) is computed from the image as given.
     """
-    pairs = _user_pairs(args)
-    method = args.method
-    runner = None
+    pairs = _user_pairs(image, mask, out)
     items = []
     for image_p, mask_p, out_p in pairs:
         image = read_image_rgb(image_p)
@@ -270,13 +279,13 @@ def inpaint_user_images(args) -> None:
         items.append((image_p.stem, image, mask, None, out_p))
     if not items:
         return
-    runner = _runner(args, method)
-    for chunk in _size_groups(items, args.batch_size):
+    runner = diffusion.runner(method)
+    for chunk in _size_groups(items, diffusion.run.batch_size):
         results, structs = runner.run([c[1] for c in chunk], [c[2] for c in chunk], [None] * len(chunk),
                                       [c[0] for c in chunk], "")
         for k, c in enumerate(chunk):
             save_png_atomic(c[4], results[k])
-            if args.save_structure and structs is not None:
+            if diffusion.run.save_structure and structs is not None:
                 save_png_atomic(c[4].parent / "structure" / c[4].name, structs[k])
             log.info("inpainted %s -> %s", c[0], c[4])
     log.info("%s: %s", method, runner.summary())

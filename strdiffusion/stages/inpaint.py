@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import inpaint as lib
 from ..interrupt import raise_on_notice
@@ -46,11 +47,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                    help="mask file of the image's size, or folder matched by file name: WHITE = HOLE to fill, black = keep")
 
 
+def diffusion_options(args: argparse.Namespace) -> lib.Diffusion:
+    """The diffusion methods' settings and network files from :func:`add_sampling_arguments`' options."""
+    return lib.Diffusion(sampler=from_namespace(SamplerSettings, args), run=from_namespace(RunSettings, args),
+                         files={net: Path(f) for net in NETWORKS if (f := getattr(args, f"{net}_checkpoint", None))},
+                         folder=Path(args.checkpoints) if args.checkpoints else None)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.image:
         with raise_on_notice():
-            lib.inpaint_user_images(args)
+            lib.inpaint_user_images(Path(args.image), Path(args.mask) if args.mask else None,
+                                    Path(args.out) if args.out else None, args.method, diffusion_options(args))
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
     if missing:
@@ -58,6 +67,9 @@ def main(argv=None) -> int:
                         + " (or use --image/--mask for your own images)")
     if args.shard < 0:
         raise UserError("--shard must be >= 0")
-    from_namespace(ShardSettings, args)  # checks --shard-size
-    lib.run_shard(args)
+    shard_size = from_namespace(ShardSettings, args).shard_size  # checks --shard-size
+    job = lib.ShardJob(pairs=Path(args.pairs), gt_dir=Path(args.gt_dir), bin=args.bin, out=Path(args.out),
+                       method=args.method, shard=args.shard, shard_size=shard_size,
+                       structure_dir=Path(args.structure_dir) if args.structure_dir else None)
+    lib.run_shard(job, diffusion_options(args))
     return 0
