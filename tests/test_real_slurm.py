@@ -6,6 +6,7 @@ test here is skipped with the reason. The profile is used as shipped except for 
 the CHANGE_ME partitions and account replaced by the test cluster's, and, passed on the command line, a short first
 status check (3 s instead of the plugin's 40 s) and two jobs at once (the node claims 16 CPUs on a 2-core machine).
 """
+import math
 import os
 import shutil
 import subprocess
@@ -377,9 +378,14 @@ def fault_cluster():
         print(f"fault figure: {name}: {figure}")
 
 
+def _local_command(*targets: str) -> list[str]:
+    """The local (no cluster) run of the reduced chain in its work folder, up to ``targets`` (all when none)."""
+    return [SNAKEMAKE, *targets, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile", "reduced.yaml"]
+
+
 def _local_snakemake(work: Path, torch_home: Path, *targets: str) -> None:
-    res = subprocess.run([SNAKEMAKE, *targets, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile",
-                          "reduced.yaml"], cwd=work, env=_env(torch_home), capture_output=True, text=True, timeout=1200)
+    res = subprocess.run(_local_command(*targets), cwd=work, env=_env(torch_home), capture_output=True, text=True,
+                         timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
@@ -393,8 +399,7 @@ class _Reference:
         self.work, self.inputs, self.torch_home, self.config = work, inputs, torch_home, config
         self.per_iteration, self.state_size = per_iteration, state_size
         self.start = time.monotonic()
-        self.proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--set-threads", "train_irsde=1", "--configfile",
-                                      "reduced.yaml"], cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(_local_command(), cwd=work, env=_env(torch_home), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def finished(self) -> Path:
@@ -433,7 +438,7 @@ def reference(tmp_path_factory):
     _local_snakemake(probe, torch_home, MODEL)
     per_iteration = load_checkpoint(probe / MODEL, kind="irsde")[1]["train_seconds"] / CALIBRATION_ITERATIONS
     every = FAULT["train"]["checkpoint_every"]
-    iterations = every * max(3, -(-TIME_LIMITED_WORK_S // (per_iteration * every)))
+    iterations = every * max(3, math.ceil(TIME_LIMITED_WORK_S / (per_iteration * every)))
     config = {**FAULT, "train": {**FAULT["train"], "iterations": int(iterations)}}
     (work / "reduced.yaml").write_text(yaml.safe_dump(config))
     ref = _Reference(work, inputs, torch_home, config, per_iteration, (probe / STATE / "state.pt").stat().st_size)
