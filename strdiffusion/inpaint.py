@@ -19,12 +19,12 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from .diffusion_runner import DiffusionRunner
 from .interrupt import raise_on_notice
 from .methods import CLASSICAL, DIFFUSION, METHODS, method_networks
 from .core.constants import SamplerConfig
@@ -32,6 +32,9 @@ from .settings import RunSettings, SamplerSettings, ShardSettings
 from .state_lock import StateLock
 from .utils import (UserError, atomic_dir, equal_size_runs, read_image_rgb, read_mask, save_png_atomic, write_csv_atomic,
                     write_text_atomic)
+
+if TYPE_CHECKING:
+    from .diffusion_runner import DiffusionRunner
 
 log = logging.getLogger("strdiffusion.inpaint")
 
@@ -116,7 +119,9 @@ class Diffusion:
         raise UserError(f"--method {method} needs the {net} network: pass --{net}-checkpoint FILE "
                         f"or --checkpoints DIR holding {net}.pt")
 
-    def runner(self, method: str) -> DiffusionRunner:
+    def runner(self, method: str) -> "DiffusionRunner":
+        from .diffusion_runner import DiffusionRunner  # torch: not loaded by the classical methods' jobs
+
         return DiffusionRunner(method, self.checkpoint_paths(method), self.config(method), self.run)
 
 

@@ -40,7 +40,11 @@ def configure(tf32: bool, deterministic: bool) -> dict:
     torch.backends.cudnn.allow_tf32 = bool(tf32)
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    # only on a change: the call imports torch's compiler configuration (over a second per job) even to turn
+    # determinism off, which is torch's default
+    if torch.are_deterministic_algorithms_enabled() != bool(deterministic) or \
+            (deterministic and not torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     return in_effect()
