@@ -303,8 +303,9 @@ LogFile={d / 'log' / 'slurmdbd.log'}
 
     def jobs(self) -> list[dict]:
         """Every job slurmctld still knows (finished ones for MinJobAge seconds): id, name, state, partition,
-        comment (the executor puts the rule name there), GPUs asked for (tres-per-job / per-node)."""
-        fields = ["JobID", "Name", "State", "Partition", "Comment", "tres-per-job", "tres-per-node", "Reason"]
+        comment (the executor puts the rule name there), GPUs asked for (tres-per-job / per-node), reason and
+        working directory (tests running side by side on one cluster tell their jobs apart by it)."""
+        fields = ["JobID", "Name", "State", "Partition", "Comment", "tres-per-job", "tres-per-node", "Reason", "WorkDir"]
         res = subprocess.run(["squeue", "-h", "--states=all", "-O", ",".join(f"{f}:|" for f in fields)],
                              capture_output=True, text=True, timeout=20, check=True)
         rows = []

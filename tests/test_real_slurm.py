@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,27 +51,38 @@ REDUCED = {
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
-def _start(accounting: bool) -> slurm_cluster.SlurmCluster:
+def _start(accounting: bool, **settings) -> slurm_cluster.SlurmCluster:
     reason = slurm_cluster.unavailable_reason(accounting)
     if reason:
         pytest.skip(reason)
-    return slurm_cluster.SlurmCluster(accounting=accounting).start()
-
-
-@pytest.fixture(scope="class")
-def cluster():
-    c = _start(accounting=False)
-    yield c
-    c.stop()  # every daemon by PID, also after a failed test
-    c.cleanup()
+    return slurm_cluster.SlurmCluster(accounting=accounting, **settings).start()
 
 
 @pytest.fixture(scope="class")
 def accounting_cluster():
     c = _start(accounting=True)
     yield c
+    c.stop()  # every daemon by PID, also after a failed test
+    c.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The cluster without accounting, for the profile's tests and the faults (started after the accounting
+    cluster has stopped: the file's first class). A job that ended its work by its 1-minute limit may finish its
+    Snakemake wrap-up in the minute after (OverTimeLimit): on this 2-core machine under load, Snakemake's own
+    start and end take 30-40 s of a 1-minute slot. slurmctld declares a silent node down after 10 s."""
+    c = _start(accounting=False, slurmd_timeout=10, over_time_limit=1)
+    yield c
     c.stop()
     c.cleanup()
+    for name, figure in FIGURES.items():
+        print(f"fault figure: {name}: {figure}")
+
+
+def _mine(cluster, work: Path) -> list[dict]:
+    """The cluster's jobs submitted from ``work`` (tests share the cluster, some side by side)."""
+    return [j for j in cluster.jobs() if Path(j["workdir"]).resolve() == work.resolve()]
 
 
 def overlay_profile(dest: Path, cluster: slurm_cluster.SlurmCluster, account: str | None = None) -> Path:
@@ -160,6 +172,34 @@ rule {rule}:
 CANCELLED = _hold_then_finish("long", 300)  # the first attempt waits to be cancelled
 
 
+class TestRealSlurmWithAccounting:
+    def test_real_slurm_failing_rule_ends_run_with_accounting(self, accounting_cluster, tmp_path):
+        cluster = accounting_cluster
+        assert subprocess.run(["sacct", "-X"], capture_output=True).returncode == 0
+        work = _toy_workflow(tmp_path / "fail", FAILING)
+        profile = overlay_profile(tmp_path / "profile", cluster)
+        res, seconds = run_snakemake(work, ["--profile", str(profile), *TEST_ARGS, *ONCE], timeout=FAIL_WITHIN_S)
+        assert res.returncode != 0, res.stdout[-3000:]
+        assert "Error in rule broken" in res.stdout and "FAILED" in res.stdout, res.stdout[-3000:]
+        # with accounting the status comes from squeue too; sacct still knows the job
+        assert "FAILED" in subprocess.run(["sacct", "-X", "-n", "-o", "State"], capture_output=True, text=True).stdout
+        print(f"failing rule, accounting: run ended after {seconds:.0f} s")
+
+    def test_real_slurm_account_placeholder_is_rejected_by_name(self, accounting_cluster, tmp_path):
+        """A profile whose account was not filled in stops at the first submission, naming the placeholder."""
+        cluster = accounting_cluster
+        work = _toy_workflow(tmp_path / "placeholder", FAILING)
+        profile = overlay_profile(tmp_path / "profile", cluster, account="CHANGE_ME_account")
+        before = len(cluster.jobs())
+        res, _ = run_snakemake(work, ["--profile", str(profile), *TEST_ARGS, *ONCE], timeout=FAIL_WITHIN_S)
+        assert res.returncode != 0
+        assert "CHANGE_ME_account" in res.stdout and "invalid" in res.stdout, res.stdout[-3000:]
+        assert len(cluster.jobs()) == before  # nothing was submitted
+
+
+# the faults' time-limited run (about 4 minutes, mostly waiting on its 1-minute slots) goes on in the background
+# on the same cluster meanwhile; each test counts only the jobs submitted from its own folder
+@pytest.mark.usefixtures("time_limited_run")
 class TestRealSlurmWithoutAccounting:
     def test_real_slurm_workflow_table_equals_local_run_and_gpu_rules_get_gpus(self, cluster, tmp_path):
         torch_home = tmp_path / "torch_home"  # empty and shared: the n/a footnote names the same folder
@@ -185,7 +225,7 @@ class TestRealSlurmWithoutAccounting:
                 os.killpg(local_run.pid, 9)
                 local_run.wait()
         assert local_run.returncode == 0, local_out[-3000:]
-        jobs = cluster.jobs()
+        jobs = _mine(cluster, on_slurm)
         rules = {j["comment"].split("_wildcards_")[0].removeprefix("rule_"): j for j in jobs}
         assert {"prepare_data", "train_irsde", "inpaint_shard", "image_metrics", "table"} <= set(rules), jobs
         assert all(j["state"] == "COMPLETED" for j in jobs), jobs
@@ -217,7 +257,7 @@ class TestRealSlurmWithoutAccounting:
         res, seconds = run_snakemake(work, ["--profile", str(profile), *TEST_ARGS, *ONCE], timeout=FAIL_WITHIN_S)
         assert res.returncode != 0, res.stdout[-3000:]
         assert "Error in rule broken" in res.stdout and "FAILED" in res.stdout, res.stdout[-3000:]
-        broken = [j for j in cluster.jobs() if j["comment"] == "rule_broken"]
+        broken = [j for j in _mine(cluster, work) if j["comment"] == "rule_broken"]
         assert len(broken) == 1 and broken[0]["state"] == "FAILED", broken
         print(f"failing rule, no accounting: run ended after {seconds:.0f} s")
 
@@ -230,9 +270,9 @@ class TestRealSlurmWithoutAccounting:
             end = time.monotonic() + 120
             running = []
             while time.monotonic() < end and not running:
-                running = [j for j in cluster.jobs() if j["comment"] == "rule_long" and j["state"] == "RUNNING"]
+                running = [j for j in _mine(cluster, work) if j["comment"] == "rule_long" and j["state"] == "RUNNING"]
                 time.sleep(0.5)
-            assert running, f"the job never ran: {cluster.jobs()}"
+            assert running, f"the job never ran: {_mine(cluster, work)}"
             subprocess.run(["scancel", running[0]["jobid"]], check=True)
             out, _ = proc.communicate(timeout=FAIL_WITHIN_S)
         finally:
@@ -240,7 +280,7 @@ class TestRealSlurmWithoutAccounting:
                 os.killpg(proc.pid, 9)
                 proc.wait()
         retries = yaml.safe_load(PROFILE.read_text())["retries"]
-        long_jobs = {j["jobid"]: j["state"] for j in cluster.jobs() if j["comment"] == "rule_long"}
+        long_jobs = {j["jobid"]: j["state"] for j in _mine(cluster, work) if j["comment"] == "rule_long"}
         assert long_jobs[running[0]["jobid"]] == "CANCELLED", long_jobs
         assert f"SLURM-job '{running[0]['jobid']}' failed, SLURM status is: 'CANCELLED'" in out, out[-3000:]
         if retries >= 1:  # the profile retries: a second job finishes the rule and the run succeeds
@@ -251,31 +291,6 @@ class TestRealSlurmWithoutAccounting:
             assert proc.returncode != 0 and len(long_jobs) == 1, out[-3000:]
 
 
-class TestRealSlurmWithAccounting:
-    def test_real_slurm_failing_rule_ends_run_with_accounting(self, accounting_cluster, tmp_path):
-        cluster = accounting_cluster
-        assert subprocess.run(["sacct", "-X"], capture_output=True).returncode == 0
-        work = _toy_workflow(tmp_path / "fail", FAILING)
-        profile = overlay_profile(tmp_path / "profile", cluster)
-        res, seconds = run_snakemake(work, ["--profile", str(profile), *TEST_ARGS, *ONCE], timeout=FAIL_WITHIN_S)
-        assert res.returncode != 0, res.stdout[-3000:]
-        assert "Error in rule broken" in res.stdout and "FAILED" in res.stdout, res.stdout[-3000:]
-        # with accounting the status comes from squeue too; sacct still knows the job
-        assert "FAILED" in subprocess.run(["sacct", "-X", "-n", "-o", "State"], capture_output=True, text=True).stdout
-        print(f"failing rule, accounting: run ended after {seconds:.0f} s")
-
-    def test_real_slurm_account_placeholder_is_rejected_by_name(self, accounting_cluster, tmp_path):
-        """A profile whose account was not filled in stops at the first submission, naming the placeholder."""
-        cluster = accounting_cluster
-        work = _toy_workflow(tmp_path / "placeholder", FAILING)
-        profile = overlay_profile(tmp_path / "profile", cluster, account="CHANGE_ME_account")
-        before = len(cluster.jobs())
-        res, _ = run_snakemake(work, ["--profile", str(profile), *TEST_ARGS, *ONCE], timeout=FAIL_WITHIN_S)
-        assert res.returncode != 0
-        assert "CHANGE_ME_account" in res.stdout and "invalid" in res.stdout, res.stdout[-3000:]
-        assert len(cluster.jobs()) == before  # nothing was submitted
-
-
 # ---------------------------------------------------------------------------------------------------- faults
 # The reduced chain with a training of some minutes' work at 1 thread; a driver, a job or the node's slurmd is
 # killed, or the disk fills, and the run must recover (or end with one line) without losing saved work.
@@ -283,13 +298,13 @@ class TestRealSlurmWithAccounting:
 # `reference` fixture): about TIME_LIMITED_WORK_S seconds of training, so that it needs several 1-minute slots
 # however fast or loaded the machine is.
 FAULT = {**REDUCED, "train": {"iterations": 360, "batch_size": 2, "checkpoint_every": 120, "lr_milestones": [0.75]}}
-TIME_LIMITED_WORK_S = 150
+TIME_LIMITED_WORK_S = 80
 CALIBRATION_ITERATIONS = 60
 PREEMPT = {**REDUCED, "train": {"iterations": 240, "batch_size": 2, "checkpoint_every": 120, "lr_milestones": [0.75]}}
 MODEL = "results/builtin/models/irsde.pt"
 STATE = "results/builtin/models/irsde_state"
 INPUTS = ("results/builtin/data", "results/builtin/structure", "results/builtin/masks", ".snakemake/metadata")
-FIGURES: dict[str, str] = {}  # printed at the end of the class: docs/reliability.md quotes them
+FIGURES: dict[str, str] = {}  # printed when the cluster stops: docs/reliability.md quotes them
 
 
 def fault_profile(dest: Path, cluster, runtime: int | None = None) -> Path:
@@ -359,23 +374,8 @@ def _wait_for(check, timeout: float, what: str, interval: float = 0.5):
     pytest.fail(f"{what} not seen within {timeout:.0f} s")
 
 
-def _rule_jobs(cluster, rule: str) -> list[dict]:
-    return [j for j in cluster.jobs() if j["comment"].split("_wildcards_")[0] == f"rule_{rule}"]
-
-
-@pytest.fixture(scope="class")
-def fault_cluster():
-    reason = slurm_cluster.unavailable_reason(False)
-    if reason:
-        pytest.skip(reason)
-    # A job that ended its work by its 1-minute limit may finish its Snakemake wrap-up in the minute after: on this
-    # 2-core machine under load, Snakemake's own start and end take 30-40 s of a 1-minute slot.
-    c = slurm_cluster.SlurmCluster(slurmd_timeout=10, over_time_limit=1).start()
-    yield c
-    c.stop()
-    c.cleanup()
-    for name, figure in FIGURES.items():
-        print(f"fault figure: {name}: {figure}")
+def _rule_jobs(cluster, rule: str, work: Path) -> list[dict]:
+    return [j for j in _mine(cluster, work) if j["comment"].split("_wildcards_")[0] == f"rule_{rule}"]
 
 
 def _local_command(*targets: str) -> list[str]:
@@ -390,8 +390,8 @@ def _local_snakemake(work: Path, torch_home: Path, *targets: str) -> None:
 
 
 class _Reference:
-    """The local run without faults that the faulted runs must equal, running in the background while the first
-    fault tests use its inputs: the folder with its data, structure and masks (``inputs``), the speed measured
+    """The local run without faults that the faulted runs must equal, running in the background while the other
+    tests on the cluster use its inputs: the folder with its data, structure and masks (``inputs``), the speed measured
     before it started, and :meth:`finished`, the whole run's folder once it has ended."""
 
     def __init__(self, work: Path, inputs: Path, torch_home: Path, config: dict, per_iteration: float,
@@ -408,7 +408,7 @@ class _Reference:
             assert self.proc.returncode == 0, out[-3000:]
             self.proc = None
             FIGURES["local reference run"] = (
-                f"{time.monotonic() - self.start:.0f} s (beside the first fault tests); {self.per_iteration:.3f} s "
+                f"{time.monotonic() - self.start:.0f} s (beside the other tests on the cluster); {self.per_iteration:.3f} s "
                 f"per iteration, so {self.config['train']['iterations']} iterations for the time-limited training")
         return self.work
 
@@ -418,7 +418,7 @@ class _Reference:
             self.proc.wait()
 
 
-@pytest.fixture(scope="class")
+@pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The reduced chain's inputs made locally, the training speed measured on them, then the whole chain started
     locally in the background, its training long enough for several 1-minute slots at that speed."""
@@ -446,43 +446,81 @@ def reference(tmp_path_factory):
     ref.stop()
 
 
-@pytest.fixture(scope="class")
-def time_limited_run(fault_cluster, reference, tmp_path_factory):
-    """The chain on SLURM with a 1-minute training time limit; the driver is SIGKILLed while the first training job
-    runs and started again (--unlock, then the same command; the profile reruns incomplete jobs)."""
-    torch_home, config = reference.torch_home, reference.config
-    root = tmp_path_factory.mktemp("time_limited")
-    work = _fault_workdir(root / "slurm", reference.inputs, config)
-    profile = fault_profile(root / "profile", fault_cluster, runtime=1)
-    args = ["--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml"]
-    env = _env(torch_home)
-    start = time.monotonic()
-    first = subprocess.Popen([SNAKEMAKE, *args], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
-    try:
-        running = _wait_for(lambda: [j for j in _rule_jobs(fault_cluster, "train_irsde") if j["state"] == "RUNNING"],
-                            300, "a running training job")
+class _TimeLimitedRun(threading.Thread):
+    """The chain on SLURM with a 1-minute training time limit, in the background beside the other tests on the
+    cluster: the driver is SIGKILLed while the first training job runs and started again (--unlock, then the same
+    command; the profile reruns incomplete jobs). :meth:`result` waits for it and the local reference."""
+
+    def __init__(self, cluster, reference: _Reference, root: Path):
+        super().__init__(daemon=True)
+        self.cluster, self.reference = cluster, reference
+        self.work = _fault_workdir(root / "slurm", reference.inputs, reference.config)
+        profile = fault_profile(root / "profile", cluster, runtime=1)
+        self.args = ["--profile", str(profile), *TEST_ARGS, "--configfile", "reduced.yaml"]
+        self.proc: subprocess.Popen | None = None
+        self.outcome: dict | None = None
+        self.error: BaseException | None = None
+
+    def _driver(self) -> subprocess.Popen:
+        self.proc = subprocess.Popen([SNAKEMAKE, *self.args], cwd=self.work, env=_env(self.reference.torch_home),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        return self.proc
+
+    def run(self) -> None:
+        try:
+            self.outcome = self._run()
+        except BaseException as exc:  # pytest.fail included: raised again by result()
+            self.error = exc
+
+    def _run(self) -> dict:
+        work, start = self.work, time.monotonic()
+        first = self._driver()
+        running = _wait_for(lambda: [j for j in _rule_jobs(self.cluster, "train_irsde", work)
+                                     if j["state"] == "RUNNING"], 300, "a running training job")
         _wait_for(lambda: (work / STATE / "writer.log").exists(), 120, "the training's lock")
         first.kill()  # SIGKILL: no chance to cancel its jobs
         killed = time.monotonic()
         first.communicate()
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, 9)
-            first.wait()
-    unlock = subprocess.run([SNAKEMAKE, *args, "--unlock"], cwd=work, env=env, capture_output=True, text=True)
-    assert unlock.returncode == 0, unlock.stdout[-2000:] + unlock.stderr[-2000:]
-    res, _ = run_snakemake(work, args, timeout=1200, env=env)
-    seconds, after_kill = time.monotonic() - start, time.monotonic() - killed
-    local = reference.finished()
-    return {"work": work, "local": local, "res": res, "first_job": running[0]["jobid"],
-            "seconds": seconds, "after_kill": after_kill}
+        unlock = subprocess.run([SNAKEMAKE, *self.args, "--unlock"], cwd=work, env=_env(self.reference.torch_home),
+                                capture_output=True, text=True)
+        assert unlock.returncode == 0, unlock.stdout[-2000:] + unlock.stderr[-2000:]
+        second = self._driver()
+        try:
+            out, _ = second.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the restarted driver still runs after 1200 s")
+        res = subprocess.CompletedProcess(second.args, second.returncode, out, "")
+        seconds, after_kill = time.monotonic() - start, time.monotonic() - killed
+        local = self.reference.finished()
+        return {"work": work, "local": local, "res": res, "first_job": running[0]["jobid"],
+                "seconds": seconds, "after_kill": after_kill}
+
+    def result(self) -> dict:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.outcome
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+        self.reference.stop()
+        self.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def time_limited_run(cluster, reference, tmp_path_factory):
+    run = _TimeLimitedRun(cluster, reference, tmp_path_factory.mktemp("time_limited"))
+    run.start()
+    yield run
+    run.stop()
 
 
 class TestRealSlurmFaults:
-    def test_real_slurm_fault_scancel_resumes_from_state_saved_on_signal(self, fault_cluster, reference, tmp_path):
+    def test_real_slurm_fault_scancel_resumes_from_state_saved_on_signal(self, cluster, reference, tmp_path):
         work = _fault_workdir(tmp_path / "slurm", reference.inputs, PREEMPT)
-        profile = fault_profile(tmp_path / "profile", fault_cluster)
+        profile = fault_profile(tmp_path / "profile", cluster)
         proc = subprocess.Popen([SNAKEMAKE, MODEL, "--profile", str(profile), *TEST_ARGS, "--configfile",
                                  "reduced.yaml"], cwd=work, env=_env(reference.torch_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -492,7 +530,7 @@ class TestRealSlurmFaults:
                       "the training's first iteration")
             # about half of checkpoint_every at the speed measured before (the cancelled state is not a checkpoint)
             time.sleep(max(1.0, 0.5 * PREEMPT["train"]["checkpoint_every"] * reference.per_iteration))
-            job = [j for j in _rule_jobs(fault_cluster, "train_irsde") if j["state"] == "RUNNING"][0]
+            job = [j for j in _rule_jobs(cluster, "train_irsde", work) if j["state"] == "RUNNING"][0]
             subprocess.run(["scancel", job["jobid"]], check=True)
             cancelled = time.monotonic()
             out, _ = proc.communicate(timeout=600)
@@ -514,37 +552,7 @@ class TestRealSlurmFaults:
                               f"(0 repeated, checkpoint_every {PREEMPT['train']['checkpoint_every']}); "
                               f"{recovered:.0f} s from scancel to the finished training")
 
-    def test_real_slurm_fault_slurmd_killed_job_retried_or_one_line(self, fault_cluster, tmp_path):
-        work = _toy_workflow(tmp_path / "node", NODE_LOST)
-        profile = overlay_profile(tmp_path / "profile", fault_cluster)
-        proc = subprocess.Popen([SNAKEMAKE, "--profile", str(profile), *TEST_ARGS], cwd=work, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            _wait_for(lambda: [j for j in _rule_jobs(fault_cluster, "work") if j["state"] == "RUNNING"], 120,
-                      "a running job")
-            fault_cluster.kill_slurmd()
-            killed = time.monotonic()
-            # slurmctld declares the node down after SlurmdTimeout (10 s) and the job leaves RUNNING
-            _wait_for(lambda: "down" in fault_cluster.node_state(), 120, "the node declared down")
-            down = time.monotonic() - killed
-            fault_cluster.restart_slurmd()
-            out, _ = proc.communicate(timeout=NODE_LOST_WITHIN_S)
-            ended = time.monotonic() - killed
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-        _wait_for(lambda: fault_cluster.node_state() in ("idle", "mixed", "allocated"), 120, "the node back")
-        states = [j["state"] for j in _rule_jobs(fault_cluster, "work")]
-        if proc.returncode == 0:
-            assert (work / "out.txt").read_text() == "done\n"
-            outcome = f"completed after the node returned (job states {states})"
-        else:
-            assert "Error in rule work" in out and ("NODE_FAIL" in out or "FAILED" in out), out[-3000:]
-            outcome = "ended with the job's failure reason"
-        FIGURES["slurmd killed"] = f"node down after {down:.0f} s; run {outcome} {ended:.0f} s after the kill"
-
-    def test_real_slurm_fault_disk_full_during_save_keeps_last_good_state(self, fault_cluster, reference, tmp_path):
+    def test_real_slurm_fault_disk_full_during_save_keeps_last_good_state(self, cluster, reference, tmp_path):
         import torch
 
         torch_home = reference.torch_home
@@ -557,7 +565,7 @@ class TestRealSlurmFaults:
         if mount.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
         try:
-            profile = fault_profile(tmp_path / "profile", fault_cluster)
+            profile = fault_profile(tmp_path / "profile", cluster)
             res, seconds = run_snakemake(work, [MODEL, "--profile", str(profile), *TEST_ARGS, "--preemptible-retries",
                                                 "0", "--configfile", "reduced.yaml"], timeout=600,
                                          env=_env(torch_home))
@@ -575,10 +583,10 @@ class TestRealSlurmFaults:
         FIGURES["disk full"] = (f"run ended in {seconds:.0f} s with the one-line disk-full error; state.pt intact at "
                                 f"iteration {every}")
 
-    def test_real_slurm_fault_time_limit_resubmits_until_done_identical(self, fault_cluster, time_limited_run):
-        run = time_limited_run
+    def test_real_slurm_fault_time_limit_resubmits_until_done_identical(self, cluster, time_limited_run):
+        run = time_limited_run.result()
         work, local = run["work"], run["local"]
-        assert run["res"].returncode == 0, _failure(run["res"], fault_cluster, work)
+        assert run["res"].returncode == 0, _failure(run["res"], cluster, work)
         rows = _lock_log(work)
         stops = [who for _, event, who in rows if event == "released" and "SLURM time limit" in who]
         slots = [who for _, event, who in rows if event == "taken"]
@@ -596,10 +604,10 @@ class TestRealSlurmFaults:
                                  f"{[r['at'] for r in resumes]}, whole run {run['seconds']:.0f} s, weights and "
                                  "table identical")
 
-    def test_real_slurm_fault_driver_killed_restart_never_two_writers(self, fault_cluster, time_limited_run):
-        run = time_limited_run
+    def test_real_slurm_fault_driver_killed_restart_never_two_writers(self, cluster, time_limited_run):
+        run = time_limited_run.result()
         work = run["work"]
-        assert run["res"].returncode == 0, _failure(run["res"], fault_cluster, work)
+        assert run["res"].returncode == 0, _failure(run["res"], cluster, work)
         rows = _lock_log(work)
         _no_two_writers(rows)
         refused = [who for _, event, who in rows if event == "refused"]
@@ -609,6 +617,37 @@ class TestRealSlurmFaults:
         FIGURES["driver killed"] = (f"restart to the end {run['after_kill']:.0f} s; {len(refused)} job(s) refused "
                                     f"by the lock while the first driver's job ran; tables identical")
 
+
+    def test_real_slurm_fault_slurmd_killed_job_retried_or_one_line(self, cluster, time_limited_run, tmp_path):
+        time_limited_run.join()  # the last on the cluster: losing the node would hit the background run's jobs
+        work = _toy_workflow(tmp_path / "node", NODE_LOST)
+        profile = overlay_profile(tmp_path / "profile", cluster)
+        proc = subprocess.Popen([SNAKEMAKE, "--profile", str(profile), *TEST_ARGS], cwd=work, env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            _wait_for(lambda: [j for j in _rule_jobs(cluster, "work", work) if j["state"] == "RUNNING"], 120,
+                      "a running job")
+            cluster.kill_slurmd()
+            killed = time.monotonic()
+            # slurmctld declares the node down after SlurmdTimeout (10 s) and the job leaves RUNNING
+            _wait_for(lambda: "down" in cluster.node_state(), 120, "the node declared down")
+            down = time.monotonic() - killed
+            cluster.restart_slurmd()
+            out, _ = proc.communicate(timeout=NODE_LOST_WITHIN_S)
+            ended = time.monotonic() - killed
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        _wait_for(lambda: cluster.node_state() in ("idle", "mixed", "allocated"), 120, "the node back")
+        states = [j["state"] for j in _rule_jobs(cluster, "work", work)]
+        if proc.returncode == 0:
+            assert (work / "out.txt").read_text() == "done\n"
+            outcome = f"completed after the node returned (job states {states})"
+        else:
+            assert "Error in rule work" in out and ("NODE_FAIL" in out or "FAILED" in out), out[-3000:]
+            outcome = "ended with the job's failure reason"
+        FIGURES["slurmd killed"] = f"node down after {down:.0f} s; run {outcome} {ended:.0f} s after the kill"
 
 NODE_LOST = _hold_then_finish("work", 60)  # the job sleeps long enough to lose its node
 NODE_LOST_WITHIN_S = 300  # the run ends this long after slurmd is killed, either way
