@@ -29,3 +29,18 @@ def empty_torch_home(tmp_path, monkeypatch):
 def pytest_configure(config):
     # Tests are CPU-only and must not depend on a user's thread settings.
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# The longest chains of tests first (the SLURM clusters, mostly waiting; the tiny workflow's run and the stand-in GPU
+# folder), so that pytest-xdist's workers start them at once and the short tests fill the other workers around
+# them; a stable sort, so each group keeps its order.
+FIRST_GROUPS = ("slurm", "workflow", "gpu_slots")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        marker = item.get_closest_marker("xdist_group")
+        group = (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else None
+        return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
+
+    items.sort(key=rank)
