@@ -29,6 +29,9 @@ def empty_torch_home(tmp_path, monkeypatch):
 def pytest_configure(config):
     # Tests are CPU-only and must not depend on a user's thread settings.
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # Idle OpenMP threads sleep instead of spinning, as the stage commands set for their jobs: the workers and
+    # their subprocesses share two cores, and spinning threads would burn the CPU the others wait for.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # The longest chains of tests first (the SLURM clusters, mostly waiting; the tiny workflow's run and the stand-in GPU
