@@ -40,10 +40,25 @@ def pytest_configure(config):
 FIRST_GROUPS = ("slurm", "workflow", "gpu_slots")
 
 
+def _groups(item) -> list[str]:
+    return sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                   for m in item.iter_markers("xdist_group")})
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        marker = item.get_closest_marker("xdist_group")
-        group = (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else None
-        return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
+        groups = _groups(item)
+        return min((FIRST_GROUPS.index(g) for g in groups if g in FIRST_GROUPS), default=len(FIRST_GROUPS))
 
     items.sort(key=rank)
+    # `--dist loadgroup` sends the tests of one xdist_group to one worker by a suffix on their node ids, which
+    # pytest-xdist 3.8 writes where pytest 9 no longer reads it: without this, every worker would build each
+    # group's shared fixture (a SLURM cluster, a workflow run) for itself. A no-op where the suffix took.
+    if getattr(config.option, "loadgroup", False):
+        from _pytest.nodeid import NodeId
+
+        for item in items:
+            groups = _groups(item)
+            if groups and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
