@@ -47,11 +47,9 @@ def _groups(item) -> list[str]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        groups = _groups(item)
-        return min((FIRST_GROUPS.index(g) for g in groups if g in FIRST_GROUPS), default=len(FIRST_GROUPS))
-
-    items.sort(key=rank)
+    groups = {id(item): _groups(item) for item in items}
+    items.sort(key=lambda item: min((FIRST_GROUPS.index(g) for g in groups[id(item)] if g in FIRST_GROUPS),
+                                    default=len(FIRST_GROUPS)))
     # `--dist loadgroup` sends the tests of one xdist_group to one worker by a suffix on their node ids, which
     # pytest-xdist 3.8 writes where pytest 9 no longer reads it: without this, every worker would build each
     # group's shared fixture (a SLURM cluster, a workflow run) for itself. A no-op where the suffix took.
@@ -59,6 +57,6 @@ def pytest_collection_modifyitems(config, items):
         from _pytest.nodeid import NodeId
 
         for item in items:
-            groups = _groups(item)
-            if groups and "@" not in item.nodeid.rsplit("]", 1)[-1]:
-                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+            names = groups[id(item)]
+            if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
