@@ -55,7 +55,9 @@ def _start(accounting: bool, **settings) -> slurm_cluster.SlurmCluster:
     reason = slurm_cluster.unavailable_reason(accounting)
     if reason:
         pytest.skip(reason)
-    return slurm_cluster.SlurmCluster(accounting=accounting, **settings).start()
+    # finished jobs stay listed by squeue for the whole file (MinJobAge): the tests count a run's jobs after it ends,
+    # and on a loaded machine a run's first jobs end many minutes before its last
+    return slurm_cluster.SlurmCluster(accounting=accounting, min_job_age=3600, **settings).start()
 
 
 @pytest.fixture(scope="class")
