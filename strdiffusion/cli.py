@@ -25,6 +25,7 @@ STAGES = {
     "import": ("stages.imports", "score an outside method's outputs of one bin like the built-in rows"),
     "curves": ("stages.curves", "learning-curves figure of the trained networks"),
     "shrink": ("stages.shrink", "store a trained checkpoint's weights as float16 for shipping (half the size)"),
+    "remake": ("stages.remake", "re-make a trained checkpoint from the commit and command in its metadata"),
     "check-config": ("stages.check_config", "validate a config file against the schema"),
     "weights": ("stages.weights", "fetch the LPIPS AlexNet and FID Inception weights (hash-checked) into the torch hub cache"),
     "env": ("stages.env", "print devices, versions and the job's GPU slot"),
