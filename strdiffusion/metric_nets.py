@@ -75,9 +75,9 @@ def write_standin_weights(folder: Path) -> None:
 
 def hub_checkpoint_dir() -> Path:
     """The folder where torch.hub (and torchvision, lpips, pytorch-fid) look for cached weights."""
-    import torch
+    from .weights import default_dir
 
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return default_dir()
 
 
 def find_weights(filename: str, local_path=None, setting: str = "") -> tuple[Path | None, str]:
@@ -162,10 +162,11 @@ class _WeightedNetwork:
     ``reason`` says where to put the file; ``model`` is set by the subclass when the file is found."""
 
     def __init__(self, device, batch_size: int, file: str, given, key: str):
-        self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.weights_path, self.reason = find_weights(file, given, key)
         self.available = self.weights_path is not None
+        # without weights nothing runs, and torch stays unloaded unless a device was named (it is still checked)
+        self.device = resolve_device(device) if self.available or str(device) not in ("auto", "cpu") else None
         self.model = None
 
 
@@ -190,13 +191,13 @@ class LPIPSMetric(_WeightedNetwork):
 
     def __call__(self, a_batch, b_batch) -> np.ndarray:
         """Distances (float64, one per pair) of two equal-length sequences of uint8 HxWx3 images."""
-        import torch
-
         if len(a_batch) != len(b_batch):
             raise ValueError(f"{len(a_batch)} images vs {len(b_batch)} images")
         out = np.full(len(a_batch), np.nan)
         if not self.available:
             return out
+        import torch
+
         with torch.inference_mode():
             for idx in _batches(a_batch, b_batch, self.batch_size):
                 x = _to_tensor(a_batch, idx, self.device) * 2 - 1

@@ -228,6 +228,14 @@ class BinJob:
     reference: Path | None = None
 
 
+def _configure(tf32: bool) -> None:
+    """TF32 both ways before a metric network runs (cuDNN allows TF32 unless told not to); only then, so that a job
+    whose weights are missing computes nothing and never loads torch."""
+    from .precision import configure
+
+    configure(tf32, deterministic=False)
+
+
 def run_images(job: BinJob, s: ImageMetricSettings) -> None:
     """``metrics images``: the per-image metrics of one bin."""
     import pandas as pd
@@ -240,11 +248,10 @@ def run_images(job: BinJob, s: ImageMetricSettings) -> None:
     status = {m: {"available": True, "reason": ""} for m in metrics}
     lpips_metric = None
     if "lpips" in metrics:
-        from .precision import configure
-
-        configure(s.tf32, deterministic=False)  # both ways: cuDNN allows TF32 unless told not to
         lpips_metric = LPIPSMetric(s.device, s.alexnet_weights or None, s.batch_size)
-        if not lpips_metric.available:
+        if lpips_metric.available:
+            _configure(s.tf32)
+        else:
             status["lpips"] = {"available": False, "reason": f"LPIPS n/a: {lpips_metric.reason}"}
             log.warning("%s", status["lpips"]["reason"])
     started = time.perf_counter()
@@ -292,13 +299,11 @@ def run_sets(job: BinJob, s: SetMetricSettings) -> None:
     elif n < 2:
         unavailable(f"too few images ({n}; at least 2 are needed)")
     else:
-        from .precision import configure
-
-        configure(s.tf32, deterministic=False)
         features = InceptionFeatures(s.device, s.inception_weights or None, s.batch_size)
         if not features.available:
             unavailable(features.reason)
         else:
+            _configure(s.tf32)
             started = time.perf_counter()
             f_gt, f_pred = _gt_and_pred_features(job, features, ids, paths)
             log.info("Inception features of %d images in %.1f s", 2 * n, time.perf_counter() - started)
@@ -343,6 +348,7 @@ def run_reference(job: BinJob, s: SetMetricSettings) -> None:
         log.warning("reference statistics n/a: %s", features.reason)
         write(out, unavailable(job.gt_dir, ids, features.reason))
         return
+    _configure(s.tf32)  # as the set jobs do: the statistics must come from the same numerics as their features
     if out.is_file():
         with_features = read(out)
         why = stale_reason(with_features, job.gt_dir, ids, features.weights_path)

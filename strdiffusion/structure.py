@@ -11,10 +11,14 @@ Output (``--out DIR``): ``DIR/gray/<id>.png`` (16-bit, gray * 65535) and ``DIR/e
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .utils import UserError, atomic_dir, read_image_rgb, save_png_atomic
 
@@ -23,7 +27,8 @@ log = logging.getLogger("strdiffusion.structure")
 
 def truncate_to_uint8(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
     """float RGB in [0, 1] (HxWx3 array or 3xHxW tensor) -> uint8 HxWx3 by ``x*255`` truncation."""
-    if isinstance(rgb, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded; an array never needs it
+    if torch is not None and isinstance(rgb, torch.Tensor):
         t = rgb.detach().to("cpu", torch.float32)
         if t.ndim == 3 and t.shape[0] in (1, 3):
             t = t.permute(1, 2, 0)

@@ -59,22 +59,16 @@ def sha256_of(path) -> str:
 
 
 def default_dir() -> Path:
-    """``$TORCH_HOME/hub/checkpoints`` as torch resolves it (``~/.cache/torch/hub/checkpoints``)."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def default_dir_no_torch() -> Path:
-    """torch.hub.get_dir()'s rule without importing torch: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
+    """``$TORCH_HOME/hub/checkpoints`` as torch.hub resolves it (``~/.cache/torch/hub/checkpoints``). Without
+    importing torch (a job that only looks for a file must not pay torch's start-up): torch.hub's own rule,
+    $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch; torch.hub.get_dir() when torch is loaded
+    already (it may have been pointed elsewhere with torch.hub.set_dir)."""
     import os
 
-    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
-    return Path(home).expanduser() / "hub" / "checkpoints"
-
-
-def target_path_no_torch(name: str, local_path=None) -> Path:
-    return Path(local_path).expanduser() if local_path else default_dir_no_torch() / WEIGHTS[name]["file"]
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir()) / "checkpoints"
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def target_path(name: str, local_path=None) -> Path:

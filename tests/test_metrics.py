@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -468,3 +469,55 @@ def test_cli_errors_name_the_files(tmp_path, empty_home):
     with pytest.raises(UserError, match="--metrics"):
         _cli("images", pairs, gt_dir, pred_dir, out, "--metrics", "psnr,fid")
     assert not out.exists()
+
+
+def _jobs_in_a_fresh_process(tmp_path, pairs, gt_dir, pred_dir, env_home):
+    """Per-image (with LPIPS), reference and set jobs of one bin in a fresh interpreter: their exit statuses and
+    whether torch got loaded."""
+    import subprocess
+    import sys
+
+    common = ["--pairs", str(pairs), "--gt-dir", str(gt_dir), "--bin", "10-20"]
+    ref = tmp_path / "ref.npz"
+    argvs = [["metrics", "images", *common, "--pred-dir", str(pred_dir), "--method", "toy", "--metrics",
+              "psnr,lpips", "--out", str(tmp_path / "img.csv")],
+             ["metrics", "reference", *common, "--out", str(ref)],
+             ["metrics", "sets", *common, "--pred-dir", str(pred_dir), "--method", "toy", "--reference", str(ref),
+              "--out", str(tmp_path / "set.csv")]]
+    code = (f"import sys; from strdiffusion.cli import main; rcs = [main(a) for a in {argvs!r}]; "
+            "print(*rcs, 'torch' in sys.modules)")
+    env = {**os.environ, "TORCH_HOME": str(env_home)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    return out.stdout.split(), out.stderr
+
+
+def test_metric_jobs_without_weights_leave_torch_unloaded(tmp_path, weights_dir):
+    """Offline (no LPIPS or Inception weights) a metric job computes PSNR/SSIM/L1 and marks the rest n/a without
+    paying torch's start-up (about 2.5 CPU-seconds per job); with the weights it loads torch and computes them."""
+    pairs, gt_dir, pred_dir, _, _ = _write_set(tmp_path / "data", n=4)
+    empty = tmp_path / "empty_home"
+    empty.mkdir()
+    words, err = _jobs_in_a_fresh_process(tmp_path / "a", pairs, gt_dir, pred_dir, empty)
+    assert words == ["0", "0", "0", "False"], err[-2000:]
+    assert np.isnan(pd.read_csv(tmp_path / "a" / "img.csv")["lpips"]).all()
+    home = tmp_path / "standin_home"
+    (home / "hub").mkdir(parents=True)
+    (home / "hub" / "checkpoints").symlink_to(weights_dir)
+    words, err = _jobs_in_a_fresh_process(tmp_path / "b", pairs, gt_dir, pred_dir, home)
+    assert words == ["0", "0", "0", "True"], err[-2000:]
+    assert np.isfinite(pd.read_csv(tmp_path / "b" / "img.csv")["lpips"]).all()
+    assert np.isfinite(pd.read_csv(tmp_path / "b" / "set.csv")["fid"]).all()
+
+
+@pytest.mark.parametrize("env", [{"TORCH_HOME": "~/th"}, {"XDG_CACHE_HOME": "/x/cache"}, {}])
+def test_weights_folder_follows_torch_hubs_rule_without_torch(env, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from strdiffusion.weights import default_dir; mine = default_dir(); "
+            "assert 'torch' not in sys.modules; import torch; "
+            "print(mine == __import__('pathlib').Path(torch.hub.get_dir()) / 'checkpoints', mine)")
+    base = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**base, "HOME": str(tmp_path), **env})
+    assert out.stdout.split()[0] == "True", out.stdout + out.stderr[-2000:]

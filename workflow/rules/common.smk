@@ -131,10 +131,10 @@ def reference_option(wildcards, input):
 
 def weights_present(kind):
     """'present' or 'missing' at parse time: a params value, so metric jobs re-run once the weights arrive."""
-    from strdiffusion.weights import target_path_no_torch
+    from strdiffusion.weights import target_path
 
     name = {"per_image": "alexnet", "per_set": "inception"}[kind]
-    return "present" if target_path_no_torch(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
+    return "present" if target_path(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"
 
 
 GPU_JOB, inpaint_gpus = workflow_slots(workflow)  # the GPU rules' resources.gpu (docs/gpu.md)
