@@ -144,10 +144,14 @@ def _curve_rows(path: Path):
 
 
 def run_replay(tree: Path, command: list[str], curve: Path, rows: int | None, poll: float = 2.0) -> None:
-    """Run the replay to its end, or, with ``rows``, until its curve holds ``rows`` rows after the first."""
+    """Run the replay to its end, or, with ``rows``, until its curve holds ``rows`` rows after the first. Its log
+    goes to ``replay.log`` beside the curve."""
     log.info("replaying at %s: %s", tree, " ".join(command[2:]))
-    proc = subprocess.Popen(command, cwd=tree, env=_env(tree), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    curve.parent.mkdir(parents=True, exist_ok=True)
+    log_path = curve.parent / "replay.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(command, cwd=tree, env=_env(tree), stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         while proc.poll() is None:
             if rows is not None:
@@ -156,13 +160,13 @@ def run_replay(tree: Path, command: list[str], curve: Path, rows: int | None, po
                     return
             time.sleep(poll)
         if proc.returncode != 0:
-            tail = proc.stderr.read().strip().splitlines()[-2:]
-            raise UserError(f"the replayed training failed with status {proc.returncode}: {' | '.join(tail)}")
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-2:]
+            raise UserError(f"the replayed training failed with status {proc.returncode} (log: {log_path}): "
+                            f"{' | '.join(tail)}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        proc.stderr.close()
 
 
 def compare_curves(stored: dict, replay, rows: int | None = None) -> list[str]:
