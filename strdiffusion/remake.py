@@ -120,8 +120,9 @@ def make_inputs(tree: Path, prov: Provenance, configfile: str | None, cores: int
                         f"({' | '.join(tail)}); check --configfile")
 
 
-def replay_command(prov: Provenance, out_dir: Path) -> tuple[list[str], dict[str, Path]]:
-    """The recorded command with its outputs in ``out_dir``; returns it and the new output paths."""
+def replay_command(prov: Provenance, out_dir: Path, iterations: int | None = None) -> tuple[list[str], dict]:
+    """The recorded command with its outputs in ``out_dir`` (and ``--iterations`` when given); returns it and the
+    new output paths."""
     name = prov.path.stem
     outputs = {"--out": out_dir / f"{name}.pt", "--curve": out_dir / f"{name}_curve.csv",
                "--state-dir": out_dir / f"{name}_state"}
@@ -131,7 +132,27 @@ def replay_command(prov: Provenance, out_dir: Path) -> tuple[list[str], dict[str
             args[args.index(flag) + 1] = str(outputs[flag])
         else:
             args += [flag, str(outputs[flag])]
+    if iterations is not None:
+        args[args.index("--iterations") + 1] = str(iterations)
     return [sys.executable, "-m", "strdiffusion", "train", *args], outputs
+
+
+def segments(prov: Provenance, totals: list[int] | None = None) -> list[tuple[int, int]]:
+    """(``--iterations``, last iteration) of each run of the training, in order, the recorded command last.
+
+    A training resumed with more iterations ran its first part on another learning-rate schedule, so each part is
+    replayed with its own ``--iterations``: from the file's ``resumes`` record (the planned iterations and the
+    iteration of each resume), or, for files older than that record, from ``totals``, the ``--iterations`` of each
+    run (each ran to its end)."""
+    final = int(prov.option("--iterations"))
+    if totals:
+        if totals[-1] != final or sorted(totals) != list(totals):
+            raise UserError(f"--segments {','.join(map(str, totals))}: must rise to the file's own --iterations "
+                            f"{final} (for {prov.path})")
+        return [(t, t) for t in totals]
+    resumes = prov.meta.get("resumes") or []
+    parts = [(int(r["planned"]), int(r["at"])) for r in resumes if r.get("planned")]
+    return [*parts, (final, final)]
 
 
 def _curve_rows(path: Path):
@@ -143,20 +164,21 @@ def _curve_rows(path: Path):
         return None
 
 
-def run_replay(tree: Path, command: list[str], curve: Path, rows: int | None, poll: float = 2.0) -> None:
-    """Run the replay to its end, or, with ``rows``, until its curve holds ``rows`` rows after the first. Its log
-    goes to ``replay.log`` beside the curve."""
+def run_replay(tree: Path, command: list[str], curve: Path, stop=None, poll: float = 2.0) -> None:
+    """Run one replayed training to its end, or until ``stop(curve)`` holds for its learning curve (read as it
+    is saved, with the state, every ``--checkpoint-every`` iterations). Its log goes to ``replay.log`` beside
+    the curve (``<name>_replay.log``)."""
     log.info("replaying at %s: %s", tree, " ".join(command[2:]))
     curve.parent.mkdir(parents=True, exist_ok=True)
-    log_path = curve.parent / "replay.log"
+    log_path = curve.with_name(curve.name.replace("_curve.csv", "_replay.log"))
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(command, cwd=tree, env=_env(tree), stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         while proc.poll() is None:
-            if rows is not None:
+            if stop is not None:
                 df = _curve_rows(curve)
-                if df is not None and len(df) > rows:
+                if df is not None and len(df) and stop(df):
                     return
             time.sleep(poll)
         if proc.returncode != 0:
@@ -193,10 +215,30 @@ def compare_weights(stored: dict, replay_path: Path) -> list[str]:
                                                else replay[k])]
 
 
-def remake(path, work, repo=None, configfile: str | None = None, cores: int = 2, rows: int | None = None) -> dict:
+def replay_segments(tree: Path, prov: Provenance, out_dir: Path, parts, rows: int | None) -> dict:
+    """Each part of the training in turn, each resuming from the state the one before saved (a part the curve
+    has passed already is skipped: a second call resumes); returns the output paths."""
+    outputs = replay_command(prov, out_dir)[1]
+    for i, (total, last) in enumerate(parts):
+
+        def reached(df, last=last, total=total) -> bool:
+            return (rows is not None and len(df) > rows) or (last < total and df["iteration"].iloc[-1] >= last)
+
+        done = _curve_rows(outputs["--curve"])
+        if done is not None and len(done):
+            if rows is not None and len(done) > rows:
+                break
+            if reached(done) or (i < len(parts) - 1 and done["iteration"].iloc[-1] >= last):
+                continue
+        run_replay(tree, replay_command(prov, out_dir, total)[0], outputs["--curve"], reached)
+    return outputs
+
+
+def remake(path, work, repo=None, configfile: str | None = None, cores: int = 2, rows: int | None = None,
+           totals: list[int] | None = None) -> dict:
     """Re-make checkpoint ``path`` in folder ``work`` (kept: a second call resumes the replay). Returns the outcome:
     ``equal`` (weights and curve, or the first ``rows`` curve rows), the differing ``weights`` and ``curve``
-    entries, and the replay's files."""
+    entries, and the replay's files. ``totals``: see :func:`segments`."""
     prov = read_provenance(path)
     work = Path(work).resolve()
     if repo is None:
@@ -207,9 +249,9 @@ def remake(path, work, repo=None, configfile: str | None = None, cores: int = 2,
     tree = unpack_commit(Path(repo), prov.commit, work / f"src-{prov.commit[:10]}")
     configfile = configfile if configfile is not None else default_configfile(tree, prov)
     make_inputs(tree, prov, configfile, cores)
-    command, outputs = replay_command(prov, work / "replay")
-    run_replay(tree, command, outputs["--curve"], rows)
+    parts = segments(prov, totals)
+    outputs = replay_segments(tree, prov, work / "replay", parts, rows)
     curve = compare_curves(prov.meta.get("curve", {}), _curve_rows(outputs["--curve"]), rows)
     weights = None if rows is not None else compare_weights(prov.meta, outputs["--out"])
     return {"equal": not curve and not weights, "weights": weights, "curve": curve, "commit": prov.commit,
-            "configfile": configfile or "config/config.yaml", "outputs": outputs}
+            "configfile": configfile or "config/config.yaml", "outputs": outputs, "segments": parts}

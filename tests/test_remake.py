@@ -1,5 +1,6 @@
 """`strdiffusion remake`: a checkpoint trained from a git checkout is re-made from the commit and command in its
-metadata, bit for bit; a changed weight or curve value is named; checkpoints without provenance get one line."""
+metadata, bit for bit, also when it was resumed with more iterations; a changed weight or a missing part of its
+history is named; checkpoints without provenance get one line."""
 from __future__ import annotations
 
 import os
@@ -24,52 +25,77 @@ def _strdiffusion(*args, cwd, env=None):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, repo_root):
-    """A clone of the project's history, and the tiny config's IR-SDE network trained there by the clone's own
-    code and workflow (so the checkpoint records the clone's commit), then shrunk as the shipped ones are."""
-    clone = tmp_path_factory.mktemp("remake") / "clone"
+    """A clone of the project's history; there, by the clone's own code and workflow, the tiny config's IR-SDE
+    network trained for its 8 iterations, then resumed by the same command with 12 (another learning-rate
+    schedule from iteration 8 on), then shrunk as the shipped files are. Also the shared work folder."""
+    root = tmp_path_factory.mktemp("remake")
+    clone = root / "clone"
     subprocess.run(["git", "clone", "-q", str(repo_root), str(clone)], check=True)
     env = dict(os.environ, PYTHONPATH=str(clone), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     res = subprocess.run([sys.executable, "-m", "snakemake", MODEL, "--cores", "2", "--configfile", TINY], cwd=clone,
                          env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    shipped = clone.parent / "irsde.pt"
+    words = torch.load(clone / MODEL, weights_only=True)["command"].split()
+    words[words.index("--iterations") + 1] = "12"
+    res = subprocess.run([sys.executable, "-m", "strdiffusion", *words[words.index("train"):]], cwd=clone, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert torch.load(clone / MODEL, weights_only=True)["resumes"] == [{"at": 8, "planned": 8}]
+    shipped = root / "irsde.pt"
     res = _strdiffusion("shrink", str(clone / MODEL), str(shipped), cwd=clone, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    return clone, shipped
+    return clone, shipped, root / "work"
+
+
+def _remake(trained, checkpoint: Path, *options):
+    clone, _, work = trained
+    return _strdiffusion("remake", str(checkpoint), "--work", str(work), "--repo", str(clone), "--configfile", TINY,
+                         *options, cwd=work.parent)
 
 
 @pytest.mark.slow
-def test_remake_gives_the_same_weights_and_a_changed_file_is_named(trained, tmp_path):
-    clone, shipped = trained
-    res = _strdiffusion("remake", str(shipped), "--work", str(tmp_path / "work"), "--repo", str(clone),
-                        "--configfile", TINY, cwd=tmp_path)
+def test_remake_gives_the_same_weights_and_a_changed_weight_is_named(trained):
+    _, shipped, work = trained
+    res = _remake(trained, shipped)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "gives the same weights and learning curve" in res.stdout
-    replay = tmp_path / "work" / "replay" / "irsde.pt"
-    assert replay.is_file()
-    # the replay trained for real: its own wall time, its own output paths
-    assert torch.load(replay, weights_only=True)["command"] != torch.load(shipped, weights_only=True)["command"]
-    # one weight changed in the last float16 bit: named
+    replay = work / "replay" / "irsde.pt"
+    # the replay trained for real, in two parts as the file was (its own paths, its own resume record)
+    meta = torch.load(replay, weights_only=True)
+    assert meta["command"] != torch.load(shipped, weights_only=True)["command"] and meta["resumes"][0]["at"] == 8
+    # one weight changed in its last float16 bit: named
     payload = torch.load(shipped, weights_only=True)
     name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
-    flat = payload["state_dict"][name].view(-1).view(torch.int16)
-    flat[0] ^= 1
+    payload["state_dict"][name].view(-1).view(torch.int16)[0] ^= 1
     assert remake.compare_weights(payload, replay) == [name]
 
 
 @pytest.mark.slow
-def test_remake_quick_check_compares_the_first_curve_rows_and_names_a_changed_column(trained, tmp_path):
-    clone, shipped = trained
+def test_remake_of_a_file_without_its_resume_record_needs_its_segments(trained):
+    """A file older than the resume record: replayed as one run of 12 iterations, its curve departs from the file's
+    where the schedules differ (iteration 6 on), which the quick check names; given the runs' iterations, equal."""
+    _, shipped, work = trained
     payload = torch.load(shipped, weights_only=True)
-    payload["curve"]["loss"][2] *= 1.0 + 1e-12  # a change a rounded print would hide
-    changed = tmp_path / "changed.pt"
-    torch.save(payload, changed)
-    res = _strdiffusion("remake", str(changed), "--work", str(tmp_path / "work"), "--repo", str(clone),
-                        "--configfile", TINY, "--rows", "2", cwd=tmp_path)
+    del payload["resumes"]
+    for name in ("old", "old_segments"):
+        torch.save(payload, work.parent / f"{name}.pt")
+    res = _remake(trained, work.parent / "old.pt", "--rows", "3")
     assert res.returncode == 1, res.stdout + res.stderr[-3000:]
-    assert res.stdout.strip().endswith("differs: curve column(s) loss"), res.stdout
-    curve = remake._curve_rows(tmp_path / "work" / "replay" / "changed_curve.csv")
-    assert remake.compare_curves(torch.load(shipped, weights_only=True)["curve"], curve, rows=2) == []
+    assert "differs: curve column(s) loss, lr" in res.stdout, res.stdout
+    res = _remake(trained, work.parent / "old_segments.pt", "--rows", "5", "--segments", "8,12")
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "gives the same first 5 learning-curve rows" in res.stdout
+
+
+def test_remake_segments_come_from_the_resume_record_or_the_given_iterations():
+    prov = remake.Provenance(Path("t.pt"), "c" * 40, ["--iterations", "20"],
+                             {"resumes": [{"at": 6, "planned": 10}, {"at": 10, "planned": 10}]})
+    assert remake.segments(prov) == [(10, 6), (10, 10), (20, 20)]
+    old = remake.Provenance(Path("t.pt"), "c" * 40, ["--iterations", "20"], {})
+    assert remake.segments(old) == [(20, 20)]
+    assert remake.segments(old, [10, 20]) == [(10, 10), (20, 20)]
+    with pytest.raises(UserError, match=r"--segments 10,30: must rise to the file's own --iterations 20"):
+        remake.segments(old, [10, 30])
 
 
 def test_remake_refuses_a_checkpoint_without_provenance(tmp_path):
@@ -93,8 +119,8 @@ def test_remake_names_a_commit_missing_from_the_history(tmp_path, repo_root):
 def test_remake_redirects_every_output_and_keeps_the_settings(tmp_path):
     prov = remake.Provenance(Path("ck/irsde.pt"), "c" * 40, ["--net", "irsde", "--out", "a.pt", "--threads", "1",
                                                              "--state-dir", "s", "--iterations", "10"], {})
-    command, outputs = remake.replay_command(prov, tmp_path)
+    command, outputs = remake.replay_command(prov, tmp_path, iterations=4)
     args = command[command.index("train") + 1:]
     assert args == ["--net", "irsde", "--out", str(tmp_path / "irsde.pt"), "--threads", "1", "--state-dir",
-                    str(tmp_path / "irsde_state"), "--iterations", "10", "--curve", str(tmp_path / "irsde_curve.csv")]
+                    str(tmp_path / "irsde_state"), "--iterations", "4", "--curve", str(tmp_path / "irsde_curve.csv")]
     assert set(outputs) == {"--out", "--curve", "--state-dir"}

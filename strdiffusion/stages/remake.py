@@ -19,8 +19,15 @@ def main(argv=None) -> int:
                                         "(default: config/<data set>.yaml where it exists, else the default config)")
     p.add_argument("--cores", type=int, default=2, help="cores for making the inputs (default 2)")
     p.add_argument("--rows", type=int, help="quick check: stop after this many learning-curve rows and compare them")
+    p.add_argument("--segments", help="a training resumed with more iterations, in a file older than its `resumes` "
+                                      "record: the --iterations of each run, e.g. 10000,20000")
     a = p.parse_args(argv)
-    out = lib.remake(a.checkpoint, a.work, a.repo, a.configfile, a.cores, a.rows)
+    try:
+        totals = [int(t) for t in a.segments.split(",")] if a.segments else None
+    except ValueError:
+        raise lib.UserError(f"--segments {a.segments}: give whole numbers separated by commas, e.g. 10000,20000") \
+            from None
+    out = lib.remake(a.checkpoint, a.work, a.repo, a.configfile, a.cores, a.rows, totals)
     what = f"first {a.rows} learning-curve rows" if a.rows is not None else "weights and learning curve"
     if out["equal"]:
         print(f"{a.checkpoint}: the replay at {out['commit'][:10]} ({out['configfile']}) gives the same {what}")
