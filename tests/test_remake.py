@@ -73,13 +73,13 @@ def test_remake_gives_the_same_weights_and_a_changed_weight_is_named(trained):
 @pytest.mark.slow
 def test_remake_of_a_file_without_its_resume_record_needs_its_segments(trained):
     """A file older than the resume record: replayed as one run of 12 iterations, its curve departs from the file's
-    where the schedules differ (iteration 6 on), which the quick check names; given the runs' iterations, equal."""
+    where the schedules part (after iteration 6, the first run's milestone), which the quick check names; given the runs' iterations, equal."""
     _, shipped, work = trained
     payload = torch.load(shipped, weights_only=True)
     del payload["resumes"]
     for name in ("old", "old_segments"):
         torch.save(payload, work.parent / f"{name}.pt")
-    res = _remake(trained, work.parent / "old.pt", "--rows", "3")
+    res = _remake(trained, work.parent / "old.pt", "--rows", "4")
     assert res.returncode == 1, res.stdout + res.stderr[-3000:]
     assert "differs: curve column(s) loss, lr" in res.stdout, res.stdout
     res = _remake(trained, work.parent / "old_segments.pt", "--rows", "5", "--segments", "8,12")
