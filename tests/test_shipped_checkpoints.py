@@ -99,3 +99,23 @@ def test_the_shipped_networks_inpaint_better_than_the_mean_colour_fill(config, s
                                        crop[holes[cid]]) for cid, crop in crops])  # hole PSNR
     assert scores["irsde"] > scores["mean_fill"] + 0.5, scores
     assert scores["strdiffusion"] > scores["mean_fill"] + 0.5, scores
+
+
+def test_the_readme_remakes_each_file_on_its_own_learning_rate_schedule(shipped):
+    """The README's `strdiffusion remake` command of each file replays the runs whose learning rates the file's curve
+    recorded: every curve row's rate is the one its run's --iterations give (a file resumed with more iterations
+    needs its --segments, and the texture network's curve shows two schedules)."""
+    from strdiffusion.remake import read_provenance, segments
+    from strdiffusion.train import learning_rate
+
+    readme = (shipped / "README.md").read_text()
+    for net in NETWORKS:
+        line = next(w for w in readme.splitlines() if w.startswith(f"strdiffusion remake checkpoints/laptop/{net}.pt"))
+        words = line.split()
+        totals = [int(t) for t in words[words.index("--segments") + 1].split(",")] if "--segments" in words else None
+        prov = read_provenance(shipped / f"{net}.pt")
+        parts, s = segments(prov, totals), prov.meta["train_settings"]
+        for iteration, lr in zip(prov.meta["curve"]["iteration"][1:], prov.meta["curve"]["lr"][1:]):
+            total = next(total for total, last in parts if iteration <= last)
+            want = learning_rate(s["lr"], int(iteration), total, s["milestones"], s["gamma"], s["warmup"])
+            assert lr == pytest.approx(want, rel=1e-9), (net, iteration, lr, want, parts)
