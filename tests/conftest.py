@@ -34,10 +34,10 @@ def pytest_configure(config):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-# The longest chains of tests first (the SLURM clusters, mostly waiting; the tiny workflow's run and the stand-in GPU
-# folder), so that pytest-xdist's workers start them at once and the short tests fill the other workers around
-# them; a stable sort, so each group keeps its order.
-FIRST_GROUPS = ("slurm", "workflow", "gpu_slots")
+# The longest chains of tests first (the SLURM clusters, mostly waiting; the tiny workflow's run, the resume test's
+# run beside it, and the stand-in GPU folder), so that pytest-xdist's workers start them at once and the short
+# tests fill the other workers around them; a stable sort, so each group keeps its order.
+FIRST_GROUPS = ("slurm", "workflow", "resume", "gpu_slots")
 
 
 def _groups(item) -> list[str]:

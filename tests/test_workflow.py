@@ -45,12 +45,30 @@ def snakemake(workdir: Path, *args, torch_home: Path, check=True, timeout=900):
     return res
 
 
-@pytest.fixture(scope="module")
+def _classical_paths(tmp_path_factory) -> tuple[Path, Path]:
+    """Where the shared run and its TORCH_HOME live: a folder of the session that every pytest-xdist worker sees
+    (the table's n/a footnote names the TORCH_HOME folder, so a run compared with it must use the same one)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "classical_run"
+    return root / "run", root / "torch_home"
+
+
+@pytest.fixture(scope="session")
 def classical_run(tmp_path_factory, request):
-    repo = Path(request.config.rootpath)
-    work = make_workdir(tmp_path_factory.mktemp("wf") / "run", repo, TINY)
-    torch_home = tmp_path_factory.mktemp("torch_home")
-    snakemake(work, torch_home=torch_home)
+    """The tiny config's whole run, made once per session by the first worker that asks (a file lock); a worker that
+    asks while it is being made waits for it."""
+    from filelock import FileLock
+
+    work, torch_home = _classical_paths(tmp_path_factory)
+    torch_home.mkdir(parents=True, exist_ok=True)
+    done = work.parent / "done"
+    with FileLock(str(work.parent / "lock")):
+        if not done.is_file():
+            if work.exists():  # left half-made by a worker whose run failed
+                shutil.rmtree(work)
+            make_workdir(work, Path(request.config.rootpath), TINY)
+            snakemake(work, torch_home=torch_home)
+            done.write_text("")
     return work, torch_home
 
 
@@ -176,11 +194,12 @@ def _run_until(work: Path, torch_home: Path, pattern: str, timeout=600) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("workflow")  # one worker makes the shared run
-def test_resume_after_kill_equals_uninterrupted(classical_run, tmp_path, request):
+@pytest.mark.xdist_group("resume")  # a worker of its own: its run goes on beside the shared one
+def test_resume_after_kill_equals_uninterrupted(tmp_path, tmp_path_factory, request):
     """kill -9 during training, then during inpainting; the resumed run equals the uninterrupted one in every mask,
     inpainted image and table (so a second run with the same seed gives the same bytes)."""
-    work_a, torch_home = classical_run
+    _, torch_home = _classical_paths(tmp_path_factory)
+    torch_home.mkdir(parents=True, exist_ok=True)
     repo = Path(request.config.rootpath)
     work = make_workdir(tmp_path / "d", repo, TINY)
     killed_training = _run_until(work, torch_home, "results/builtin/models/*_state/state.pt")
@@ -206,6 +225,7 @@ def test_resume_after_kill_equals_uninterrupted(classical_run, tmp_path, request
     snakemake(work, "--rerun-incomplete", torch_home=torch_home)
     # finished shards were kept, not redone
     assert all(p.stat().st_mtime_ns == stamps[p] for p in finished)
+    work_a, _ = request.getfixturevalue("classical_run")  # made meanwhile by another worker, or now
     a = _outputs(work_a)
     d = _outputs(work)
     assert d["results/tables/builtin.csv"] == a["results/tables/builtin.csv"]
