@@ -143,10 +143,11 @@ def test_workflow_bad_config_key_is_one_line(tmp_path, request):
     assert len(errors) == 1 and "'metrcs'" in errors[0]
 
 
-def _outputs(work: Path) -> dict:
-    """Bytes of every mask, inpainted image and table of a run, by relative path."""
+def _outputs(work: Path, per_image: bool = False) -> dict:
+    """Bytes of every mask, inpainted image and table of a run (and per-image metric file), by relative path."""
     files = {}
-    for pattern in ("results/builtin/masks/test/*/*.png", "results/builtin/inpaint/*/*/*/*.png", "results/tables/*"):
+    patterns = ["results/builtin/masks/test/*/*.png", "results/builtin/inpaint/*/*/*/*.png", "results/tables/*"]
+    for pattern in patterns + ["results/builtin/metrics/*/*/per_image.csv"] * per_image:
         for p in sorted(work.glob(pattern)):
             files[str(p.relative_to(work))] = p.read_bytes()
     return files
@@ -171,8 +172,9 @@ def test_determinism_other_seed_changes_masks_and_diffusion_fills(classical_run,
     assert any(a[k] != c[k] for k in diffusion)
 
 
-def _run_until(work: Path, torch_home: Path, pattern: str, timeout=600) -> bool:
-    """Start the workflow, kill -9 its whole process group once `pattern` exists. True if killed."""
+def _run_until(work: Path, torch_home: Path, pattern: str, *targets: str, count: int = 1, timeout=600) -> bool:
+    """Start the workflow (up to ``targets``), kill -9 its whole process group once ``count`` paths match
+    ``pattern``. True if killed."""
     import signal
     import time
 
@@ -180,11 +182,12 @@ def _run_until(work: Path, torch_home: Path, pattern: str, timeout=600) -> bool:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["TORCH_HOME"] = str(torch_home)
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", "tiny.yaml", "--rerun-incomplete"], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([SNAKEMAKE, *targets, "--cores", "2", "--configfile", "tiny.yaml", "--rerun-incomplete"],
+                            cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        if list(work.glob(pattern)):
+        if len(list(work.glob(pattern))) >= count:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return True
@@ -197,14 +200,19 @@ def _run_until(work: Path, torch_home: Path, pattern: str, timeout=600) -> bool:
 @pytest.mark.xdist_group("resume")  # a worker of its own: its run goes on beside the shared one
 def test_resume_after_kill_equals_uninterrupted(tmp_path, tmp_path_factory, request):
     """kill -9 during training, then during inpainting; the resumed run equals the uninterrupted one in every mask,
-    inpainted image and table (so a second run with the same seed gives the same bytes)."""
+    diffusion-inpainted image and per-image metric file (so a second run with the same seed gives the same bytes).
+    The run goes up to the three diffusion methods' per-image metrics: the four trainings, every diffusion shard,
+    without the classical methods, the set metrics, the table and figures (derived from these by deterministic
+    code, byte-identical from the same inputs)."""
     _, torch_home = _classical_paths(tmp_path_factory)
     torch_home.mkdir(parents=True, exist_ok=True)
     repo = Path(request.config.rootpath)
     work = make_workdir(tmp_path / "d", repo, TINY)
-    killed_training = _run_until(work, torch_home, "results/builtin/models/*_state/state.pt")
+    targets = [f"results/builtin/metrics/{m}/{b}/per_image.csv" for m in DIFFUSION for b in ("10-20", "30-40")]
+    killed_training = _run_until(work, torch_home, "results/builtin/models/*_state/state.pt", *targets)
     snakemake(work, "--unlock", torch_home=torch_home)  # what a user does after kill -9 (README)
-    killed_inpainting = _run_until(work, torch_home, "results/builtin/inpaint/strdiffusion/*/shard_0")
+    # three shards written: two jobs run at a time, so at least one of them had finished at the kill
+    killed_inpainting = _run_until(work, torch_home, "results/builtin/inpaint/*/*/shard_?", *targets, count=3)
     snakemake(work, "--unlock", torch_home=torch_home)
     assert killed_training and killed_inpainting
     # Snakemake marks the outputs of jobs that were running at the kill as incomplete; those are redone
@@ -222,16 +230,14 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tmp_path_factory, requ
                 if p.is_dir() and str(p.relative_to(work)) not in incomplete]
     assert finished
     stamps = {p: p.stat().st_mtime_ns for p in finished}
-    snakemake(work, "--rerun-incomplete", torch_home=torch_home)
+    snakemake(work, *targets, "--rerun-incomplete", torch_home=torch_home)
     # finished shards were kept, not redone
     assert all(p.stat().st_mtime_ns == stamps[p] for p in finished)
     work_a, _ = request.getfixturevalue("classical_run")  # made meanwhile by another worker, or now
-    a = _outputs(work_a)
-    d = _outputs(work)
-    assert d["results/tables/builtin.csv"] == a["results/tables/builtin.csv"]
-    assert d["results/tables/builtin.md"] == a["results/tables/builtin.md"]
-    assert a.keys() == d.keys() and len(a) > 30
-    assert [k for k in a if a[k] != d[k]] == []
+    a, d = _outputs(work_a, per_image=True), _outputs(work, per_image=True)
+    assert not any("/inpaint/" in k and k.split("/")[3] not in DIFFUSION for k in d)  # the run stopped where asked
+    assert len([k for k in d if k.endswith("per_image.csv")]) == len(targets) and len(d) > 30
+    assert d.keys() <= a.keys() and [k for k in d if a[k] != d[k]] == []
 
 
 def test_speed_options_reach_the_inpaint_jobs(tmp_path, request):
