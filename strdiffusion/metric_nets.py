@@ -24,6 +24,7 @@ import numpy as np
 
 from .gpu import resolve_device
 from .utils import UserError, equal_size_runs
+from .weights import default_dir as hub_checkpoint_dir  # torch.hub's folder, found without importing torch
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -73,28 +74,22 @@ def write_standin_weights(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- weights
 
-def hub_checkpoint_dir() -> Path:
-    """The folder where torch.hub (and torchvision, lpips, pytorch-fid) look for cached weights."""
-    from .weights import default_dir
-
-    return default_dir()
-
-
 def find_weights(filename: str, local_path=None, setting: str = "") -> tuple[Path | None, str]:
     """Locate a weights file without downloading: ``local_path`` if given, else the hub cache.
 
     Returns (path, "") when found, else (None, reason) with a reason that says where to put it.
     """
+    hub = hub_checkpoint_dir()
     if local_path:
         path = Path(local_path).expanduser()
         if path.is_file():
             return path, ""
         return None, (f"{path} (given as {setting}) does not exist; put {filename} there, or into "
-                      f"$TORCH_HOME/hub/checkpoints/ (currently {hub_checkpoint_dir()}) and unset {setting}")
-    cached = hub_checkpoint_dir() / filename
+                      f"$TORCH_HOME/hub/checkpoints/ (currently {hub}) and unset {setting}")
+    cached = hub / filename
     if cached.is_file():
         return cached, ""
-    return None, (f"put {filename} into $TORCH_HOME/hub/checkpoints/ (currently {hub_checkpoint_dir()}) "
+    return None, (f"put {filename} into $TORCH_HOME/hub/checkpoints/ (currently {hub}) "
                   f"or set {setting}; online, `strdiffusion weights fetch` downloads it")
 
 

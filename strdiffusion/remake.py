@@ -5,8 +5,9 @@ training inputs there (data, structure maps, training masks), and the recorded `
 again with its outputs redirected into the work folder. Training on the recorded CPU thread count is
 deterministic, and a resumed training equals an uninterrupted one, so the replay's weights equal the file's bit for
 bit (float16-rounded first when the file was shrunk for shipping); only the metadata that describes the replay
-itself differs (training seconds, paths). The replay runs in the current Python environment, so the torch version
-and the kind of CPU must match the ones that trained the file.
+itself differs (training seconds, paths). The replay runs in the current Python environment, on the device the
+recorded command names (``auto``: a GPU where one is visible), so the torch version and the device must match the
+ones that trained the file: for a file trained on a CPU, run it with ``CUDA_VISIBLE_DEVICES=`` on a GPU machine.
 
 A full replay takes as long as the training did. ``rows=K`` is the quick check: it stops the replay once its
 learning curve has K validation rows after the first and compares them with the curve stored in the file (loss,

@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -63,8 +64,6 @@ def default_dir() -> Path:
     importing torch (a job that only looks for a file must not pay torch's start-up): torch.hub's own rule,
     $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch; torch.hub.get_dir() when torch is loaded
     already (it may have been pointed elsewhere with torch.hub.set_dir)."""
-    import os
-
     if "torch" in sys.modules:
         return Path(sys.modules["torch"].hub.get_dir()) / "checkpoints"
     home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
