@@ -4,8 +4,8 @@ Rank r trains on its slice of each global batch and DDP averages the gradients, 
 weights equal the single-process weights up to float rounding of the gradient sum (order of the all-reduce).
 Tolerance: 1e-4 absolute on every weight (a tenth of one Adam step at lr 1e-3), and the per-iteration losses
 within 1e-5 relative. The critic's minibatch-stddev groups (sample b in group b % (B // 4)) match because rank r
-takes the strided positions r, r + 2, ... of each global batch. The structure network's DDP run is in
-test_train.py.
+takes the strided positions r, r + 2, ... of each global batch. The texture network's comparison is the resume
+test's: its two-process run is stopped half-way and resumed.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _assert_close_weights(a, b, net: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("net", ["texture", "critic", "irsde"])
+@pytest.mark.parametrize("net", ["structure", "critic", "irsde"])
 def test_ddp_two_processes_equal_one_process_with_the_global_batch(data, tmp_path, net):
     single = tmp_path / "single"
     main(cli_args(data, single / f"{net}.pt", single / "state", net, ITERATIONS, **{**_options(net), "threads": 1}))
@@ -72,14 +72,20 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(data, tmp_pat
 
 @pytest.mark.slow
 def test_ddp_texture_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
-    """A two-process texture run stopped after 2 iterations and re-run to 4 ends where one process running 4 does."""
+    """A two-process texture run stopped after 2 iterations and re-run to 4 ends where one process running 4 does:
+    the same losses at every iteration and the same weights."""
     net = "texture"
     single = tmp_path / "single"
     main(cli_args(data, single / f"{net}.pt", single / "state", net, 4, **{**_options(net), "threads": 1}))
-    _ddp(data, tmp_path / "ddp", net, 2)
+    first = _ddp(data, tmp_path / "ddp", net, 2)
+    per = _options(net)["batch_size"] // 2
+    assert f"2 process(es), batch {per} per process, effective batch {2 * per}" in first.stderr
     again = _ddp(data, tmp_path / "ddp", net, 4)
     assert "at iteration 2" in again.stderr and "resuming from" in again.stderr
     meta = checkpoints.load_checkpoint(tmp_path / "ddp" / f"{net}.pt", kind=net)[1]
     assert meta["iteration"] == 4 and meta["resumes"] == [{"at": 2, "planned": 2}]
-    assert pd.read_csv(tmp_path / "ddp" / "state" / "losses.csv")["iteration"].tolist() == [1, 2, 3, 4]
+    losses = pd.read_csv(tmp_path / "ddp" / "state" / "losses.csv")
+    assert losses["iteration"].tolist() == [1, 2, 3, 4]
+    one = pd.read_csv(single / "state" / "losses.csv")["loss"].to_numpy()
+    assert losses["loss"].to_numpy() == pytest.approx(one, rel=1e-5)
     _assert_close_weights(single / f"{net}.pt", tmp_path / "ddp" / f"{net}.pt", net)
