@@ -1,6 +1,6 @@
 """A set-metric job's memory does not grow with the number of images beyond their features.
 
-The job runs in a subprocess (its peak RSS is its own) on hard links to a few distinct 256 px PNGs,
+The job runs in a subprocess (its peak RSS is its own) on hard links to a few distinct 128 px PNGs,
 with a small random-weight convolutional network standing in for the FID Inception: reading and
 holding the images is what is measured, and that does not depend on the network.
 """
@@ -45,7 +45,7 @@ _JOB = textwrap.dedent("""
 """)
 
 
-def _linked_set(root: Path, n: int, distinct: int = 6, px: int = 256):
+def _linked_set(root: Path, n: int, distinct: int = 6, px: int = 128):
     """gt/ and pred/ with n PNGs each, hard links to ``distinct`` different images, and a pairs CSV."""
     rng = np.random.default_rng(0)
     src = root / "src"
@@ -84,7 +84,8 @@ def test_set_metrics_peak_memory_grows_less_than_a_quarter_from_500_to_4000_pair
     large, row_large = _peak_rss_mb(tmp_path, 4000)
     assert row_small["n_images"] == 500 and row_large["n_images"] == 4000
     assert np.isfinite(row_large["fid"]) and row_large["fid"] > 0  # the features were computed and used
-    # holding the images would add 2 x 196 KB per pair (1.4 GB at 4,000); the features are 32 KB per pair
+    # holding the images would add 2 x 48 KB per pair (0.4 GB at 4,000; a run that held them went from 877 to
+    # 1,505 MB); the features are 32 KB per pair
     print(f"peak RSS: {small:.0f} MB at 500 pairs, {large:.0f} MB at 4,000 pairs")
     assert large < 1.25 * small, (small, large)
 
