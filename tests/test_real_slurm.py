@@ -527,11 +527,11 @@ class TestRealSlurmFaults:
                                  "reduced.yaml"], cwd=work, env=_env(reference.torch_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            log = work / "logs" / "builtin" / "train_irsde.log"
-            _wait_for(lambda: log.exists() and "train irsde:" in log.read_text(errors="replace"), 300,
-                      "the training's first iteration")
-            # about half of checkpoint_every at the speed measured before (the cancelled state is not a checkpoint)
-            time.sleep(max(1.0, 0.5 * PREEMPT["train"]["checkpoint_every"] * reference.per_iteration))
+            # cancelled just after its first checkpoint (its progress line is the checkpoint's last step): the signal
+            # reaches it some iterations on, so the state it saves is not a checkpoint's, however fast the job runs
+            log, every = work / "logs" / "builtin" / "train_irsde.log", PREEMPT["train"]["checkpoint_every"]
+            _wait_for(lambda: log.exists() and f"iteration {every}/" in log.read_text(errors="replace"), 300,
+                      "the training's first checkpoint", interval=0.05)
             job = [j for j in _rule_jobs(cluster, "train_irsde", work) if j["state"] == "RUNNING"][0]
             subprocess.run(["scancel", job["jobid"]], check=True)
             cancelled = time.monotonic()
