@@ -348,7 +348,6 @@ def run_reference(job: BinJob, s: SetMetricSettings) -> None:
         log.warning("reference statistics n/a: %s", features.reason)
         write(out, unavailable(job.gt_dir, ids, features.reason))
         return
-    _configure(s.tf32)  # as the set jobs do: the statistics must come from the same numerics as their features
     if out.is_file():
         with_features = read(out)
         why = stale_reason(with_features, job.gt_dir, ids, features.weights_path)
@@ -356,6 +355,7 @@ def run_reference(job: BinJob, s: SetMetricSettings) -> None:
             log.info("%s is up to date (%d images); kept", out, len(ids))
             return
         log.info("%s is stale (%s); recomputing", out, why)
+    _configure(s.tf32)  # as the set jobs do: the statistics must come from the same numerics as their features
     stats = statistics(set_features(features, [(job.gt_dir / f"{i}.png", None) for i in ids], "gt"),
                        features.weights_path, job.gt_dir, ids)
     write(out, stats)

@@ -167,8 +167,8 @@ def _curve_rows(path: Path):
 
 def run_replay(tree: Path, command: list[str], curve: Path, stop=None, poll: float = 2.0) -> None:
     """Run one replayed training to its end, or until ``stop(curve)`` holds for its learning curve (read as it
-    is saved, with the state, every ``--checkpoint-every`` iterations). Its log goes to ``replay.log`` beside
-    the curve (``<name>_replay.log``)."""
+    is saved, with the state, every ``--checkpoint-every`` iterations). Its log goes to ``<name>_replay.log``
+    beside the curve (``<name>_curve.csv``)."""
     log.info("replaying at %s: %s", tree, " ".join(command[2:]))
     curve.parent.mkdir(parents=True, exist_ok=True)
     log_path = curve.with_name(curve.name.replace("_curve.csv", "_replay.log"))
@@ -220,18 +220,18 @@ def replay_segments(tree: Path, prov: Provenance, out_dir: Path, parts, rows: in
     """Each part of the training in turn, each resuming from the state the one before saved (a part the curve
     has passed already is skipped: a second call resumes); returns the output paths."""
     outputs = replay_command(prov, out_dir)[1]
+    curve = outputs["--curve"]
     for i, (total, last) in enumerate(parts):
+        final = i == len(parts) - 1
 
-        def reached(df, last=last, total=total) -> bool:
-            return (rows is not None and len(df) > rows) or (last < total and df["iteration"].iloc[-1] >= last)
+        def reached(df, last=last, final=final) -> bool:
+            """The quick check's rows are in, or this part (not the last, which runs to its end) got to its end."""
+            return (rows is not None and len(df) > rows) or (not final and df["iteration"].iloc[-1] >= last)
 
-        done = _curve_rows(outputs["--curve"])
-        if done is not None and len(done):
-            if rows is not None and len(done) > rows:
-                break
-            if reached(done) or (i < len(parts) - 1 and done["iteration"].iloc[-1] >= last):
-                continue
-        run_replay(tree, replay_command(prov, out_dir, total)[0], outputs["--curve"], reached)
+        done = _curve_rows(curve)
+        if done is not None and len(done) and reached(done):
+            continue
+        run_replay(tree, replay_command(prov, out_dir, total)[0], curve, reached)
     return outputs
 
 

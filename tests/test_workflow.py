@@ -147,7 +147,9 @@ def _outputs(work: Path, per_image: bool = False) -> dict:
     """Bytes of every mask, inpainted image and table of a run (and per-image metric file), by relative path."""
     files = {}
     patterns = ["results/builtin/masks/test/*/*.png", "results/builtin/inpaint/*/*/*/*.png", "results/tables/*"]
-    for pattern in patterns + ["results/builtin/metrics/*/*/per_image.csv"] * per_image:
+    if per_image:
+        patterns.append("results/builtin/metrics/*/*/per_image.csv")
+    for pattern in patterns:
         for p in sorted(work.glob(pattern)):
             files[str(p.relative_to(work))] = p.read_bytes()
     return files
