@@ -76,6 +76,20 @@ def _ok(*cmd: str) -> bool:
         return False
 
 
+def job_processes() -> list[int]:
+    """PIDs of the processes that run as jobs of a test cluster (SLURM sets SLURM_CLUSTER_NAME in their
+    environment; the tests' own processes run without SLURM variables)."""
+    mark, pids = f"SLURM_CLUSTER_NAME={CLUSTER}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return pids
+
+
 class SlurmCluster:
     """One node (``node``), partitions ``cpu_partition`` (default) and ``gpu_partition``, 1 fake GPU."""
 
@@ -245,7 +259,8 @@ LogFile={d / 'log' / 'slurmdbd.log'}
         self._procs.append((name, proc))
 
     def stop(self):
-        """Cancel every job, end each daemon by its PID (TERM, then KILL), restore /etc/slurm, release the lock."""
+        """Cancel every job, end each daemon by its PID (TERM, then KILL) and any job process left, restore
+        /etc/slurm, release the lock."""
         try:
             if any(n == "slurmctld" and p.poll() is None for n, p in self._procs):
                 subprocess.run(["scancel", "--full", f"--partition={self.cpu_partition},{self.gpu_partition}"],
@@ -261,6 +276,11 @@ LogFile={d / 'log' / 'slurmdbd.log'}
                     proc.kill()
                     proc.wait(timeout=10)
         self._procs.clear()
+        for pid in job_processes():  # a job step that outlived its scancel (it ignored SIGTERM) and the daemons
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         for path, old in self._saved.items():
             try:
                 if old is None:
