@@ -134,7 +134,7 @@ def env_info() -> dict:
 # ---------------------------------------------------------------------- networks
 
 def build(kind: str, config: str, device="cpu") -> torch.nn.Module:
-    from strdiffusion.checkpoints import build_network
+    from strdiffusion.models.checkpoints import build_network
 
     c = CONFIGS[config]
     kw = {"ngf": c["ngf"]} if kind == "critic" else \

@@ -16,7 +16,7 @@ def random_inception():
 
     from pytorch_fid import inception as fid
 
-    from strdiffusion.metric_nets import random_fid_inception
+    from strdiffusion.metrics.nets import random_fid_inception
 
     with mock.patch.object(fid, "fid_inception_v3", random_fid_inception):
         return fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()

@@ -91,7 +91,7 @@ def parse_args(argv):
 
 def start(a) -> dict:
     """The run's header: the machine, the configurations and the fp32 matmul rate measured now."""
-    from strdiffusion.precision import configure
+    from strdiffusion.runtime.precision import configure
 
     # the workflow's default numerics (tf32 false: no TF32 in cuDNN either); the precision rows switch TF32 on
     result = {"env": env_info(), "targets": TARGETS, "quick": a.quick, "sections": a.sections,

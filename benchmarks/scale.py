@@ -156,7 +156,7 @@ def workflow_copy(work: Path) -> None:
 
 def paper_config() -> dict:
     """config/paper/places2.yaml with the files it extends."""
-    from strdiffusion.config import read_layer
+    from strdiffusion.settings.config import read_layer
 
     return read_layer(REPO / "config/paper/places2.yaml")
 
@@ -327,7 +327,7 @@ def run(a, result_all: dict) -> None:
     """The ``scale`` section: one rehearsal per ``--fraction`` percent, the table and the growth exponents."""
     import datetime
 
-    from strdiffusion.metric_nets import write_standin_weights
+    from strdiffusion.metrics.nets import write_standin_weights
 
     paper = paper_config()
     rows = paper["methods"][:a.scale_rows] if a.scale_rows else paper["methods"]

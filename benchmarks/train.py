@@ -25,9 +25,9 @@ def bench_train(quick: bool, config: str = "tiny", batch: int = 8, px: int = 64,
     """Per network: the trainer's step (``train.objective`` + backward + Adam) in it/s, images/s and
     GFLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode) as a share of the fp32
     matmul peak measured in the same run (small nets should reach >= 50 %)."""
-    from strdiffusion import train
     from strdiffusion.core.sde import IRSDE
-    from strdiffusion.methods import NETWORKS
+    from strdiffusion.settings.methods import NETWORKS
+    from strdiffusion.training import trainer as train
 
     sde = IRSDE(T=T, device=common.DEVICE)
     data = {k: v.to(common.DEVICE) for k, v in synthetic_batch(batch, px, T).items()}

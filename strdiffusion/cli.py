@@ -2,7 +2,7 @@
 
 Each stage is a module of :mod:`strdiffusion.stages` with ``main(argv)``. User errors (bad files, keys,
 values) are printed as one line, ``error: ...``, with exit status 2; no traceback. A job stopped on notice
-(SIGTERM, SIGUSR1, its SLURM time limit; :mod:`strdiffusion.interrupt`) prints ``interrupted by ...`` and
+(SIGTERM, SIGUSR1, its SLURM time limit; :mod:`strdiffusion.runtime.signals`) prints ``interrupted by ...`` and
 exits with status 75.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from . import __version__
+        from strdiffusion import __version__
 
         print(__version__)
         return 0
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=os.environ.get("STRDIFFUSION_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
-    from .gpu import claim_from_env
-    from .interrupt import INTERRUPTED, Interrupted
-    from .utils import UserError, disk_full_message, is_disk_full
+    from strdiffusion.io.errors import UserError, disk_full_message, is_disk_full
+    from strdiffusion.runtime.gpu import claim_from_env
+    from strdiffusion.runtime.signals import INTERRUPTED, Interrupted
 
     try:
         claim_from_env()  # before anything initialises CUDA

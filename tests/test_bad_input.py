@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from strdiffusion.checkpoints import build_network, save_checkpoint
+from strdiffusion.models.checkpoints import build_network, save_checkpoint
 
 RGB = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
 TINY_NET = {"nf": 4, "depth": 2}

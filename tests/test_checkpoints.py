@@ -6,11 +6,17 @@ import pytest
 import torch
 
 from strdiffusion import __version__
-from strdiffusion.checkpoints import (FORMAT, NET_KINDS, build_network, default_ctor_kwargs, load_checkpoint,
-                                      save_checkpoint)
 from strdiffusion.core.nets import ConditionalUNet, Critic
 from strdiffusion.core.sde import IRSDE
-from strdiffusion.utils import UserError
+from strdiffusion.io.errors import UserError
+from strdiffusion.models.checkpoints import (
+    FORMAT,
+    NET_KINDS,
+    build_network,
+    default_ctor_kwargs,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 TINY = {"structure": {"nf": 8, "depth": 2}, "texture": {"nf": 8, "depth": 2}, "irsde": {"nf": 8, "depth": 2},
         "critic": {"ngf": 4}}
@@ -224,8 +230,8 @@ def test_save_checkpoint_unwraps_compiled_and_parallel(tmp_path):
 
 @pytest.mark.parametrize("kind", NET_KINDS)
 def test_shrink_stores_float16_weights_that_load_into_float32_nets(tmp_path, kind):
-    from strdiffusion.shrink import shrink
-    from strdiffusion.weights import sha256_of
+    from strdiffusion.io.files import sha256_of
+    from strdiffusion.models.shrink import shrink
 
     net = _perturbed(kind)
     src, dst = tmp_path / "full.pt", tmp_path / "half" / "net.pt"
@@ -251,7 +257,7 @@ def test_shrink_stores_float16_weights_that_load_into_float32_nets(tmp_path, kin
 
 
 def test_shrink_refuses_bad_input_and_leaves_nothing(tmp_path):
-    from strdiffusion.shrink import shrink
+    from strdiffusion.models.shrink import shrink
 
     net = _perturbed("irsde")
     src = tmp_path / "full.pt"

@@ -3,8 +3,8 @@ import copy
 import pytest
 import yaml
 
-from strdiffusion import config as cfg
-from strdiffusion.utils import UserError
+from strdiffusion.io.errors import UserError
+from strdiffusion.settings import config as cfg
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +80,10 @@ def test_wheel_contains_the_schema_and_validates_outside_the_clone(tmp_path, rep
     (wheel,) = (tmp_path / "dist").glob("strdiffusion-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        assert "strdiffusion/schemas/config.schema.yaml" in names
+        assert "strdiffusion/settings/schemas/config.schema.yaml" in names
         z.extractall(tmp_path / "site")
     # validate the shipped default config with the wheel's package, from a folder outside the clone
-    code = ("import sys, yaml; sys.path.insert(0, sys.argv[1]); import strdiffusion.config as c; "
+    code = ("import sys, yaml; sys.path.insert(0, sys.argv[1]); import strdiffusion.settings.config as c; "
             "assert c.__file__.startswith(sys.argv[1]), c.__file__; "
             "c.validate(yaml.safe_load(open(sys.argv[2]))); print('valid')")
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(repo_root / "config" / "config.yaml")],

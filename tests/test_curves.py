@@ -1,4 +1,4 @@
-"""Tests of strdiffusion/curves.py: the learning-curves figure from CSVs and checkpoint metadata."""
+"""Tests of strdiffusion/reporting/curves.py: the learning-curves figure from CSVs and checkpoint metadata."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from strdiffusion import checkpoints, curves
+from strdiffusion.io.errors import UserError
+from strdiffusion.models import checkpoints as checkpoints
+from strdiffusion.reporting import curves as curves
 from strdiffusion.stages import curves as curves_stage
-from strdiffusion.utils import UserError
 
 
 def _curve(kind: str) -> dict:

@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from strdiffusion import data
-from strdiffusion.utils import UserError, read_image_rgb
+from strdiffusion.data import prepare as data
+from strdiffusion.io.errors import UserError
+from strdiffusion.io.images import read_image_rgb
 
 
 def test_builtin_is_deterministic_and_large_enough(tmp_path):
@@ -100,7 +101,7 @@ def test_skipped_file_log_line_does_not_ask_for_skip_bad_files(tmp_path, caplog)
     root = tmp_path / "imgs"
     _write_variants(root)
     (root / "broken.png").write_text("this is not an image")
-    with caplog.at_level("WARNING", logger="strdiffusion.data"):
+    with caplog.at_level("WARNING", logger="strdiffusion.data.prepare"):
         data.prepare(tmp_path / "out", "folder", 32, seed=0, path=str(root), test_fraction=0.5, skip_bad_files=True)
     lines = [r.getMessage() for r in caplog.records if "broken.png" in r.getMessage()]
     assert len(lines) == 1 and "cannot decode image" in lines[0]

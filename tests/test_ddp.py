@@ -14,10 +14,10 @@ import sys
 
 import pandas as pd
 import pytest
-
-from strdiffusion import checkpoints
-from strdiffusion.stages.train import main
 from test_train import cli_args, env_cpu, make_data
+
+from strdiffusion.models import checkpoints as checkpoints
+from strdiffusion.stages.train import main
 
 ITERATIONS = 3
 ATOL = 1e-4

@@ -54,7 +54,8 @@ def test_disk_full_checkpoint_and_csv_helpers(tiny_disk):
     import pandas as pd
     import torch
 
-    from strdiffusion.utils import DiskFullError, atomic_path, write_csv_atomic
+    from strdiffusion.io.errors import DiskFullError
+    from strdiffusion.io.files import atomic_path, write_csv_atomic
 
     with pytest.raises(DiskFullError) as info:   # torch.save reports ENOSPC as a RuntimeError
         with atomic_path(tiny_disk / "net.pt") as tmp:
@@ -79,7 +80,7 @@ def test_disk_full_weights_fetch_leaves_nothing(tiny_disk, tmp_path):
 
 def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     """mkstemp and mkdtemp create private files (0600, 0700); an output must read like any other file."""
-    from strdiffusion.utils import atomic_dir, atomic_path
+    from strdiffusion.io.files import atomic_dir, atomic_path
 
     old = os.umask(0o022)
     try:

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from strdiffusion import docs
+from strdiffusion.io.errors import UserError
+from strdiffusion.reporting import docs as docs
 from strdiffusion.stages import docs as docs_stage
-from strdiffusion.utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""The export stage (strdiffusion/export.py): the test pairs in LaMa's, keep-white and plain layouts."""
+"""The export stage (strdiffusion/masks/export.py): the test pairs in LaMa's, keep-white and plain layouts."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from strdiffusion import export
 from strdiffusion.cli import main as cli
-from strdiffusion.mask_bins import hole_ratio
+from strdiffusion.masks import export
+from strdiffusion.masks.bins import hole_ratio
 
 
 def _pairs(root, ids_bins):

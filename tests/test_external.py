@@ -1,4 +1,4 @@
-"""Outside methods as rows (strdiffusion/external.py): the import stage's protocol, the config, the table, and
+"""Outside methods as rows (strdiffusion/inpainting/outside.py): the import stage's protocol, the config, the table, and
 the round trip through the workflow: export the pairs, run OpenCV's Telea on the exported files here, score
 the results as an outside method, and get the built-in Telea row.
 
@@ -18,16 +18,18 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_workflow import TINY, make_workdir, snakemake
 
-from strdiffusion import external, external_rows, tables
-from strdiffusion.config import validate
-from strdiffusion.inpaint import classical_inpaint
-from strdiffusion.metric_nets import write_standin_weights
-from strdiffusion.settings import ImportSettings, job_options
+from strdiffusion.inpainting import outside as external
+from strdiffusion.inpainting.run import classical_inpaint
+from strdiffusion.io.errors import UserError
+from strdiffusion.metrics.nets import write_standin_weights
+from strdiffusion.reporting import tables as tables
+from strdiffusion.settings import external as external_rows
+from strdiffusion.settings.config import validate
+from strdiffusion.settings.jobs import ImportSettings, job_options
 from strdiffusion.stages import metrics as metrics_stage
 from strdiffusion.stages import tables as tables_stage
-from strdiffusion.utils import UserError
-from test_workflow import TINY, make_workdir, snakemake
 
 BIN = "10-20"
 
@@ -125,7 +127,7 @@ def test_external_other_size_is_one_line_error_naming_both_sizes_unless_resized(
 def test_external_jpeg_outputs_are_read_like_png(test_set, caplog):
     _telea_outputs(test_set, test_set / "png")
     _telea_outputs(test_set, test_set / "jpeg", ext=".jpg", quality=75)
-    with caplog.at_level(logging.WARNING, logger="strdiffusion.external"):
+    with caplog.at_level(logging.WARNING, logger="strdiffusion.inpainting.outside"):
         png = _import(test_set, test_set / "png" / "{image_id}.png", out="from_png")
         jpeg = _import(test_set, test_set / "jpeg" / "{image_id}.jpg", out="from_jpeg")
     assert png["known_pixels_differ"] == 0 and jpeg["known_pixels_differ"] == 0  # JPEG noise is not a mismatch
@@ -151,7 +153,7 @@ def test_external_outputs_for_other_masks_give_a_one_line_warning(test_set, capl
     other.mkdir()
     for i in range(6):
         Image.fromarray(classical_inpaint("mean_fill", _photo(i), (~_other_hole(i)).astype(np.float32))).save(other / f"img{i}.png")
-    with caplog.at_level(logging.WARNING, logger="strdiffusion.external"):
+    with caplog.at_level(logging.WARNING, logger="strdiffusion.inpainting.outside"):
         record = _import(test_set, test_set / "other" / "{image_id}.png", method="mat")
     warnings = [r.getMessage() for r in caplog.records if "differ" in r.getMessage()]
     assert record["known_pixels_differ"] > 3 and len(warnings) == 1
@@ -195,7 +197,7 @@ def test_external_missing_outputs_error_or_partial_row_with_its_image_count(test
 
 
 def test_external_partial_row_has_a_blank_panel_in_the_qualitative_grid(test_set):
-    from strdiffusion import figures
+    from strdiffusion.reporting import figures as figures
 
     outside = test_set / "outside"
     _telea_outputs(test_set, outside)

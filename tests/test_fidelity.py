@@ -11,16 +11,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_train import ZeroUNet, cli_args, make_data, random_batch
 
-from strdiffusion import train, training_data
-from strdiffusion.stages import train as train_stage
-from strdiffusion.config import read_layer
 from strdiffusion.core import objectives
 from strdiffusion.core.nets.critic import Critic
 from strdiffusion.core.sde import IRSDE
-from strdiffusion.validation import hole_scores
-
-from test_train import ZeroUNet, cli_args, make_data, random_batch
+from strdiffusion.settings.config import read_layer
+from strdiffusion.stages import train as train_stage
+from strdiffusion.training import data as training_data
+from strdiffusion.training import trainer as train
+from strdiffusion.training.learning_curve import hole_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "paper").glob("*.yaml"))]

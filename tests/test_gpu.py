@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from strdiffusion import checkpoints
 from test_train import assert_same_weights, cli_args, make_data
+
+from strdiffusion.models import checkpoints as checkpoints
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU lane: no CUDA device visible to torch")]
@@ -78,10 +78,10 @@ def test_gpu_noise_of_an_image_is_its_cpu_noise():
 
 def _paper_runner(tmp_path, device, deterministic=False, method="strdiffusion_noresample"):
     """A runner of paper-size networks (random weights, seeded) on ``device``, T 10."""
-    from strdiffusion.diffusion_runner import DiffusionRunner
     from strdiffusion.core.sampling import SamplerConfig
     from strdiffusion.core.sde import IRSDE
-    from strdiffusion.settings import RunSettings
+    from strdiffusion.inpainting.diffusion import DiffusionRunner
+    from strdiffusion.settings.jobs import RunSettings
 
     paths = {}
     for kind in ("structure", "texture", "critic"):

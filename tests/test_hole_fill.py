@@ -10,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import cli_args, make_data, random_batch
 
-from strdiffusion.stages import train as train_stage
 from strdiffusion.core import objectives
-from strdiffusion.checkpoints import load_checkpoint
-from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
-from strdiffusion.inpaint import classical_inpaint
 from strdiffusion.core.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde
 from strdiffusion.core.sde import IRSDE, degraded
-
-from test_train import cli_args, make_data, random_batch
-from strdiffusion.config import read_layer
+from strdiffusion.inpainting.diffusion import DiffusionRunner, RunSettings
+from strdiffusion.inpainting.run import classical_inpaint
+from strdiffusion.models.checkpoints import load_checkpoint
+from strdiffusion.settings.config import read_layer
+from strdiffusion.stages import train as train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

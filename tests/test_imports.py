@@ -90,9 +90,9 @@ def test_cycle_finder_finds_a_planted_circle():
 
 def test_graph_sees_relative_and_lazy_imports():
     graph = package_graph()
-    assert "strdiffusion.core.sampling" in graph["strdiffusion.diffusion_runner"]
-    assert "strdiffusion.checkpoints" in graph["strdiffusion.diffusion_runner"]  # imported inside a function
-    assert "strdiffusion.core.nets.spade" in graph["strdiffusion.diffusion_runner"]
+    assert "strdiffusion.core.sampling" in graph["strdiffusion.inpainting.diffusion"]
+    assert "strdiffusion.models.checkpoints" in graph["strdiffusion.inpainting.diffusion"]  # imported inside a function
+    assert "strdiffusion.core.nets.spade" in graph["strdiffusion.inpainting.diffusion"]
 
 
 def test_no_import_circle_in_the_package():

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strdiffusion.inpaint import CLASSICAL, classical_inpaint, shard_rows
-from strdiffusion.utils import UserError
+from strdiffusion.inpainting.run import CLASSICAL, classical_inpaint, shard_rows
+from strdiffusion.io.errors import UserError
 
 
 def _scene():
@@ -46,7 +46,7 @@ def test_shards_partition_the_pairs_of_a_bin():
 
 
 def test_mean_fill_is_the_mean_colour_of_known_pixels():
-    from strdiffusion.inpaint import classical_inpaint
+    from strdiffusion.inpainting.run import classical_inpaint
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (12, 10, 3)).astype(np.uint8)

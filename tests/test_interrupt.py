@@ -1,4 +1,4 @@
-"""Tests of strdiffusion/interrupt.py: a training stopped by SIGTERM or SIGUSR1 saves its state at the next
+"""Tests of strdiffusion/runtime/signals.py: a training stopped by SIGTERM or SIGUSR1 saves its state at the next
 iteration boundary, exits with status 75, and resumes to exactly the weights of an uninterrupted run."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from strdiffusion.interrupt import INTERRUPTED, parse_slurm_time
-from strdiffusion.stages.train import main
 from test_train import assert_same_weights, cli_args, env_cpu, make_data
+
+from strdiffusion.runtime.signals import INTERRUPTED, parse_slurm_time
+from strdiffusion.stages.train import main
 
 ITERATIONS = 12
 
@@ -76,7 +76,7 @@ def test_slurm_durations(text, seconds):
 @pytest.mark.slow
 def test_inpaint_shard_on_signal_is_whole_or_absent(tmp_path):
     """SIGTERM in the middle of a shard: status 75, no output folder, no temporary folder, no lock left."""
-    from strdiffusion.utils import save_png_atomic
+    from strdiffusion.io.files import save_png_atomic
 
     rng = np.random.default_rng(0)
     rows = []

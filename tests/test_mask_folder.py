@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/mask_folder.py: the generic `folder` mask protocol (and NVIDIA as its preset).
+"""Tests for strdiffusion/masks/folder.py: the generic `folder` mask protocol (and NVIDIA as its preset).
 
 The folders are built here with known hole ratios: mask k of a 40x40 set has a hole of exactly
 ``HOLES[k]`` rows x 40 columns, so its hole ratio is ``HOLES[k] / 40`` at 40 px and at 20 px (NEAREST
@@ -18,10 +18,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from strdiffusion import mask_folder as F
-from strdiffusion import masks as M
+from strdiffusion.io.errors import UserError
+from strdiffusion.io.images import read_mask
+from strdiffusion.masks import build as M
+from strdiffusion.masks import folder as F
 from strdiffusion.stages import masks as masks_stage
-from strdiffusion.utils import UserError, read_mask
 
 SIDE = 40
 HOLES = [6, 10, 14, 2, 18, 12, 8, 16, 4]   # rows of hole: ratios .15 .25 .35 .05 .45 .30 .20 .40 .10
@@ -130,7 +131,7 @@ def test_mask_folder_grey_threshold_and_zip_and_jpeg(tmp_path):
 def test_mask_folder_cli_stats_pairs_and_n_test_warning(tmp_path, caplog):
     folder = make_folder(tmp_path / "kw", "known_white")
     out = tmp_path / "masks"
-    with caplog.at_level(logging.WARNING, logger="strdiffusion.masks"):
+    with caplog.at_level(logging.WARNING, logger="strdiffusion.masks.build"):
         assert masks_stage.main(["generate", "--protocol", "folder", "--source", str(folder), "--polarity", "known_white",
                        "--binning", "ratio", "--size", str(SIDE), "--bins", "0.1:0.2,0.2:0.3", "--count", "5",
                        "--n-test", "4", "--seed", "0", "--out", str(out)]) == 0
@@ -164,7 +165,7 @@ def test_mask_folder_training_pool_and_nvidia_preset(tmp_path):
 
 
 def test_mask_folder_config_needs_a_source(tmp_path):
-    from strdiffusion.config import load
+    from strdiffusion.settings.config import load
 
     cfg = yaml.safe_load(Path("config/config.yaml").read_text())
     cfg["datasets"]["builtin"]["masks"].update(protocol="folder")

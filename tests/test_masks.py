@@ -1,4 +1,4 @@
-"""Tests of strdiffusion/masks.py and mask_generators.py: protocols, binning, NVIDIA import, pairing, CLI
+"""Tests of strdiffusion/masks/build.py and mask_generators.py: protocols, binning, NVIDIA import, pairing, CLI
 (all names contain 'mask')."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from strdiffusion import mask_generators as G
-from strdiffusion import masks as M
+from strdiffusion.core.seeds import seed_for
+from strdiffusion.io.errors import UserError
+from strdiffusion.masks import build as M
+from strdiffusion.masks import generators as G
 from strdiffusion.stages import masks as masks_stage
-from strdiffusion.utils import UserError, seed_for
 
 BINS = [(0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5)]
 RANDOM_PROTOCOLS = ["lama_thin", "lama_medium", "lama_thick", "lama_thick_512", "deepfill", "box_random",

@@ -9,14 +9,23 @@ import pytest
 import torch
 import yaml
 
-from strdiffusion.checkpoints import sde_mismatch
-from strdiffusion.gpu import resolve_device
-from strdiffusion.methods import CLASSICAL, DIFFUSION, METHODS, WORKFLOW_METHODS, base_method, is_fresh, method_networks
-from strdiffusion.utils import UserError, equal_size_runs
+from strdiffusion.io.errors import UserError
+from strdiffusion.io.images import equal_size_runs
+from strdiffusion.models.checkpoints import sde_mismatch
+from strdiffusion.runtime.gpu import resolve_device
+from strdiffusion.settings.methods import (
+    CLASSICAL,
+    DIFFUSION,
+    METHODS,
+    WORKFLOW_METHODS,
+    base_method,
+    is_fresh,
+    method_networks,
+)
 
 
 def test_the_schema_accepts_exactly_the_library_methods():
-    schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(resources.files("strdiffusion").joinpath("settings/schemas/config.schema.yaml").read_text())
     assert tuple(schema["properties"]["methods"]["items"]["enum"]) == WORKFLOW_METHODS
 
 
@@ -28,13 +37,13 @@ def test_fresh_rows_run_their_base_method():
 
 
 def test_workflow_and_inpaint_stage_read_the_one_method_list(repo_root):
-    from strdiffusion import inpaint
+    from strdiffusion.inpainting import run as inpaint
     from strdiffusion.stages import inpaint as inpaint_stage
 
     assert inpaint.CLASSICAL is CLASSICAL and inpaint.DIFFUSION is DIFFUSION
     assert set(inpaint_stage.build_parser()._option_string_actions["--method"].choices) == set(METHODS)
     common = (repo_root / "workflow" / "rules" / "common.smk").read_text()
-    assert "from strdiffusion.methods import" in common
+    assert "from strdiffusion.settings.methods import" in common
     assert not re.search(r'"(strdiffusion_noresample|navier_stokes)"', common)  # no second list
 
 
@@ -82,7 +91,13 @@ def test_equal_size_runs():
 
 
 def test_rows_sample_given_checkpoints_and_fresh_rows_the_networks_trained_here():
-    from strdiffusion.methods import curve_inputs, given_checkpoints, needed_networks, row_models, trained_networks
+    from strdiffusion.settings.methods import (
+        curve_inputs,
+        given_checkpoints,
+        needed_networks,
+        row_models,
+        trained_networks,
+    )
 
     config = {"methods": ["telea", "strdiffusion", "irsde_fresh"],
               "checkpoints": {"structure": "s.pt", "texture": "t.pt", "critic": "", "irsde": "i.pt"}}

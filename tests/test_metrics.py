@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/metrics.py (the stage), metric_math.py and metric_nets.py.
+"""Tests for strdiffusion/metrics/evaluate.py (the stage), metric_math.py and metric_nets.py.
 
 Pretrained weights cannot be downloaded here, so the LPIPS / FID tests write random-weight
 stand-ins with the real file names into a temporary $TORCH_HOME and go through the packages' real
@@ -17,13 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from strdiffusion import metric_math as MM
-from strdiffusion import metric_nets as MN
-from strdiffusion import metrics as M
+from strdiffusion.io.errors import UserError
+from strdiffusion.metrics import evaluate as M
+from strdiffusion.metrics import formulas as MM
+from strdiffusion.metrics import nets as MN
 from strdiffusion.stages import metrics as metrics_stage
 from strdiffusion.stages import tables as tables_stage
-from strdiffusion.utils import UserError
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -411,7 +410,7 @@ def test_empty_metric_lists_write_csvs_without_metric_columns_and_a_table_withou
     """``metrics.per_set: []`` (the set rule then renders ``--metrics`` with no value) and an empty
     per-image list: the stage writes the CSVs without metric columns, and the tables stage builds a
     table without FID/KID from them."""
-    from strdiffusion import tables
+    from strdiffusion.reporting import tables as tables
 
     class _NoNetwork:
         def __init__(self, *args, **kwargs):
@@ -514,7 +513,7 @@ def test_weights_folder_follows_torch_hubs_rule_without_torch(env, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from strdiffusion.weights import default_dir; mine = default_dir(); "
+    code = ("import sys; from strdiffusion.metrics.weights import default_dir; mine = default_dir(); "
             "assert 'torch' not in sys.modules; import torch; "
             "print(mine == __import__('pathlib').Path(torch.hub.get_dir()) / 'checkpoints', mine)")
     base = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}

@@ -21,7 +21,7 @@ from PIL import Image
 _JOB = textwrap.dedent("""
     import sys
     import numpy as np, torch
-    from strdiffusion import metrics as M
+    from strdiffusion.metrics import evaluate as M
     from strdiffusion.stages import metrics as metrics_stage
 
     class SmallFeatures:
@@ -91,8 +91,8 @@ def test_set_metrics_peak_memory_grows_less_than_a_quarter_from_500_to_4000_pair
 
 
 def test_pair_paths_and_chunks_match_reading_everything_at_once(tmp_path):
-    from strdiffusion import metrics as M
-    from strdiffusion.utils import UserError
+    from strdiffusion.io.errors import UserError
+    from strdiffusion.metrics import evaluate as M
 
     rng = np.random.default_rng(1)
     gt, shard0, shard1 = (tmp_path / d for d in ("gt", "shard_0", "shard_1"))

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import cli_args, make_data, random_batch
 
-from strdiffusion.stages import train as train_stage
 from strdiffusion.core import objectives
-from strdiffusion.checkpoints import load_checkpoint
-from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
 from strdiffusion.core.sampling import SamplerConfig, as_noise_fn, make_generators, sample_irsde, sample_strdiffusion
 from strdiffusion.core.sde import IRSDE
-
-from test_train import cli_args, make_data, random_batch
-from strdiffusion.config import read_layer
+from strdiffusion.inpainting.diffusion import DiffusionRunner, RunSettings
+from strdiffusion.models.checkpoints import load_checkpoint
+from strdiffusion.settings.config import read_layer
+from strdiffusion.stages import train as train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 10

@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/plan.py: the traced peak memory against a measured one, and the plan's table."""
+"""Tests for strdiffusion/reporting/plan.py: the traced peak memory against a measured one, and the plan's table."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from strdiffusion import plan as P
+from strdiffusion.reporting import plan as P
 from strdiffusion.stages import plan as plan_stage
 
 # One real training step on CPU; prints the growth of the process's peak RSS over the step. glibc
@@ -18,8 +18,8 @@ from strdiffusion.stages import plan as plan_stage
 # returns them, so RSS follows the live tensors the planner counts.
 _MEASURE = textwrap.dedent("""
     import sys, json, torch
-    from strdiffusion import plan
-    from strdiffusion.checkpoints import build_network
+    from strdiffusion.reporting import plan as plan
+    from strdiffusion.models.checkpoints import build_network
     from strdiffusion.core.objectives import objective
     from strdiffusion.core.sde import IRSDE
 

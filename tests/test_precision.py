@@ -1,4 +1,4 @@
-"""strdiffusion/precision.py: TF32 and determinism honoured both ways in training and sampling (and recorded in
+"""strdiffusion/runtime/precision.py: TF32 and determinism honoured both ways in training and sampling (and recorded in
 checkpoints and shards); fp16 loss scaling skips overflowing steps, recovers its scale and stops a run that
 only overflows. Runs on CPU: the flags are torch's process-wide settings, and the mixed-precision logic runs
 with CPU autocast and ``torch.amp.GradScaler("cpu")``."""
@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-
-from strdiffusion import checkpoints, precision
-from strdiffusion.precision import MAX_SKIPPED, MixedPrecision
-from strdiffusion.utils import UserError
 from test_sampling import _write_pair
 from test_train import cli_args, make_data
+
+from strdiffusion.io.errors import UserError
+from strdiffusion.models import checkpoints as checkpoints
+from strdiffusion.runtime import precision as precision
+from strdiffusion.runtime.precision import MAX_SKIPPED, MixedPrecision
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +73,7 @@ def test_train_precision_flag_both_ways_and_recorded(data, tmp_path, flag, on, n
 
 
 def test_train_tf32_and_deterministic_come_from_the_config():
-    from strdiffusion.settings import TrainSettings, job_options
+    from strdiffusion.settings.jobs import TrainSettings, job_options
 
     cfg = {"train": {"iterations": 5, "tf32": True, "critic_lr": 1e-4, "critic_betas": [0.5, 0.99]},
            "run": {"deterministic": True}}
@@ -101,7 +102,7 @@ def irsde_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("tf32,deterministic", [(True, False), (False, True), (False, False), (True, True)])
 def test_sampling_tf32_and_deterministic_both_ways_in_the_shard(irsde_checkpoint, tmp_path, tf32, deterministic):
     """The inpaint stage sets both flags as asked, whatever torch held before, and writes them into the shard."""
-    from strdiffusion.inpaint import PRECISION_JSON
+    from strdiffusion.inpainting.run import PRECISION_JSON
     from strdiffusion.stages.inpaint import main
 
     _set_opposite(tf32, deterministic)
@@ -198,7 +199,7 @@ def test_configure_leaves_the_compiler_unloaded_when_determinism_stays_off():
     import subprocess
     import sys
 
-    code = ("import sys, torch; from strdiffusion import precision; precision.configure(False, False); "
+    code = ("import sys, torch; from strdiffusion.runtime import precision; precision.configure(False, False); "
             "off = 'torch._inductor' in sys.modules; precision.configure(False, True); "
             "print(off, torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

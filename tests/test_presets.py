@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from strdiffusion.config import layered, read_layer, validate
-from strdiffusion.methods import NETWORKS
+from strdiffusion.settings.config import layered, read_layer, validate
+from strdiffusion.settings.methods import NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from strdiffusion import gpu
-from strdiffusion.config import read_layer
+from strdiffusion.runtime import gpu as gpu
+from strdiffusion.settings.config import read_layer
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -43,7 +43,7 @@ def test_gpu_claim_respects_existing_assignment_and_frees_on_exit(tmp_path, monk
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     assert gpu.claim(1) == []  # SLURM already assigned a GPU
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    code = "from strdiffusion import gpu; print(gpu.claim(1, timeout=2))"
+    code = "from strdiffusion.runtime import gpu; print(gpu.claim(1, timeout=2))"
     env = _env(STRDIFFUSION_GPU_POOL="3", STRDIFFUSION_GPU_LOCK_DIR=str(tmp_path))
     for _ in range(2):  # the slot is free again once the first process has exited
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -296,7 +296,7 @@ def test_gpu_slots_pool_from_nvidia_smi_with_mig_instances(tmp_path, monkeypatch
 
 
 def test_gpu_slots_claim_without_a_pool_is_one_line_user_error(tmp_path, monkeypatch):
-    from strdiffusion.utils import UserError
+    from strdiffusion.io.errors import UserError
 
     (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
     (tmp_path / "nvidia-smi").chmod(0o755)
@@ -312,7 +312,7 @@ def test_gpu_slots_claim_without_a_pool_is_one_line_user_error(tmp_path, monkeyp
 
 
 def test_gpu_slots_fixed_device_with_several_processes_is_refused():
-    from strdiffusion.utils import UserError
+    from strdiffusion.io.errors import UserError
 
     gpu.check_rank_device("cuda", 2)
     gpu.check_rank_device("cuda:1", 1)

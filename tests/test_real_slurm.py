@@ -424,7 +424,7 @@ class _Reference:
 def reference(tmp_path_factory):
     """The reduced chain's inputs made locally, the training speed measured on them, then the whole chain started
     locally in the background, its training long enough for several 1-minute slots at that speed."""
-    from strdiffusion.checkpoints import load_checkpoint
+    from strdiffusion.models.checkpoints import load_checkpoint
 
     torch_home = tmp_path_factory.mktemp("torch_home")
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
@@ -546,7 +546,7 @@ class TestRealSlurmFaults:
         stop = [who for _, event, who in rows if event == "released" and "SIGTERM" in who]
         assert len(stop) == 1, rows
         saved = int(stop[0].split("iteration ")[1].rstrip(")"))
-        from strdiffusion.checkpoints import load_checkpoint
+        from strdiffusion.models.checkpoints import load_checkpoint
 
         resumes = load_checkpoint(work / MODEL, kind="irsde")[1]["resumes"]
         assert resumes[0]["at"] == saved and saved % PREEMPT["train"]["checkpoint_every"] != 0, (resumes, rows)
@@ -597,7 +597,7 @@ class TestRealSlurmFaults:
         for suffix in ("md", "csv", "tex"):
             assert (work / "results" / "tables" / f"builtin.{suffix}").read_bytes() == \
                 (local / "results" / "tables" / f"builtin.{suffix}").read_bytes(), suffix
-        from strdiffusion.checkpoints import load_checkpoint
+        from strdiffusion.models.checkpoints import load_checkpoint
 
         resumes = load_checkpoint(work / MODEL, kind="irsde")[1]["resumes"]
         saved_at = [int(w.split("iteration ")[1].rstrip(")")) for w in stops]

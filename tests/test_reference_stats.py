@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/reference_stats.py: the ground truths' Inception statistics of a bin, computed
+"""Tests for strdiffusion/metrics/reference.py: the ground truths' Inception statistics of a bin, computed
 once (``metrics reference``), read by every method's set job, recomputed when images or weights change.
 
 The Inception weights are random-weight stand-ins with the real file name (as in test_metrics.py).
@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from test_metrics import _noisy, _photo, _write_set
 
-from strdiffusion import metric_nets as MN
-from strdiffusion import metrics as M
-from strdiffusion import reference_stats as R
+from strdiffusion.metrics import evaluate as M
+from strdiffusion.metrics import nets as MN
+from strdiffusion.metrics import reference as R
 from strdiffusion.stages import metrics as metrics_stage
 
 

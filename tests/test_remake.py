@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from strdiffusion import remake
-from strdiffusion.utils import UserError
+from strdiffusion.io.errors import UserError
+from strdiffusion.models import remake as remake
 
 TINY = ".test/config/config.yaml"
 MODEL = "results/builtin/models/irsde.pt"

@@ -1,6 +1,6 @@
 """Tests of strdiffusion/core/sampling.py (the StrDiffusion reverse process and its batching, against
-strdiffusion/core/sampling_reference.py) and of the inpaint stage's diffusion glue (strdiffusion/inpaint.py,
-strdiffusion/diffusion_runner.py)."""
+strdiffusion/core/sampling_reference.py) and of the inpaint stage's diffusion glue (strdiffusion/inpainting/run.py,
+strdiffusion/inpainting/diffusion.py)."""
 from __future__ import annotations
 
 import os
@@ -84,7 +84,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_nets():
-    from strdiffusion.checkpoints import build_network
+    from strdiffusion.models.checkpoints import build_network
 
     torch.manual_seed(0)
     structure = build_network("structure", nf=4, depth=2).eval()
@@ -350,7 +350,7 @@ def test_sampling_is_unaffected_by_the_global_rng():
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory):
-    from strdiffusion.checkpoints import build_network, save_checkpoint
+    from strdiffusion.models.checkpoints import build_network, save_checkpoint
 
     d = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
@@ -397,8 +397,8 @@ def test_cli_inpaints_an_odd_sized_image_and_keeps_known_pixels(tmp_path, checkp
 
 
 def test_own_images_reject_a_wrong_T_and_a_mask_of_another_size(tmp_path, checkpoint_dir):
+    from strdiffusion.io.errors import UserError
     from strdiffusion.stages.inpaint import main
-    from strdiffusion.utils import UserError
 
     _, _, img_p, mask_p = _write_pair(tmp_path)
     with pytest.raises(UserError, match="T=8.*T=100"):
@@ -464,8 +464,8 @@ def test_pipeline_rows_do_not_depend_on_the_batch_size(tmp_path, checkpoint_dir)
 def test_oracle_noise_predictor_recovers_the_hole(T, tol):
     """With the true noise as the 'network', both samplers must reconstruct the ground truth in the
     hole: this pins the reverse-process maths (score sign, drift, step order), not just consistency."""
-    from strdiffusion.core.sde import IRSDE
     from strdiffusion.core.sampling import make_generators, sample_irsde, sample_strdiffusion
+    from strdiffusion.core.sde import IRSDE
 
     sde = IRSDE(T=T)
     img = torch.rand(2, 3, 8, 8).repeat_interleave(4, 2).repeat_interleave(4, 3)
@@ -500,11 +500,11 @@ def test_clipped_share_counts_hole_pixels_outside_the_unit_range():
 def test_irsde_samples_with_the_hole_fill_it_was_trained_with(tmp_path, checkpoint_dir):
     """A checkpoint trained with IR-SDE's recipe (holes 1) is sampled with holes 1, whatever --hole-fill says;
     the pipeline shard records each image's clipped share."""
-    from strdiffusion.checkpoints import load_checkpoint, save_checkpoint
-    from strdiffusion.diffusion_runner import DiffusionRunner, RunSettings
-    from strdiffusion.inpaint import CLIPPED_CSV
-    from strdiffusion.stages.inpaint import main
     from strdiffusion.core.sampling import SamplerConfig
+    from strdiffusion.inpainting.diffusion import DiffusionRunner, RunSettings
+    from strdiffusion.inpainting.run import CLIPPED_CSV
+    from strdiffusion.models.checkpoints import load_checkpoint, save_checkpoint
+    from strdiffusion.stages.inpaint import main
 
     net, meta = load_checkpoint(checkpoint_dir / "irsde.pt")
     save_checkpoint(tmp_path / "irsde.pt", net, "irsde", meta["ctor_kwargs"], meta["sde"], {"hole_fill": 1.0})

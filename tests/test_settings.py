@@ -1,4 +1,4 @@
-"""Settings objects (strdiffusion/settings.py) and the options derived from them (strdiffusion/options.py, strdiffusion/stages/options.py):
+"""Settings objects (strdiffusion/settings/jobs.py) and the options derived from them (strdiffusion/settings/fields.py, strdiffusion/stages/options.py):
 one source for each stage's option names, defaults and config keys."""
 from __future__ import annotations
 
@@ -11,17 +11,26 @@ from importlib import resources
 import pytest
 import yaml
 
-from strdiffusion import checkpoints
-from strdiffusion.config import validate
 from strdiffusion.core.sde import IRSDE
-from strdiffusion.methods import NETWORKS
-from strdiffusion.options import command_line, from_config, from_namespace, to_argv
-from strdiffusion.stages.options import add_arguments
-from strdiffusion.settings import (JOBS, DataSettings, ModelSettings, RunSettings, SamplerSettings, SDESettings,
-                                   ShardSettings, TrainSettings, job_options)
+from strdiffusion.io.errors import UserError
+from strdiffusion.models import checkpoints as checkpoints
+from strdiffusion.settings.config import validate
+from strdiffusion.settings.fields import command_line, from_config, from_namespace, to_argv
+from strdiffusion.settings.jobs import (
+    JOBS,
+    DataSettings,
+    ModelSettings,
+    RunSettings,
+    SamplerSettings,
+    SDESettings,
+    ShardSettings,
+    TrainSettings,
+    job_options,
+)
+from strdiffusion.settings.methods import NETWORKS
 from strdiffusion.stages import inpaint as inpaint_stage
 from strdiffusion.stages import train as train_stage
-from strdiffusion.utils import UserError
+from strdiffusion.stages.options import add_arguments
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +83,7 @@ def test_every_config_setting_survives_rendering_and_parsing(config):
 def test_settings_keys_are_config_keys_with_the_same_defaults():
     """Every ``key`` of a settings field names a property of the config schema; where the schema fills a
     default, the option has the same one (an option the schema leaves without default may be required)."""
-    schema = yaml.safe_load(resources.files("strdiffusion").joinpath("schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(resources.files("strdiffusion").joinpath("settings/schemas/config.schema.yaml").read_text())
 
     def schema_node(path):
         node = schema

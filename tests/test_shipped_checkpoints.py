@@ -14,13 +14,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from strdiffusion.checkpoints import load_checkpoint
-from strdiffusion.config import validate
-from strdiffusion.data import builtin_crops
-from strdiffusion.mask_generators import lama_medium
-from strdiffusion.methods import NETWORKS
-from strdiffusion.metric_math import psnr
-from strdiffusion.settings import job_options
+from strdiffusion.data.prepare import builtin_crops
+from strdiffusion.masks.generators import lama_medium
+from strdiffusion.metrics.formulas import psnr
+from strdiffusion.models.checkpoints import load_checkpoint
+from strdiffusion.settings.config import validate
+from strdiffusion.settings.jobs import job_options
+from strdiffusion.settings.methods import NETWORKS
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def test_the_readme_remakes_each_file_on_its_own_learning_rate_schedule(shipped)
     """The README's `strdiffusion remake` command of each file replays the runs whose learning rates the file's curve
     recorded: every curve row's rate is the one its run's --iterations give (a file resumed with more iterations
     needs its --segments, and the texture network's curve shows two schedules)."""
-    from strdiffusion.remake import read_provenance, segments
-    from strdiffusion.train import learning_rate
+    from strdiffusion.models.remake import read_provenance, segments
+    from strdiffusion.training.trainer import learning_rate
 
     readme = (shipped / "README.md").read_text()
     for net in NETWORKS:

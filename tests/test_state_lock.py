@@ -1,4 +1,4 @@
-"""Tests of strdiffusion/state_lock.py: a live holder blocks a second writer with one line naming it, a stale
+"""Tests of strdiffusion/runtime/lock.py: a live holder blocks a second writer with one line naming it, a stale
 lock is taken over, and the lock is released on every exit path short of SIGKILL."""
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-
-from strdiffusion.state_lock import LockHeld, StateLock
 from test_train import cli_args, env_cpu, make_data
 
+from strdiffusion.runtime.lock import LockHeld, StateLock
+
 HOLD = """import sys, time
-from strdiffusion.state_lock import StateLock
+from strdiffusion.runtime.lock import StateLock
 with StateLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)

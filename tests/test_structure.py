@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from strdiffusion.structure import extract, image_structure, load_gray, structure_maps, truncate_to_uint8
-from strdiffusion.utils import UserError, save_png_atomic
+from strdiffusion.data.structure import extract, image_structure, load_gray, structure_maps, truncate_to_uint8
+from strdiffusion.io.errors import UserError
+from strdiffusion.io.files import save_png_atomic
 
 
 @pytest.fixture(scope="module")

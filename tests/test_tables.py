@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strdiffusion import tables
+from strdiffusion.reporting import tables as tables
 from strdiffusion.stages import tables as tables_stage
 
 

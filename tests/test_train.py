@@ -1,4 +1,4 @@
-"""Tests of strdiffusion/train.py: objectives by hand, resume exactness, loss decrease, checkpoints (DDP: test_ddp.py)."""
+"""Tests of strdiffusion/training/trainer.py: objectives by hand, resume exactness, loss decrease, checkpoints (DDP: test_ddp.py)."""
 from __future__ import annotations
 
 import os
@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from strdiffusion import checkpoints
-from strdiffusion.core.sde import IRSDE
-from strdiffusion.structure import image_structure, save_gray
 from strdiffusion.core.objectives import critic_loss, denoiser_loss
+from strdiffusion.core.sde import IRSDE
+from strdiffusion.data.structure import image_structure, save_gray
+from strdiffusion.io.files import save_png_atomic
+from strdiffusion.models import checkpoints as checkpoints
 from strdiffusion.stages.train import main
-from strdiffusion.utils import save_png_atomic
 
 SIZE = 16
 T = 10

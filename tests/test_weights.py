@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/weights.py: the real download code against local stand-in files.
+"""Tests for strdiffusion/metrics/weights.py: the real download code against local stand-in files.
 
 The stand-ins are a few random bytes named like torch hub files (``standin-<sha256 prefix>.pth``);
 they are served through ``file://`` URLs or a server on 127.0.0.1. They are not weights, and nothing
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from strdiffusion import weights as W
 from strdiffusion.cli import main as cli_main
-from strdiffusion.utils import UserError
+from strdiffusion.io.errors import UserError
+from strdiffusion.metrics import weights as W
 
 PAYLOAD = bytes(range(256)) * 512  # 128 KiB, spans several read chunks of the server's socket
 PREFIX = hashlib.sha256(PAYLOAD).hexdigest()[:8]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import layered, validate
+from strdiffusion.settings.config import layered, validate
 
 
 def main(argv=None) -> int:

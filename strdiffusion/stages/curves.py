@@ -1,10 +1,10 @@
-"""``strdiffusion curves``: the learning-curves figure of the trained networks (:mod:`strdiffusion.curves`)."""
+"""``strdiffusion curves``: the learning-curves figure of the trained networks (:mod:`strdiffusion.reporting.curves`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import curves as lib
+from strdiffusion.reporting import curves as lib
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,13 @@
-"""``strdiffusion data``: a data set prepared into train/test crops (:mod:`strdiffusion.data`)."""
+"""``strdiffusion data``: a data set prepared into train/test crops (:mod:`strdiffusion.data.prepare`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import data as lib
-from ..settings import DataSettings
-from ..options import from_namespace
+from strdiffusion.data import prepare as lib
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import DataSettings
+
 from .options import add_arguments
 
 

@@ -1,10 +1,10 @@
 """``strdiffusion docs``: regenerate (``--check``: compare) the measured tables of the documentation
-(:mod:`strdiffusion.docs`)."""
+(:mod:`strdiffusion.reporting.docs`)."""
 from __future__ import annotations
 
 import argparse
 
-from .. import docs as lib
+from strdiffusion.reporting import docs as lib
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,9 @@
-"""``strdiffusion export``: the test pairs in other inpainting codes' layouts (:mod:`strdiffusion.export`)."""
+"""``strdiffusion export``: the test pairs in other inpainting codes' layouts (:mod:`strdiffusion.masks.export`)."""
 from __future__ import annotations
 
 import argparse
 
-from .. import export as lib
+from strdiffusion.masks import export as lib
 
 
 def main(argv=None) -> int:

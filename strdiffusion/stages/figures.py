@@ -1,11 +1,12 @@
-"""``strdiffusion figures``: qualitative grids and metric-vs-hole-ratio plots (:mod:`strdiffusion.figures`)."""
+"""``strdiffusion figures``: qualitative grids and metric-vs-hole-ratio plots (:mod:`strdiffusion.reporting.figures`)."""
 from __future__ import annotations
 
 import argparse
 
-from .. import figures as lib
-from ..settings import FigureSettings
-from ..options import from_namespace
+from strdiffusion.reporting import figures as lib
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import FigureSettings
+
 from .options import add_arguments
 
 

@@ -1,13 +1,14 @@
 """``strdiffusion import``: an outside method's outputs of one bin, scored like the built-in rows
-(:mod:`strdiffusion.external`)."""
+(:mod:`strdiffusion.inpainting.outside`)."""
 from __future__ import annotations
 
 import argparse
 
-from ..external import import_bin
-from ..external_rows import check_config
-from ..settings import ImportSettings
-from ..options import from_namespace
+from strdiffusion.inpainting.outside import import_bin
+from strdiffusion.settings.external import check_config
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import ImportSettings
+
 from .options import add_arguments
 
 

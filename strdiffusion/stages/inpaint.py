@@ -1,15 +1,16 @@
-"""``strdiffusion inpaint``: a shard of the pipeline's test pairs, or your own images (:mod:`strdiffusion.inpaint`)."""
+"""``strdiffusion inpaint``: a shard of the pipeline's test pairs, or your own images (:mod:`strdiffusion.inpainting.run`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import inpaint as lib
-from ..interrupt import raise_on_notice
-from ..methods import METHODS, NETWORKS
-from ..options import from_namespace
-from ..settings import RunSettings, SamplerSettings, ShardSettings
-from ..utils import UserError
+from strdiffusion.inpainting import run as lib
+from strdiffusion.io.errors import UserError
+from strdiffusion.runtime.signals import raise_on_notice
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import RunSettings, SamplerSettings, ShardSettings
+from strdiffusion.settings.methods import METHODS, NETWORKS
+
 from .options import add_arguments
 
 

@@ -1,14 +1,15 @@
 """``strdiffusion masks``: generate or import hole masks per hole-ratio bin, build a training pool, pair them
-with test images (:mod:`strdiffusion.masks`)."""
+with test images (:mod:`strdiffusion.masks.build`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import masks as lib
-from ..settings import MaskSettings, PairSettings, PoolSettings
-from ..utils import write_csv_atomic
-from ..options import from_namespace
+from strdiffusion.io.files import write_csv_atomic
+from strdiffusion.masks import build as lib
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import MaskSettings, PairSettings, PoolSettings
+
 from .options import add_arguments
 
 

@@ -1,6 +1,6 @@
-"""``strdiffusion metrics``: PSNR, SSIM, L1, LPIPS per image; FID and KID per set (:mod:`strdiffusion.metrics`).
+"""``strdiffusion metrics``: PSNR, SSIM, L1, LPIPS per image; FID and KID per set (:mod:`strdiffusion.metrics.evaluate`).
 
-The work is looked up on :mod:`strdiffusion.metrics` at call time (``metrics.InceptionFeatures`` among
+The work is looked up on :mod:`strdiffusion.metrics.evaluate` at call time (``metrics.InceptionFeatures`` among
 it), so a stand-in set there is the one the stage uses.
 """
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import metrics as lib
-from ..options import from_namespace
-from ..settings import ImageMetricSettings, SetMetricSettings
-from ..utils import UserError
+from strdiffusion.io.errors import UserError
+from strdiffusion.metrics import evaluate as lib
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import ImageMetricSettings, SetMetricSettings
+
 from .options import add_arguments
 
 

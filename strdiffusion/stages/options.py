@@ -1,10 +1,10 @@
-"""Command-line options from settings dataclasses (:mod:`strdiffusion.options`).
+"""Command-line options from settings dataclasses (:mod:`strdiffusion.settings.fields`).
 
 - :func:`add_arguments`: one command-line option per field, ``--<name with dashes>``; booleans are
   switches (default off), tuples comma-separated lists (no value: empty), a field without a default a
-  required option. A field made with :func:`~strdiffusion.options.nested` (another settings object)
+  required option. A field made with :func:`~strdiffusion.settings.fields.nested` (another settings object)
   adds that object's options in a group.
-- :func:`strdiffusion.options.from_namespace`: the object back from the parsed options.
+- :func:`strdiffusion.settings.fields.from_namespace`: the object back from the parsed options.
 
 :func:`add_arguments` takes the parser it fills, and a bad list value raises ValueError, which
 argparse reports as an invalid value of that option.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..options import REQUIRED, _hints, _scalar, flag
+from strdiffusion.settings.fields import REQUIRED, _hints, _scalar, flag
 
 
 def _list_parser(elem):

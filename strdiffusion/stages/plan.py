@@ -1,9 +1,9 @@
-"""``strdiffusion plan``: jobs, peak memory, GPU-hours and disk of a config and profile (:mod:`strdiffusion.plan`)."""
+"""``strdiffusion plan``: jobs, peak memory, GPU-hours and disk of a config and profile (:mod:`strdiffusion.reporting.plan`)."""
 from __future__ import annotations
 
 import argparse
 
-from .. import plan as lib
+from strdiffusion.reporting import plan as lib
 
 
 def main(argv=None) -> int:

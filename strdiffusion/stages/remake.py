@@ -1,11 +1,11 @@
 """``strdiffusion remake``: re-make a trained checkpoint from its recorded commit and command
-(:mod:`strdiffusion.remake`)."""
+(:mod:`strdiffusion.models.remake`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import remake as lib
+from strdiffusion.models import remake as lib
 
 
 def main(argv=None) -> int:

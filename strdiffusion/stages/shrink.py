@@ -1,13 +1,13 @@
-"""``strdiffusion shrink``: a trained checkpoint's weights as float16 (:mod:`strdiffusion.shrink`)."""
+"""``strdiffusion shrink``: a trained checkpoint's weights as float16 (:mod:`strdiffusion.models.shrink`)."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
-from .. import shrink as lib
+from strdiffusion.models import shrink as lib
 
-log = logging.getLogger("strdiffusion.shrink")
+log = logging.getLogger("strdiffusion.models.shrink")
 
 
 def main(argv=None) -> int:

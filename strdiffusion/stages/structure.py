@@ -1,13 +1,14 @@
-"""``strdiffusion structure``: grayscale and Canny edge maps of a folder of images (:mod:`strdiffusion.structure`)."""
+"""``strdiffusion structure``: grayscale and Canny edge maps of a folder of images (:mod:`strdiffusion.data.structure`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .. import structure as lib
-from ..settings import StructureSettings
-from ..utils import UserError
-from ..options import from_namespace
+from strdiffusion.data import structure as lib
+from strdiffusion.io.errors import UserError
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import StructureSettings
+
 from .options import add_arguments
 
 

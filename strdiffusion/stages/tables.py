@@ -1,11 +1,12 @@
-"""``strdiffusion tables``: paper-style tables in Markdown, LaTeX and CSV (:mod:`strdiffusion.tables`)."""
+"""``strdiffusion tables``: paper-style tables in Markdown, LaTeX and CSV (:mod:`strdiffusion.reporting.tables`)."""
 from __future__ import annotations
 
 import argparse
 
-from .. import tables as lib
-from ..settings import TableSettings
-from ..options import from_namespace
+from strdiffusion.reporting import tables as lib
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.settings.jobs import TableSettings
+
 from .options import add_arguments
 
 

@@ -1,11 +1,12 @@
-"""``strdiffusion train``: train the structure, texture, critic or IR-SDE network (:mod:`strdiffusion.train`)."""
+"""``strdiffusion train``: train the structure, texture, critic or IR-SDE network (:mod:`strdiffusion.training.trainer`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .. import train as lib
-from ..options import from_namespace
+from strdiffusion.settings.fields import from_namespace
+from strdiffusion.training import trainer as lib
+
 from .options import add_arguments
 
 

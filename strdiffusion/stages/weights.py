@@ -1,10 +1,11 @@
-"""``strdiffusion weights fetch``: the metric networks' weights, hash-checked (:mod:`strdiffusion.weights`)."""
+"""``strdiffusion weights fetch``: the metric networks' weights, hash-checked (:mod:`strdiffusion.metrics.weights`)."""
 from __future__ import annotations
 
 import argparse
 
-from .. import weights as lib
-from ..settings import WeightSettings
+from strdiffusion.metrics import weights as lib
+from strdiffusion.settings.jobs import WeightSettings
+
 from .options import add_arguments
 
 

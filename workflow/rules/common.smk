@@ -1,5 +1,5 @@
 # Config validation, wildcard constraints and input functions shared by the rule files. A job's
-# options come from its stage's settings object (strdiffusion/settings.py), built from the config.
+# options come from its stage's settings object (strdiffusion/settings/jobs.py), built from the config.
 import importlib.util
 import math
 import sys
@@ -16,14 +16,16 @@ def _environment_check():
 
 _environment_check()
 
-from strdiffusion.config import validate, with_extends
-from strdiffusion.external_rows import import_inputs, prediction_dirs, row_methods
-from strdiffusion.gpu import workflow_slots
-from strdiffusion.job_env import python_first_on_path
-from strdiffusion.methods import NETWORKS, base_method, curve_inputs, needed_networks, row_models, train_iterations
-from strdiffusion.options import command_line, from_config
-from strdiffusion.settings import ShardSettings, job_options
-from strdiffusion.utils import UserError, bin_label
+from strdiffusion.io.errors import UserError
+from strdiffusion.runtime.environment import python_first_on_path
+from strdiffusion.runtime.gpu import workflow_slots
+from strdiffusion.settings.config import validate, with_extends
+from strdiffusion.settings.external import import_inputs, prediction_dirs, row_methods
+from strdiffusion.settings.fields import command_line, from_config
+from strdiffusion.settings.jobs import ShardSettings, job_options
+from strdiffusion.settings.methods import (NETWORKS, base_method, curve_inputs, needed_networks, row_models,
+                                           train_iterations)
+from strdiffusion.settings.values import bin_label
 
 _error = python_first_on_path(workflow.basedir)  # PATH and PYTHONPATH not settings of the workflow (no envvars:)
 if _error:
@@ -131,7 +133,7 @@ def reference_option(wildcards, input):
 
 def weights_present(kind):
     """'present' or 'missing' at parse time: a params value, so metric jobs re-run once the weights arrive."""
-    from strdiffusion.weights import target_path
+    from strdiffusion.metrics.weights import target_path
 
     name = {"per_image": "alexnet", "per_set": "inception"}[kind]
     return "present" if target_path(name, config["metrics"][f"{name}_weights"]).is_file() else "missing"

@@ -1,8 +1,8 @@
-# Training: one rule per network kind (strdiffusion.methods.NETWORKS), named train_structure,
+# Training: one rule per network kind (strdiffusion.settings.methods.NETWORKS), named train_structure,
 # train_texture, train_critic and train_irsde, so that profiles set resources per network. Each rule
 # declares only the final checkpoint as output, so Snakemake never deletes the resumable state in
 # results/{dataset}/models/<net>_state/; re-running an interrupted job resumes from it. A non-empty
-# config["checkpoints"][net] makes the plain rows sample that file instead (strdiffusion.methods.row_models); the
+# config["checkpoints"][net] makes the plain rows sample that file instead (strdiffusion.settings.methods.row_models); the
 # rule then runs only for `_fresh` rows.
 for net in NETWORKS:
 
