@@ -1,7 +1,7 @@
 # Two commands for a new user (see README.md):
 #   make reproduce   # build .venv if missing, then run the workflow on config/config.yaml
 #   make test        # build .venv if missing, then run the test suite (TEST_WORKERS pytest-xdist workers)
-#   make test-fast   # the suite without end-to-end and subprocess-heavy tests (pytest -m "not slow")
+#   make test-fast   # the unit and shape tests, without the slow ones (pytest -m "(unit or shape) and not slow")
 #   make smoke       # the workflow on its tiny config, .test/config/config.yaml (results in .test/results/)
 #   make docs        # regenerate the measured tables of README.md and docs/ from docs/results/
 PYTHON ?= python3.11
@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "(unit or shape) and not slow"
 
 smoke: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --directory .test

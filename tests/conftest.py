@@ -45,6 +45,16 @@ def _groups(item) -> list[str]:
                    for m in item.iter_markers("xdist_group")})
 
 
+KINDS = ("unit", "workflow", "slurm", "gpu", "shape")  # the folders under tests/, each its marker
+
+
+def pytest_itemcollected(item):
+    """Each test carries the marker of its folder, before ``-m`` selects."""
+    kind = Path(str(item.path)).relative_to(Path(__file__).resolve().parent).parts[0]
+    if kind in KINDS:
+        item.add_marker(getattr(pytest.mark, kind))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     groups = {id(item): _groups(item) for item in items}

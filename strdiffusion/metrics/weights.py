@@ -10,7 +10,7 @@ Like torch hub's ``check_hash``, the hex digits after the last '-' of the file n
 the file's sha256; a download whose digest does not start with them is deleted and refused. A
 download goes to a temporary name beside the target and is renamed only when complete and
 verified, so an interrupted or refused download leaves nothing. Offline, the command says in one
-line what to download and where to put it; the metric stage then reports ``n/a`` as before.
+line what to download and where to put it; the metric stage then reports ``n/a`` for the metrics they serve.
 """
 from __future__ import annotations
 

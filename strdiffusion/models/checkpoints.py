@@ -52,6 +52,21 @@ def default_ctor_kwargs(kind: str) -> dict:
     return dict(_DEFAULTS[kind])
 
 
+def network_kwargs(kind: str, model: ModelSettings) -> dict:
+    """Constructor arguments of a network of ``kind`` at ``model``'s size: the one place they are built (training,
+    the cost plan). The paper's attention (the ModelSettings defaults) stays implicit: the arguments name attention
+    only where it departs from the paper, so every checkpoint of the paper's networks records the same arguments."""
+    kwargs = default_ctor_kwargs(kind)
+    if kind == "critic":
+        kwargs["ngf"] = model.critic_ngf
+    else:
+        kwargs.update(nf=model.nf, depth=model.depth)
+        paper = ModelSettings()
+        if (model.attn_heads, model.attn_dim_head) != (paper.attn_heads, paper.attn_dim_head):
+            kwargs.update(attn_heads=model.attn_heads, attn_dim_head=model.attn_dim_head)
+    return kwargs
+
+
 def build_network(kind: str, **ctor_kwargs) -> nn.Module:
     """A freshly initialised network of ``kind``; ``ctor_kwargs`` override the paper defaults."""
     kwargs = _resolve_ctor_kwargs(kind, ctor_kwargs)

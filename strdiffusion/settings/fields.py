@@ -13,9 +13,11 @@ read from; everything else is derived from the fields:
   ``when=(name, value)`` is read only when field ``name`` has that value (``source`` is ``folder``):
   other settings keep its default, so a job does not change when a key it ignores does.
 - :func:`to_argv` renders the config-read fields as options again (a switch only when on, an empty
-  value only when it differs from the default, a ``when`` field only when it applies) and
-  :func:`command_line` quotes them for a shell: the one place where the workflow's values, paths
-  among them, are quoted.
+  value only when it differs from the default, a ``when`` field only when it applies), or with ``every``
+  each command-line field, and :func:`command_line` quotes them for a shell: the one place where the
+  workflow's values, paths among them, are quoted. Parsing the rendered options gives the object back.
+- :func:`to_record` and :func:`from_record`: the object as plain data (a checkpoint stores its training
+  job so) and back.
 """
 from __future__ import annotations
 
@@ -120,14 +122,20 @@ def from_config(cls, config: dict, **where):
     return build(config, **where) if build else cls(**config_values(cls, config, **where))
 
 
-def to_argv(settings) -> list[str]:
-    """The config-read fields of ``settings`` as command-line options (see the module docstring)."""
+def to_argv(settings, *, every: bool = False) -> list[str]:
+    """The config-read fields of ``settings`` as command-line options (see the module docstring); with ``every``,
+    each command-line field, so that parsing the options gives ``settings`` back (a switch only when on, a list
+    only when not empty, a field without a value left out)."""
     argv = []
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if f.metadata.get("nested"):
-            argv += to_argv(value)
-        elif not f.metadata.get("key") or not f.metadata.get("cli", True) or not _applies(f, settings):
+            argv += to_argv(value, every=every)
+        elif not f.metadata.get("cli", True):
+            continue
+        elif every:
+            argv += _rendered(f.name, value)
+        elif not f.metadata.get("key") or not _applies(f, settings):
             continue
         elif isinstance(value, bool):
             argv += [flag(f.name)] if value else []
@@ -138,6 +146,55 @@ def to_argv(settings) -> list[str]:
         else:
             argv += [flag(f.name), str(value)]
     return argv
+
+
+def _rendered(name: str, value) -> list[str]:
+    if isinstance(value, bool):
+        return [flag(name)] if value else []
+    if value is None:
+        return []
+    if isinstance(value, tuple):
+        return [flag(name), ",".join(str(v) for v in value)] if value else [flag(name)]
+    return [flag(name), str(value)]
+
+
+def to_record(settings) -> dict:
+    """``settings`` as plain data (paths as text, tuples as lists), to store beside a result: :func:`from_record`
+    gives the object back."""
+    record = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata.get("nested"):
+            value = to_record(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif value is not None and not isinstance(value, (bool, int, float, str)):
+            value = str(value)
+        record[f.name] = value
+    return record
+
+
+def from_record(cls, record: dict):
+    """Settings object ``cls`` from :func:`to_record`'s plain data; a field the record lacks keeps its default."""
+    hints, values = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.name not in record:
+            continue
+        value = record[f.name]
+        if f.metadata.get("nested"):
+            values[f.name] = from_record(hints[f.name], value)
+        else:
+            values[f.name] = _typed(value, hints[f.name])
+    return cls(**values)
+
+
+def _typed(value, tp):
+    is_list, elem = _scalar(tp)
+    if value is None:
+        return None
+    if is_list:
+        return tuple(elem(v) for v in value)
+    return value if isinstance(value, elem) else elem(value)
 
 
 def command_line(argv) -> str:

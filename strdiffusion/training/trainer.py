@@ -69,13 +69,14 @@ from strdiffusion.core.objectives import objective, recipe, recipe_fill
 from strdiffusion.core.seeds import seed_for
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import atomic_path
+from strdiffusion.models.checkpoints import network_kwargs
 from strdiffusion.runtime.gpu import check_rank_device
 from strdiffusion.runtime.gpu import resolve_device as _device
 from strdiffusion.runtime.lock import StateLock
 from strdiffusion.runtime.precision import MixedPrecision, configure, in_effect
 from strdiffusion.runtime.signals import Interrupted, Notice
 from strdiffusion.settings.fields import nested, option
-from strdiffusion.settings.jobs import ModelSettings, TrainSettings, device_option
+from strdiffusion.settings.jobs import TrainSettings, device_option
 from strdiffusion.settings.methods import NETWORKS
 from strdiffusion.training.data import IterationBatches, build_dataset
 from strdiffusion.training.state import EMA, Run, write_curve
@@ -132,26 +133,10 @@ class TrainJob:
             object.__setattr__(self, "curve", self.state_dir / "curve.csv")
 
 
-def ctor_kwargs(net: str, model: ModelSettings) -> dict:
-    """Constructor settings of network ``net`` at ``model``'s size. The paper's attention (the
-    ModelSettings defaults) stays implicit, so such checkpoints read as before attention was a setting."""
-    from strdiffusion.models.checkpoints import default_ctor_kwargs
-
-    kwargs = default_ctor_kwargs(net)
-    if net == "critic":
-        kwargs["ngf"] = model.critic_ngf
-    else:
-        kwargs.update(nf=model.nf, depth=model.depth)
-        paper = ModelSettings()
-        if (model.attn_heads, model.attn_dim_head) != (paper.attn_heads, paper.attn_dim_head):
-            kwargs.update(attn_heads=model.attn_heads, attn_dim_head=model.attn_dim_head)
-    return kwargs
-
-
 def run_settings(job: TrainJob) -> dict:
     """Settings a resumed run must share with the saved state (iterations may grow)."""
     s = job.settings
-    return {"net": job.net, "ctor_kwargs": ctor_kwargs(job.net, s.model),
+    return {"net": job.net, "ctor_kwargs": network_kwargs(job.net, s.model),
             "sde": [s.sde.T, s.sde.max_sigma, s.sde.schedule, s.sde.eps],
             "batch_size": s.batch_size, "lr": s.lr, "betas": list(s.betas), "milestones": list(s.milestones),
             "gamma": s.gamma, "warmup": s.warmup, "ema": s.ema, "ema_warmup": s.ema_warmup,
@@ -326,7 +311,7 @@ def _build(job: TrainJob, rank: int, device, amp: str) -> tuple[Run, _Parts]:
     sde = IRSDE(**dataclasses.asdict(s.sde), device=device)
     dataset, val_set = build_dataset(job.images, job.structure, job.masks, s.size, s.sde.T, s.seed, job.net, t_min,
                                      s.val_count)
-    kwargs = ctor_kwargs(job.net, s.model)
+    kwargs = network_kwargs(job.net, s.model)
     torch.manual_seed(seed_for(s.seed, job.net, "init"))
     net = checkpoints.build_network(job.net, **kwargs).to(device)
     net.train()

@@ -4,7 +4,7 @@ PyTorch's CPU convolution picks its kernel per call: for a batch of one with few
 (fewer than 20,480 input values and a kernel of at most 3x3) it uses its own im2col + GEMM
 (``_slow_conv2d_forward``), otherwise oneDNN (mkldnn). The two sum in different orders, so the
 same image gives outputs differing by ~1e-5 in a batch of one and in a batch of sixteen. Over a
-hundred sampler steps that grows, and a batched sampler no longer reproduces the one-image loop.
+hundred sampler steps that grows, and a batched sampler would not reproduce the one-image loop.
 
 oneDNN's convolution computes each image of a batch the same way whatever the batch size, so
 during inference (no autograd) on CPU in float32 every convolution here goes through it. Training,

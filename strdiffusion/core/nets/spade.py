@@ -78,8 +78,8 @@ def bake_spectral_norm(net: nn.Module) -> nn.Module:
     """Replace every spectral-normalised weight by its current value ``weight_orig / sigma(u, v)``, in place.
 
     For inference only: the result computes exactly what the eval-mode net computes, without the
-    per-forward normalisation hook, but its state dict has plain ``weight`` keys and no longer
-    matches the reference's (save checkpoints before baking).
+    per-forward normalisation hook, but its state dict has plain ``weight`` keys and does not
+    match the reference's (save checkpoints before baking).
     """
     for module in net.modules():
         for hook in list(module._forward_pre_hooks.values()):

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules: synthetic data, command lines, workflow runs."""
