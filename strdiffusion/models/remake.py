@@ -1,8 +1,9 @@
 """Re-make a trained checkpoint from its provenance: the commit and the training command in its metadata.
 
 The checkpoint's commit is unpacked from the git history into a work folder, that commit's workflow makes the
-training inputs there (data, structure maps, training masks), and the recorded ``strdiffusion train`` command runs
-again with its outputs redirected into the work folder. Training on the recorded CPU thread count is
+training inputs there (data, structure maps, training masks), and the training job the file records (rendered as
+``strdiffusion train`` options, one word per value, so paths with spaces survive) runs again with its outputs
+redirected into the work folder. Training on the recorded CPU thread count is
 deterministic, and a resumed training equals an uninterrupted one, so the replay's weights equal the file's bit for
 bit (float16-rounded first when the file was shrunk for shipping); only the metadata that describes the replay
 itself differs (training seconds, paths). The replay runs in the current Python environment, on the device the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,7 +43,8 @@ REDIRECTED = ("--out", "--curve", "--state-dir")
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint records about its training: the commit and the command's arguments after ``train``."""
+    """What a checkpoint records about its training: the commit and the command's arguments after ``train`` (the
+    job rendered as options, or, in files that record only a command line, its words)."""
 
     path: Path
     commit: str
@@ -70,10 +73,20 @@ def read_provenance(path) -> Provenance:
     if not commit or not command:
         raise UserError(f"checkpoint {path} records no {'commit' if not commit else 'training command'}: only a "
                         "checkpoint trained from a git checkout by `strdiffusion train` can be re-made")
-    words = command.split()
+    if isinstance(meta.get("train_argv"), list):  # rendered from the typed job: one word per value, spaces kept
+        return Provenance(path, commit, [str(w) for w in meta["train_argv"]], meta)
+    words = command.split()  # files that record only the command line, joined by spaces
     if "train" not in words:
         raise UserError(f"checkpoint {path}: its command '{command[:80]}' is not a `strdiffusion train` command")
-    return Provenance(path, commit, words[words.index("train") + 1:], meta)
+    return Provenance(path, commit, _separate(words[words.index("train") + 1:]), meta)
+
+
+def _separate(words: list[str]) -> list[str]:
+    """``--name=value`` as ``--name``, ``value``, the form every lookup and redirection here expects."""
+    out = []
+    for word in words:
+        out += word.split("=", 1) if word.startswith("--") and "=" in word else [word]
+    return out
 
 
 def unpack_commit(repo: Path, commit: str, dest: Path) -> Path:
@@ -113,7 +126,7 @@ def make_inputs(tree: Path, prov: Provenance, configfile: str | None, cores: int
     # targets first: --configfile takes every word after it
     command = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores)]
     command += ["--configfile", configfile] if configfile else []
-    log.info("making the training inputs at %s: %s", prov.commit[:10], " ".join(command[2:]))
+    log.info("making the training inputs at %s: %s", prov.commit[:10], shlex.join(command[2:]))
     res = subprocess.run(command, cwd=tree, env=_env(tree), capture_output=True, text=True)
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
@@ -169,7 +182,7 @@ def run_replay(tree: Path, command: list[str], curve: Path, stop=None, poll: flo
     """Run one replayed training to its end, or until ``stop(curve)`` holds for its learning curve (read as it
     is saved, with the state, every ``--checkpoint-every`` iterations). Its log goes to ``<name>_replay.log``
     beside the curve (``<name>_curve.csv``)."""
-    log.info("replaying at %s: %s", tree, " ".join(command[2:]))
+    log.info("replaying at %s: %s", tree, shlex.join(command[2:]))
     curve.parent.mkdir(parents=True, exist_ok=True)
     log_path = curve.with_name(curve.name.replace("_curve.csv", "_replay.log"))
     with open(log_path, "ab") as log_file:

@@ -21,5 +21,4 @@ def parse_args(argv) -> lib.TrainJob:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return lib.run_job(parse_args(argv), argv)
+    return lib.run_job(parse_args(sys.argv[1:] if argv is None else argv))

@@ -75,7 +75,7 @@ from strdiffusion.runtime.gpu import resolve_device as _device
 from strdiffusion.runtime.lock import StateLock
 from strdiffusion.runtime.precision import MixedPrecision, configure, in_effect
 from strdiffusion.runtime.signals import Interrupted, Notice
-from strdiffusion.settings.fields import nested, option
+from strdiffusion.settings.fields import command_line, nested, option, to_argv, to_record
 from strdiffusion.settings.jobs import TrainSettings, device_option
 from strdiffusion.settings.methods import NETWORKS
 from strdiffusion.training.data import IterationBatches, build_dataset
@@ -144,35 +144,25 @@ def run_settings(job: TrainJob) -> dict:
             "guidance_state": s.guidance_state, "recipe": recipe(job.net, s.recipe), "val_count": s.val_count}
 
 
-def _relaunch(argv, nproc: int) -> int:
-    """Run this command under torch.distributed.run with ``nproc`` processes; returns its exit status."""
-    rest, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "strdiffusion", "train", *rest]
-    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+def _relaunch(job: TrainJob) -> int:
+    """Run ``job`` under torch.distributed.run with ``job.nproc`` processes (each one rank, ``--nproc 1``); returns
+    its exit status."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(job.nproc),
+           "-m", "strdiffusion", "train", *to_argv(dataclasses.replace(job, nproc=1), every=True)]
+    log.info("launching %d processes: %s", job.nproc, command_line(cmd))
     return subprocess.call(cmd)
 
 
 # ---------------------------------------------------------------------- the job
 
-def run_job(job: TrainJob, argv) -> int:
-    """Train ``job`` (given on the command line ``argv``): in this process, or under torch.distributed.run
-    when it asks for more than one process; returns the exit status."""
+def run_job(job: TrainJob) -> int:
+    """Train ``job``: in this process, or under torch.distributed.run when it asks for more than one process;
+    returns the exit status."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     with guarded(job, world_size) as notice:
         if job.nproc > 1 and world_size == 1:
             check_rank_device(job.device, job.nproc)
-            return _relaunch(argv, job.nproc)
+            return _relaunch(job)
         return train(job, world_size, notice)
 
 
@@ -428,8 +418,10 @@ def _finish(run: Run, parts: _Parts, iteration: int) -> None:
 
 
 def provenance(job: TrainJob) -> dict:
-    """Where a checkpoint came from: the trainer's settings, the command line, and the git commit of
-    the package when it runs from a checkout (empty otherwise)."""
+    """Where a checkpoint came from: the training job (its typed settings and inputs, ``job``), its command line
+    rendered from the job (``train_argv``, the words after ``strdiffusion train``; ``command``, the whole line
+    quoted for a shell), the trainer's settings, and the git commit of the package when it runs from a checkout
+    (empty otherwise)."""
     commit = ""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -440,7 +432,9 @@ def provenance(job: TrainJob) -> dict:
     settings = run_settings(job)
     settings["ctor_kwargs"] = dict(settings["ctor_kwargs"])
     settings["iterations"] = job.settings.iterations
-    return {"commit": commit, "train_settings": settings, "command": " ".join(sys.argv)}
+    argv = to_argv(job, every=True)
+    return {"commit": commit, "train_settings": settings, "job": to_record(job), "train_argv": argv,
+            "command": command_line(["strdiffusion", "train", *argv])}
 
 
 def plot_losses(history: dict, path: Path, kind: str) -> None:

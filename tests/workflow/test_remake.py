@@ -35,27 +35,26 @@ def trained(tmp_path_factory, repo_root):
     res = subprocess.run([sys.executable, "-m", "snakemake", MODEL, "--cores", "2", "--configfile", TINY], cwd=clone,
                          env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    words = torch.load(clone / MODEL, weights_only=True)["command"].split()
-    words[words.index("--iterations") + 1] = "12"
-    res = subprocess.run([sys.executable, "-m", "strdiffusion", *words[words.index("train"):]], cwd=clone, env=env,
-                         capture_output=True, text=True, timeout=900)
+    args = torch.load(clone / MODEL, weights_only=True)["train_argv"]
+    args[args.index("--iterations") + 1] = "12"
+    res = _strdiffusion("train", *args, cwd=clone, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert torch.load(clone / MODEL, weights_only=True)["resumes"] == [{"at": 8, "planned": 8}]
     shipped = root / "irsde.pt"
     res = _strdiffusion("shrink", str(clone / MODEL), str(shipped), cwd=clone, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    return clone, shipped, root / "work"
+    return clone, shipped, root / "work", env
 
 
 def _remake(trained, checkpoint: Path, *options):
-    clone, _, work = trained
+    clone, _, work, _ = trained
     return _strdiffusion("remake", str(checkpoint), "--work", str(work), "--repo", str(clone), "--configfile", TINY,
                          *options, cwd=work.parent)
 
 
 @pytest.mark.slow
 def test_remake_gives_the_same_weights_and_a_changed_weight_is_named(trained):
-    _, shipped, work = trained
+    _, shipped, work, _ = trained
     res = _remake(trained, shipped)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "gives the same weights and learning curve" in res.stdout
@@ -74,7 +73,7 @@ def test_remake_gives_the_same_weights_and_a_changed_weight_is_named(trained):
 def test_remake_of_a_file_without_its_resume_record_needs_its_segments(trained):
     """A file older than the resume record: replayed as one run of 12 iterations, its curve departs from the file's
     where the schedules part (after iteration 6, the first run's milestone), which the quick check names; given the runs' iterations, equal."""
-    _, shipped, work = trained
+    _, shipped, work, _ = trained
     payload = torch.load(shipped, weights_only=True)
     del payload["resumes"]
     for name in ("old", "old_segments"):
@@ -85,6 +84,38 @@ def test_remake_of_a_file_without_its_resume_record_needs_its_segments(trained):
     res = _remake(trained, work.parent / "old_segments.pt", "--rows", "5", "--segments", "8,12")
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "gives the same first 5 learning-curve rows" in res.stdout
+
+
+@pytest.mark.slow
+def test_remake_and_space_in_a_path_or_an_option_given_as_name_equals_value(trained):
+    """A training whose output paths hold spaces, with options given as --name=value: the file records its job,
+    and the replay, rebuilt from it, gives the same weights."""
+    clone, _, work, env = trained
+    args = torch.load(clone / MODEL, weights_only=True)["train_argv"]
+    for name in ("--out", "--curve", "--state-dir", "--iterations"):
+        i = args.index(name)
+        del args[i:i + 2]
+    out = clone / "results" / "builtin" / "my models" / "irsde space.pt"
+    args += [f"--out={out.relative_to(clone)}", "--state-dir", "results/builtin/my state", "--iterations=8"]
+    res = _strdiffusion("train", *args, cwd=clone, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = torch.load(out, weights_only=True)
+    assert "results/builtin/my models/irsde space.pt" in meta["train_argv"]
+    assert meta["job"]["out"] == "results/builtin/my models/irsde space.pt" and meta["job"]["settings"]["iterations"] == 8
+    res = _remake(trained, out)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "gives the same weights and learning curve" in res.stdout
+    assert (work / "replay" / "irsde space.pt").is_file()
+
+
+def test_remake_reads_name_equals_value_in_a_recorded_command_line(tmp_path):
+    old = tmp_path / "old.pt"
+    torch.save({"commit": "c" * 40, "command": "/x/__main__.py train --net irsde --iterations=20 --out a.pt"}, old)
+    assert remake.read_provenance(old).args == ["--net", "irsde", "--iterations", "20", "--out", "a.pt"]
+    new = tmp_path / "new.pt"
+    torch.save({"commit": "c" * 40, "command": "strdiffusion train --out 'a b.pt'",
+                "train_argv": ["--out", "a b.pt", "--iterations", "3"]}, new)
+    assert remake.read_provenance(new).option("--out") == "a b.pt"
 
 
 def test_remake_segments_come_from_the_resume_record_or_the_given_iterations():
