@@ -62,13 +62,14 @@ def main(argv=None) -> int:
     from strdiffusion.io.errors import UserError, disk_full_message, is_disk_full
     from strdiffusion.runtime.gpu import claim_from_env
     from strdiffusion.runtime.signals import INTERRUPTED, Interrupted
+    from strdiffusion.stages.options import in_user_terms
 
     try:
         claim_from_env()  # before anything initialises CUDA
         module = importlib.import_module(f".{STAGES[stage][0]}", __package__)
         return int(module.main(rest) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_user_terms(str(exc), stage)}", file=sys.stderr)
         return 2
     except OSError as exc:
         if not is_disk_full(exc):

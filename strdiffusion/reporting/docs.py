@@ -37,13 +37,13 @@ import yaml
 
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import write_text_atomic
+from strdiffusion.settings.methods import (DIFFUSION, NETWORKS, base_method, given_checkpoints, train_iterations,
+                                           trained_networks)
 
 BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 PAGES = ("README.md", "docs/*.md", "checkpoints/laptop/README.md")
 RESULTS = Path("docs") / "results"
 RUN_FIELDS = ("run", "date", "commit", "wall_minutes", "machine", "command", "what", "note")
-NETS = ("structure", "texture", "critic", "irsde")
-DIFFUSION_ROWS = ("strdiffusion", "strdiffusion_noresample", "irsde")
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -126,7 +126,7 @@ def history(root: Path, *runs: str) -> str:
         wall = f", {info['wall_minutes']} min" if info.get("wall_minutes") else ""
         where = f"{info['what']}: {info['date']}, `{info['commit'][:7]}`{wall}"
         for method in methods:
-            if method.removesuffix("_fresh") not in DIFFUSION_ROWS:
+            if base_method(method) not in DIFFUSION:
                 continue
             cells = [f"{values[method, b, 'psnr']:.2f}" if (method, b, "psnr") in values else "" for b in bins]
             clipped = _clipped(values, method).replace("—", "")  # not recorded for that run
@@ -143,8 +143,6 @@ def _config(root: Path, spec: str) -> dict:
 
 
 def presets(root: Path, *specs: str) -> str:
-    from strdiffusion.settings.methods import given_checkpoints, train_iterations, trained_networks
-
     lines = ["| config | structure | texture | critic | IR-SDE | batch | width nf | T | EMA | test pairs per bin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     notes = ["Training iterations per network (`train.iterations`, `train.net_iterations`); given: a `checkpoints:` "
@@ -152,7 +150,7 @@ def presets(root: Path, *specs: str) -> str:
     for spec in specs:
         c = _config(root, spec)
         trained, given = trained_networks(c), given_checkpoints(c)
-        its = [f"{train_iterations(c, n):,}" if n in trained else "given" if n in given else "—" for n in NETS]
+        its = [f"{train_iterations(c, n):,}" if n in trained else "given" if n in given else "—" for n in NETWORKS]
         ema = f"{c['train']['ema']}" if c["train"].get("ema") else "off"
         datasets = c.get("run_datasets") or list(c["datasets"])
         n_test = ", ".join(f"{c['datasets'][d]['n_test']:,}" for d in datasets)
@@ -179,7 +177,7 @@ def shipped(root: Path, folder: str) -> str:
 
     lines = ["| file | size | width | parameters | iterations | seed | training time | EMA | last validation score "
              "| commit | sha256 | float32 source sha256 |", "|---|---:|---|---:|---:|---:|---:|---|---|---|---|---|"]
-    for net in NETS:
+    for net in NETWORKS:
         path = root / folder / f"{net}.pt"
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found (named by a `shipped` block)")

@@ -5,6 +5,9 @@ import os
 import shutil
 import sys
 
+# Set for the workflow's jobs: their options come from the config, so their errors name config keys.
+WORKFLOW_JOB = "STRDIFFUSION_WORKFLOW_JOB"
+
 
 def python_first_on_path(basedir: str, environ=os.environ) -> str | None:
     """Rules run `python -m strdiffusion ...`: make that `python` the interpreter running Snakemake (which
@@ -23,6 +26,7 @@ def python_first_on_path(basedir: str, environ=os.environ) -> str | None:
             return (f"error: rules run `python`, but {sys.executable} (the Python running Snakemake) has no `python` "
                     f"beside it and PATH gives {found or 'none'}; run the snakemake of a virtual or conda "
                     "environment (`.venv/bin/snakemake --cores all`)")
+    environ[WORKFLOW_JOB] = "1"
     if os.path.isdir(os.path.join(basedir, "strdiffusion")):  # the clone: strdiffusion/ beside the Snakefile
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (basedir, environ.get("PYTHONPATH")) if p)
     return None

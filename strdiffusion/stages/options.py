@@ -12,7 +12,11 @@ argparse reports as an invalid value of that option.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import re
 
+from strdiffusion.runtime.environment import WORKFLOW_JOB
 from strdiffusion.settings.fields import REQUIRED, _hints, _scalar, flag
 
 
@@ -53,3 +57,39 @@ def add_arguments(parser, cls, title: str | None = None) -> None:
                     shown = ",".join(map(str, f.default)) if is_list else f.default
                     kw["help"] = f"{kw['help']} (default {shown})".lstrip()
         group.add_argument(flag(f.name), **kw)
+
+
+def _leaf_fields(cls):
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            yield from _leaf_fields(hints[f.name])
+        else:
+            yield f
+
+
+@functools.cache
+def config_keys(stage: str = "") -> dict[str, str]:
+    """Each command-line option of ``stage`` (all stages: "") read from the config, and its config key
+    (``<dataset>`` for the data set)."""
+    from strdiffusion.settings.jobs import JOBS
+
+    classes = [cls for name, group in JOBS.items() if not stage or name.split()[0] == stage for cls in group]
+    keys: dict[str, set[str]] = {}
+    for cls in classes:
+        for f in _leaf_fields(cls):
+            if f.metadata.get("key"):
+                key = re.sub(r"\{(\w+)\}", r"<\1>", f.metadata["key"])
+                keys.setdefault(flag(f.name), set()).add(key)
+    return {name: " or ".join(sorted(found)) for name, found in keys.items()}
+
+
+def in_user_terms(message: str, stage: str = "", environ=os.environ) -> str:
+    """A user error as the user gave the value: in a workflow job, whose options the workflow rendered from the
+    config, each option of ``stage`` read from the config is named by its config key (the option follows in
+    brackets)."""
+    if not environ.get(WORKFLOW_JOB):
+        return message
+    keys = config_keys(stage)
+    return re.sub(r"(?<![\w-])--[a-z][a-z0-9-]*", lambda m: f"config key '{keys[m[0]]}' ({m[0]})" if m[0] in keys
+                  else m[0], message)

@@ -145,10 +145,11 @@ def run_settings(job: TrainJob) -> dict:
 
 
 def _relaunch(job: TrainJob) -> int:
-    """Run ``job`` under torch.distributed.run with ``job.nproc`` processes (each one rank, ``--nproc 1``); returns
-    its exit status."""
+    """Run ``job`` under torch.distributed.run with ``job.nproc`` processes, each one rank; returns its exit status."""
+    argv = to_argv(job, every=True)
+    del argv[argv.index("--nproc"):argv.index("--nproc") + 2]  # a rank runs alone; torch's launcher reads --nproc*
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(job.nproc),
-           "-m", "strdiffusion", "train", *to_argv(dataclasses.replace(job, nproc=1), every=True)]
+           "-m", "strdiffusion", "train", *argv]
     log.info("launching %d processes: %s", job.nproc, command_line(cmd))
     return subprocess.call(cmd)
 

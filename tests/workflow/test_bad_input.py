@@ -214,3 +214,19 @@ def test_bad_input_non_tensor_pickle(tmp_path):
     res = _inpaint_with(tmp_path, ck, "--T", 10)
     assert_user_error(res, "critic.pt")
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_bad_input_in_a_workflow_job_names_the_config_key(tmp_path):
+    """The workflow renders its jobs' options from the config, so there a bad value is named by its config key;
+    typed on the command line, by its option."""
+    argv = [sys.executable, "-m", "strdiffusion", "train", "--net", "irsde", "--images", "i", "--structure", "s",
+            "--masks", "m", "--out", "o.pt", "--state-dir", "st", "--iterations", "10", "--milestones", "1.5"]
+    shell = {k: v for k, v in os.environ.items() if k != "STRDIFFUSION_WORKFLOW_JOB"}
+    typed = subprocess.run(argv, cwd=tmp_path, env=shell, capture_output=True, text=True, timeout=120)
+    env = dict(shell, STRDIFFUSION_WORKFLOW_JOB="1")
+    job = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert typed.returncode == job.returncode == 2
+    assert typed.stderr.startswith("error: --milestones are fractions of --iterations in (0, 1), got 1.5")
+    assert job.stderr.startswith("error: config key 'train.lr_milestones' (--milestones) are fractions of config key "
+                                 "'train.iterations' (--iterations) in (0, 1), got 1.5")
+    assert len(job.stderr.strip().splitlines()) == 1
