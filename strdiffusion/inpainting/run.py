@@ -29,6 +29,7 @@ from strdiffusion.core.constants import SamplerConfig
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import atomic_dir, save_png_atomic, write_csv_atomic, write_text_atomic
 from strdiffusion.io.images import IMAGE_EXTENSIONS, equal_size_runs, read_image_rgb, read_mask
+from strdiffusion.io.pairs import read_pairs
 from strdiffusion.runtime.lock import StateLock
 from strdiffusion.runtime.signals import raise_on_notice
 from strdiffusion.settings.jobs import RunSettings, SamplerSettings, ShardSettings
@@ -137,7 +138,7 @@ class ShardJob:
     structure_dir: Path | None = None
 
 def run_shard(job: ShardJob, diffusion: Diffusion = Diffusion()) -> None:
-    pairs = pd.read_csv(job.pairs, dtype={"bin": str, "image_id": str})
+    pairs = read_pairs(job.pairs)
     rows = shard_rows(pairs, job.bin, job.shard, job.shard_size)
     out = job.out
     with StateLock(out.with_name(out.name + ".lock"), f"the shard {out}"), raise_on_notice(), atomic_dir(out) as tmp:

@@ -12,13 +12,23 @@ import pandas as pd
 from strdiffusion.io.errors import UserError
 
 
-def read_pairs(pairs_csv) -> pd.DataFrame:
-    """The pairs CSV (image_id, bin, mask, ...) with ids and bins as text."""
+TEXT = ("image_id", "bin", "mask")
+
+
+def read_pairs(pairs_csv, needs: tuple[str, ...] = TEXT) -> pd.DataFrame:
+    """The pairs CSV with ``image_id``, ``bin`` and ``mask`` as text (``NA`` stays the text ``NA``), or a one-line
+    error naming the file: missing, unreadable, or without the columns ``needs``."""
     pairs_csv = Path(pairs_csv)
     if not pairs_csv.is_file():
         raise UserError(f"{pairs_csv}: pairs file not found; run the masks stage first")
-    pairs = pd.read_csv(pairs_csv, dtype={"image_id": str, "bin": str, "mask": str})
-    missing = [c for c in ("image_id", "bin", "mask") if c not in pairs.columns]
+    try:
+        pairs = pd.read_csv(pairs_csv, dtype=dict.fromkeys(TEXT, str), keep_default_na=False, na_values=[""])
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{pairs_csv}: cannot read as CSV ({exc})") from None
+    missing = [c for c in needs if c not in pairs.columns]
     if missing:
         raise UserError(f"{pairs_csv}: missing column(s) {', '.join(missing)}; expected image_id, bin, mask")
+    for column in TEXT:
+        if column in pairs.columns:
+            pairs[column] = pairs[column].fillna("")
     return pairs

@@ -31,6 +31,7 @@ import numpy as np
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import status_path, write_csv_atomic, write_text_atomic
 from strdiffusion.io.images import read_image_rgb
+from strdiffusion.io.pairs import read_pairs
 from strdiffusion.metrics.formulas import compute_image_metrics, fid_backend, fid_from_features, kid_from_features
 from strdiffusion.metrics.nets import InceptionFeatures, LPIPSMetric
 from strdiffusion.settings.external import missing_ids
@@ -51,18 +52,7 @@ def _parse_metrics(text: str, allowed) -> list[str]:
 
 def load_pair_ids(pairs_csv, bin_label: str) -> list[str]:
     """Image ids of the rows of a pairs CSV (columns image_id, bin, ...) whose bin is ``bin_label``."""
-    import pandas as pd
-
-    pairs_csv = Path(pairs_csv)
-    if not pairs_csv.is_file():
-        raise UserError(f"{pairs_csv}: pairs file not found; run the masks stage first")
-    try:
-        df = pd.read_csv(pairs_csv, dtype=str, keep_default_na=False)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{pairs_csv}: cannot read as CSV ({exc})") from None
-    missing = [c for c in ("image_id", "bin") if c not in df.columns]
-    if missing:
-        raise UserError(f"{pairs_csv}: missing column(s) {missing}; expected image_id, bin, mask")
+    df = read_pairs(pairs_csv, needs=("image_id", "bin"))
     ids = df.loc[df["bin"] == str(bin_label), "image_id"].tolist()
     if not ids:
         raise UserError(f"{pairs_csv}: no rows with bin '{bin_label}' (bins present: "
