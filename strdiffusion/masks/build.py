@@ -50,7 +50,7 @@ from strdiffusion.masks.folder import import_folder, import_pool
 from strdiffusion.masks.generators import FIXED, MAX_TAMPER_AREA, PROTOCOLS, Protocol
 from strdiffusion.settings.jobs import MaskSettings, PairSettings, PoolSettings
 from strdiffusion.settings.masks import NVIDIA_PER_BIN
-from strdiffusion.settings.values import bin_label, parse_bins
+from strdiffusion.settings.values import bin_label
 
 log = logging.getLogger("strdiffusion.masks.build")
 
@@ -358,14 +358,6 @@ def measure(masks_dir, protocol: str = ""):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def _parse_bin_arg(text: str | None):
-    if text is None or not text.strip():
-        return None
-    if ":" in text:
-        return parse_bins(text)
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _folder_opts(s: MaskSettings | PoolSettings) -> dict:
     """The options of protocol folder (:func:`strdiffusion.masks.folder.import_folder`, ``import_pool``)."""
     opts = dict(source=s.source, polarity=s.polarity, threshold=s.threshold, resize=s.resize)
@@ -376,13 +368,9 @@ def _folder_opts(s: MaskSettings | PoolSettings) -> dict:
 
 def run_generate(s: MaskSettings, out: Path) -> None:
     """``masks generate``: the masks of each of ``s``'s bins written to ``out`` with their stats."""
-    bins = _parse_bin_arg(s.bins)
-    if s.protocol not in FIXED and s.protocol in ALL_PROTOCOLS:
-        if bins is None:
-            raise UserError(f"protocol {s.protocol} needs --bins (config key masks.bins), e.g. 0.1:0.2,0.2:0.3")
-        if any(isinstance(b, str) for b in bins):
-            raise UserError(f"--bins '{s.bins}' must be lo:hi pairs, e.g. 0.1:0.2,0.2:0.3")
-    mask_bins = generate_binned(s.protocol, s.size, bins or [], s.count, s.seed, fill=s.fill,
+    if s.protocol not in FIXED and s.protocol in ALL_PROTOCOLS and not s.bins:
+        raise UserError(f"protocol {s.protocol} needs --bins (config key masks.bins), e.g. 0.1:0.2,0.2:0.3")
+    mask_bins = generate_binned(s.protocol, s.size, list(s.bins), s.count, s.seed, fill=s.fill,
                                 nvidia_source=s.nvidia_source, nvidia_binning=s.nvidia_binning,
                                 nvidia_border=s.nvidia_border, nvidia_per_bin=s.nvidia_per_bin,
                                 folder=_folder_opts(s))
@@ -413,6 +401,6 @@ def run_pairs(s: PairSettings, manifest_csv, masks, out) -> None:
     test = manifest[manifest["split"] == "test"]
     if "status" in test.columns:
         test = test[test["status"].isin(["ok", ""])]
-    pairs = make_pairs(test["id"].tolist(), _parse_bin_arg(s.bins), Path(masks), s.n_test, s.seed)
+    pairs = make_pairs(test["id"].tolist(), list(s.bins) or None, Path(masks), s.n_test, s.seed)
     write_csv_atomic(pairs, out)
     log.info("%d pairs (%d bins x %d images) -> %s", len(pairs), pairs["bin"].nunique(), s.n_test, out)

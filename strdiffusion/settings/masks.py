@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from strdiffusion.settings.fields import REQUIRED, config_values, option
+from strdiffusion.settings.values import BinRef, HoleBin
 
 NVIDIA_PER_BIN = 2000  # files per hole-ratio bin in NVIDIA's irregular mask test set, in its order
 POLARITIES = ("hole_white", "known_white")
@@ -55,11 +56,6 @@ def _resize():
                   key=_MASKS + "resize", choices=RESIZES, when=_FOLDER_MASKS)
 
 
-def _bins_spec(config: dict, dataset: str) -> str:
-    """The data set's hole-ratio bins as the command line gives them: lo:hi,lo:hi."""
-    return ",".join(f"{lo}:{hi}" for lo, hi in config["datasets"][dataset]["masks"]["bins"])
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MaskSettings:
     """Test masks (``masks generate``): ``count`` masks per hole-ratio bin whose measured hole ratio lies in
@@ -68,7 +64,8 @@ class MaskSettings:
 
     protocol: str = _protocol(_MASKS + "protocol")
     size: int = option(help="mask size in px (square)", key="image_size")
-    bins: str = option("", "hole-ratio bins lo:hi,lo:hi (e.g. 0.1:0.2,0.2:0.3); ignored by repaint_*", key=_MASKS + "bins")
+    bins: tuple[HoleBin, ...] = option((), "hole-ratio bins lo:hi,lo:hi (e.g. 0.1:0.2,0.2:0.3); ignored by repaint_*",
+                                       key=_MASKS + "bins")
     count: int = option(help="masks per bin", key=_MASKS + "per_bin")
     seed: int = option(help="seed of the masks", key="seed")
     fill: str = option("auto", "how a bin is filled (see strdiffusion.masks.build)", choices=("auto", "natural", "adaptive"))
@@ -90,7 +87,7 @@ class MaskSettings:
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> MaskSettings:
-        return cls(**config_values(cls, config, given={"bins": _bins_spec(config, dataset)}, dataset=dataset))
+        return cls(**config_values(cls, config, dataset=dataset))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,14 +119,14 @@ class PairSettings:
     """Test pairs (``masks pairs``): the first ``n_test`` test images (sorted ids) paired with masks of each bin
     by a seeded permutation."""
 
-    bins: str = option("", "bins lo:hi,... or labels (10-20,half); default every sub-folder of --masks",
-                       key=_MASKS + "bins")
+    bins: tuple[BinRef, ...] = option((), "bins lo:hi,... or labels (10-20,half); default every sub-folder of --masks",
+                                      key=_MASKS + "bins")
     n_test: int = option(help="test images per bin", key="datasets.{dataset}.n_test")
     seed: int = option(help="seed of the pairing", key="seed")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> PairSettings:
-        return cls(**config_values(cls, config, given={"bins": _bins_spec(config, dataset)}, dataset=dataset))
+        return cls(**config_values(cls, config, dataset=dataset))
 
 
 # ---------------------------------------------------------------------------------------------

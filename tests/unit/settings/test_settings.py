@@ -221,14 +221,28 @@ def _candidates(f, tp):
     if is_list:
         lists = {float: [(0.25, 0.5), (0.1,)], int: [(2, 3), (1,)],
                  str: [("a b", "c"), ("telea", "mean_fill"), ("10-20", "20-30")]}
-        return lists[elem] if elem in lists else [(elem("/tmp/a folder/x"),)]
+        if elem in lists:
+            return lists[elem]
+        made = _made(elem)
+        return [tuple(made[:2]), tuple(made[1:3])]
     if elem is int:
         return [v for v in ((default or 0) + 1, 2, 1, 5, 64) if v != default]
     if elem is float:
         return [v for v in ((default or 0.0) + 0.5, 0.5, 0.25, 2.0, 1.5) if v != default]
     if elem is str:
         return [v for v in ("a value with spaces", "auto", "x") if v != default]
-    return [elem("/tmp/a folder/with spaces"), elem("relative/other folder")]
+    return _made(elem)
+
+
+def _made(elem) -> list:
+    """Values of a field type built from text (a path, a bin), from the texts it accepts."""
+    made = []
+    for text in ("/tmp/a folder/with spaces", "relative/other folder", "0.1:0.2", "0.3:0.45", "half"):
+        try:
+            made.append(elem(text))
+        except (UserError, ValueError, TypeError):
+            continue
+    return made
 
 
 def _base(cls):
