@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from strdiffusion.inpainting.window import WindowSettings
+
 from .. import inpaint as lib
 from ..interrupt import raise_on_notice
 from ..methods import METHODS, NETWORKS
@@ -45,6 +47,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--image", metavar="IMG|DIR", help="image file, or folder of images (any size)")
     u.add_argument("--mask", metavar="MASK|DIR",
                    help="mask file of the image's size, or folder matched by file name: WHITE = HOLE to fill, black = keep")
+    add_arguments(u, WindowSettings)
 
 
 def diffusion_options(args: argparse.Namespace) -> lib.Diffusion:
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
     if args.image:
         with raise_on_notice():
             lib.inpaint_user_images(Path(args.image), Path(args.mask) if args.mask else None,
-                                    Path(args.out) if args.out else None, args.method, diffusion_options(args))
+                                    Path(args.out) if args.out else None, args.method, diffusion_options(args),
+                                    from_namespace(WindowSettings, args))
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
     if missing:
