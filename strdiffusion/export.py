@@ -10,6 +10,10 @@
 - ``DIR/manifest.csv``: ``image_id, bin, mask, hole_ratio`` (``mask``: the pair's mask file as the pairs CSV
   names it; ``hole_ratio``: share of hole pixels of the exported mask, ``mask_bins.hole_ratio``).
 
+The pairs CSV names its masks relative to the folder the run works in, which holds its ``results/``: run from
+another folder, the stage reads them from there (the folder above the ``results/`` that holds the pairs CSV), or
+from ``--root``. A mask that is not there is a one-line error naming it.
+
 Images are the ground-truth test images, byte for byte (the outside code masks them itself, as it does on
 its own benchmarks); masks are binarised at 128 like every mask the pipeline reads. The folder is written
 beside DIR and renamed onto it at the end, so a killed job leaves no half export.
@@ -32,8 +36,25 @@ LAYOUTS = ("lama", "keep_white", "plain")
 MANIFEST = "manifest.csv"
 
 
-def read_pairs(pairs_csv) -> pd.DataFrame:
-    """The pairs CSV (image_id, bin, mask, ...) with ids and bins as text."""
+def run_root(pairs_csv, root=None) -> Path:
+    """The folder the relative mask paths of ``pairs_csv`` are read from: ``root`` when given, else the folder that
+    holds the run's ``results/`` above ``pairs_csv`` (the workflow writes them relative to it), else the current
+    folder."""
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"--root {root}: folder not found; give the folder that holds the run's results/")
+        return root
+    pairs_csv = Path(pairs_csv).resolve()
+    holder = next((p.parent for p in pairs_csv.parents if p.name == "results"), None)
+    if holder is None or holder == Path.cwd().resolve():
+        return Path(".")
+    return holder
+
+
+def read_pairs(pairs_csv, root=None) -> pd.DataFrame:
+    """The pairs CSV (image_id, bin, mask, ...) with ids and bins as text, and ``mask_file``: each mask's path,
+    relative ones read from :func:`run_root`. A missing mask file is a one-line error naming it."""
     pairs_csv = Path(pairs_csv)
     if not pairs_csv.is_file():
         raise UserError(f"{pairs_csv}: pairs file not found; run the masks stage first")
@@ -41,6 +62,15 @@ def read_pairs(pairs_csv) -> pd.DataFrame:
     missing = [c for c in ("image_id", "bin", "mask") if c not in pairs.columns]
     if missing:
         raise UserError(f"{pairs_csv}: missing column(s) {', '.join(missing)}; expected image_id, bin, mask")
+    base = run_root(pairs_csv, root)
+    files = {m: Path(m) if Path(m).is_absolute() else base / m for m in pairs["mask"].unique()}
+    absent = [f for f in files.values() if not f.is_file()]
+    if absent:
+        where = f"--root {root}" if root is not None else f"{base.resolve()}, the folder that holds the run's results/"
+        raise UserError(f"{absent[0]}: mask not found ({len(absent)} of the {len(files)} masks that {pairs_csv} names "
+                        f"are missing; its relative paths are read from {where}); pass --root with the folder the "
+                        "run's pairs were made in, or rerun the masks stage")
+    pairs["mask_file"] = [str(files[m]) for m in pairs["mask"]]
     return pairs
 
 
@@ -55,9 +85,10 @@ def layout_paths(root: Path, bin_name: str, image_id: str) -> dict[str, Path]:
     return paths
 
 
-def export_pairs(pairs_csv, gt_dir, out) -> pd.DataFrame:
-    """Write every pair of ``pairs_csv`` in the three layouts under ``out``; return the manifest."""
-    pairs = read_pairs(pairs_csv)
+def export_pairs(pairs_csv, gt_dir, out, root=None) -> pd.DataFrame:
+    """Write every pair of ``pairs_csv`` in the three layouts under ``out``; return the manifest. Relative mask paths
+    of ``pairs_csv`` are read from ``root`` (default: :func:`run_root`)."""
+    pairs = read_pairs(pairs_csv, root)
     gt_dir = Path(gt_dir)
     rows = []
     with atomic_dir(out) as tmp:
@@ -66,7 +97,7 @@ def export_pairs(pairs_csv, gt_dir, out) -> pd.DataFrame:
             if not image_path.is_file():
                 raise UserError(f"{image_path}: test image of pair '{pair.image_id}' not found; run the data stage")
             height, width = read_image_rgb(image_path).shape[:2]
-            hole = read_mask(pair.mask, size=(height, width)) < 0.5
+            hole = read_mask(pair.mask_file, size=(height, width)) < 0.5
             white_hole = hole.astype(np.uint8) * 255
             paths = layout_paths(tmp, pair.bin, pair.image_id)
             for layout in LAYOUTS:
