@@ -85,8 +85,9 @@ def test_own_image_window_and_full_image_fill_the_same_holes_of_a_photo_larger_t
     outs = {}
     for mode in ("window", "full"):
         outs[mode] = tmp_path / f"{mode}.png"
+        whole = ["--full-image"] if mode == "full" else []
         res = _cli("--method", "strdiffusion_noresample", "--checkpoints", random_nets, "--image", tmp_path / "p.png",
-                   "--mask", tmp_path / "m.png", "--out", outs[mode], *fast, *(["--full-image"] if mode == "full" else []))
+                   "--mask", tmp_path / "m.png", "--out", outs[mode], *fast, *whole)
         assert res.returncode == 0, res.stderr[-3000:]
         if mode == "window":
             assert f"trained size: {OWN_DEFAULT_SIZE} px (not recorded in" in res.stderr
