@@ -36,17 +36,18 @@ LAYOUTS = ("lama", "keep_white", "plain")
 MANIFEST = "manifest.csv"
 
 
-def run_root(pairs_csv, root=None) -> Path:
+def run_root(pairs_csv, root=None, probe: str | None = None) -> Path:
     """The folder the relative mask paths of ``pairs_csv`` are read from: ``root`` when given, else the folder that
-    holds the run's ``results/`` above ``pairs_csv`` (the workflow writes them relative to it), else the current
+    holds the run's ``results/`` above ``pairs_csv`` (the workflow writes them relative to it; of several folders
+    named ``results`` above it, the nearest under which the relative mask path ``probe`` exists), else the current
     folder."""
     if root is not None:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"--root {root}: folder not found; give the folder that holds the run's results/")
         return root
-    pairs_csv = Path(pairs_csv).resolve()
-    holder = next((p.parent for p in pairs_csv.parents if p.name == "results"), None)
+    holders = [p.parent for p in Path(pairs_csv).resolve().parents if p.name == "results"]
+    holder = next((h for h in holders if probe is not None and (h / probe).exists()), holders[0] if holders else None)
     if holder is None or holder == Path.cwd().resolve():
         return Path(".")
     return holder
@@ -62,7 +63,8 @@ def read_pairs(pairs_csv, root=None) -> pd.DataFrame:
     missing = [c for c in ("image_id", "bin", "mask") if c not in pairs.columns]
     if missing:
         raise UserError(f"{pairs_csv}: missing column(s) {', '.join(missing)}; expected image_id, bin, mask")
-    base = run_root(pairs_csv, root)
+    relative = [m for m in pairs["mask"].unique() if not Path(m).is_absolute()]
+    base = run_root(pairs_csv, root, relative[0] if relative else None)
     files = {m: Path(m) if Path(m).is_absolute() else base / m for m in pairs["mask"].unique()}
     absent = [f for f in files.values() if not f.is_file()]
     if absent:

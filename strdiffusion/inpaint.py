@@ -267,7 +267,8 @@ def inpaint_user_images(image: Path, mask: Path | None, out: Path | None, method
     The mask must have the image's size. A mask without holes copies the
     image (with a warning). A mask without known pixels is allowed (the method then generates the
     whole image from its structure prior alone) but warned about, since nothing guides it.
-    Structure (gray, Canny edges with ``--sigma``) is computed from the image (or window) as given.
+    Structure (gray, Canny edges with ``--sigma``) is computed from the image (or window) as given; with
+    ``--save-structure`` a window's final structure state goes to ``structure/<name>_window<k>.png``.
     """
     from strdiffusion.inpainting.window import WindowSettings
 

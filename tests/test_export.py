@@ -114,3 +114,21 @@ def test_export_and_import_from_another_cwd_name_a_missing_mask_not_found(tmp_pa
     (tmp_path / "pairs.csv").write_bytes(pairs.read_bytes())
     assert cli([stage, "--pairs", "pairs.csv", "--gt-dir", str(gt), "--out", "out", *extra]) == 2
     assert "results/toy/masks/test/10-20/m0.png: mask not found (3 of the 3" in capsys.readouterr().err
+
+
+def test_export_from_another_cwd_finds_the_run_folder_of_a_data_set_named_results(tmp_path, monkeypatch):
+    """Two folders named results above the pairs CSV (a data set called "results"): the run's is the one its masks
+    are under."""
+    run = tmp_path / "run"
+    masks, gt = run / "results/results/masks/test/10-20", run / "results/results/data/test"
+    masks.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(gt / "a.png")
+    Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 3)).save(masks / "m.png")
+    pairs = run / "results/results/masks/pairs.csv"
+    pd.DataFrame([{"image_id": "a", "bin": "10-20", "mask": "results/results/masks/test/10-20/m.png"}]).to_csv(
+        pairs, index=False)
+    monkeypatch.chdir(tmp_path)
+    assert export.run_root(pairs, probe="results/results/masks/test/10-20/m.png") == run
+    assert cli(["export", "--pairs", str(pairs), "--gt-dir", str(gt), "--out", "ex"]) == 0
+    assert (tmp_path / "ex/plain/10-20/masks/a.png").is_file()

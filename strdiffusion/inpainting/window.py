@@ -5,12 +5,13 @@ photograph of another size they see textures at a scale they never learned, and 
 minutes and gigabytes. So :func:`inpaint_in_windows`, for each image:
 
 1. finds the connected hole regions (8-connected) and puts a square window around each: the region's
-   bounding box widened by ``window_margin`` times its longer side on every side, at least the trained size, moved
-   inside the image (cut to the image where it is longer than a side of it, the only case where a window is
-   not square); windows that overlap are merged into one square around both, until none overlap;
+   bounding box widened by ``window_margin`` times its longer side on every side, at least the trained size,
+   moved inside the image (cut to the image where it is longer than a side of it: the only case where a
+   window is not square, and so is stretched to the square trained size); windows that overlap are merged
+   into one square around both, until none overlap;
 2. resizes every window to the trained size (area averaging when shrinking, bilinear when enlarging; a
    pixel of the small window is a hole when any hole pixel falls in it, so no hole content reaches the
-   network as known);
+   network as known); the structure maps are computed from the small window;
 3. samples the image's windows together (batches of ``batch_size``), and
 4. resizes each window's fill back to the window's size and writes it into the hole pixels only: every
    known pixel of the result is the input's, byte for byte.
