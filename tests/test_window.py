@@ -85,13 +85,16 @@ def test_own_image_window_and_full_image_fill_the_same_holes_of_a_photo_larger_t
     outs = {}
     for mode in ("window", "full"):
         outs[mode] = tmp_path / f"{mode}.png"
-        whole = ["--full-image"] if mode == "full" else []
+        whole = ["--full-image"] if mode == "full" else ["--save-structure"]
         res = _cli("--method", "strdiffusion_noresample", "--checkpoints", random_nets, "--image", tmp_path / "p.png",
                    "--mask", tmp_path / "m.png", "--out", outs[mode], *fast, *whole)
         assert res.returncode == 0, res.stderr[-3000:]
         if mode == "window":
             assert f"trained size: {OWN_DEFAULT_SIZE} px (not recorded in" in res.stderr
             assert "2 hole region(s) in 2 window(s)" in res.stderr
+            structure = sorted(p.name for p in (tmp_path / "structure").glob("*.png"))
+            assert structure == ["window_window0.png", "window_window1.png"]  # each window's, at the trained size
+            assert np.asarray(Image.open(tmp_path / "structure" / structure[0])).shape == (64, 64)
         else:
             assert "window(s)" not in res.stderr
     window, full = (np.asarray(Image.open(outs[m])) for m in ("window", "full"))
