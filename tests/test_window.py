@@ -150,3 +150,18 @@ def test_window_trained_size_comes_from_the_checkpoint_or_a_stated_fallback():
     assert not use_windows((4000, 3000), 64, WindowSettings(full_image=True))
     with pytest.raises(UserError, match="--window-margin"):
         WindowSettings(window_margin=-1)
+
+
+def test_window_merging_of_photos_with_hundreds_or_thousands_of_holes_is_complete():
+    rng = np.random.default_rng(0)
+    for (height, width), n, expect in (((1200, 1600), 3000, "one"), ((3000, 4000), 300, "many")):
+        hole = np.zeros((height, width), bool)
+        hole[rng.integers(0, height, n), rng.integers(0, width, n)] = True  # dust: one-pixel holes
+        got = windows(hole, 0.5, 64)
+        covered = np.zeros_like(hole)
+        for i, box in enumerate(got):
+            covered[box.slices] = True
+            assert not any(box.overlaps(other) for other in got[i + 1:])
+        assert covered[hole].all()
+        # 3,000 windows of 64 px cover the 1,600 x 1,200 photo: one window, the photo; 300 leave most apart
+        assert (len(got) == 1 and got[0] == Box(0, 0, height, width)) if expect == "one" else 100 < len(got) < n

@@ -7,8 +7,8 @@ minutes and gigabytes. So :func:`inpaint_in_windows`, for each image:
 1. finds the connected hole regions (8-connected) and puts a square window around each: the region's
    bounding box widened by ``window_margin`` times its longer side on every side, at least the trained size,
    moved inside the image (cut to the image where it is longer than a side of it: the only case where a
-   window is not square, and so is stretched to the square trained size); windows that overlap are merged
-   into one square around both, until none overlap;
+   window is not square, and so is stretched to the square trained size); windows that overlap or touch are
+   merged into one square around them, until none do;
 2. resizes every window to the trained size (area averaging when shrinking, bilinear when enlarging; a
    pixel of the small window is a hole when any hole pixel falls in it, so no hole content reaches the
    network as known); the structure maps are computed from the small window;
@@ -25,6 +25,7 @@ for every image.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import sys
@@ -133,17 +134,21 @@ def windows(hole: np.ndarray, margin: float, min_side: int) -> list[Box]:
     for region in hole_regions(hole):
         longer = max(region.height, region.width)
         boxes.append(_square(region, max(longer + 2 * math.ceil(margin * longer), min_side), hole.shape))
-    merged = True
-    while merged:
-        merged = False
-        for i, j in ((i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))):
-            if boxes[i].overlaps(boxes[j]):
-                both = boxes[i].union(boxes[j])
-                boxes[i] = _square(both, max(both.height, both.width), hole.shape)
-                del boxes[j]
-                merged = True
-                break
-    return sorted(boxes, key=lambda b: (b.y0, b.x0))
+    while True:
+        # windows that overlap or touch, found at once on a canvas of the image (a photo may have thousands of holes)
+        canvas = np.zeros(hole.shape, np.uint8)
+        for box in boxes:
+            canvas[box.slices] = 1
+        labels = cv2.connectedComponents(canvas, connectivity=4)[1]
+        groups: dict[int, list[Box]] = {}
+        for box in boxes:
+            groups.setdefault(int(labels[box.y0, box.x0]), []).append(box)
+        if all(len(group) == 1 for group in groups.values()):
+            return sorted(boxes, key=lambda b: (b.y0, b.x0))
+        boxes = []
+        for group in groups.values():
+            both = functools.reduce(Box.union, group)
+            boxes.append(group[0] if len(group) == 1 else _square(both, max(both.height, both.width), hole.shape))
 
 
 def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
