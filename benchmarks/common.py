@@ -28,6 +28,8 @@ TARGETS = {
     "paper_unet_256_fraction_of_peak": 0.75,     # reference: 0.61 (9.1 s per forward, 0.83 TFLOP)
     "workflow_seconds": 600.0,                   # embedded default workflow, 2 cores
     "h100_paper_T100_seconds_per_256px_image": 2.0,
+    "own_image_seconds": 60.0,                   # strdiffusion inpaint --image, 1,600 x 1,200 and 4,000 x 3,000
+    "own_image_peak_mb": 1536.0,
 }
 FORMATS = ("nchw", "cl")  # contiguous NCHW, channels_last
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import common, forward, metrics, sampler, scale, train, workflow
+from . import common, forward, metrics, ownimage, sampler, scale, train, workflow
 from .common import CONFIGS, PEAK, REPO, TARGETS, calibrate_matmul, describe, env_info, loadavg
 
 # section name -> its module, in the order they run
-SECTIONS = {"forward": forward, "sampler": sampler, "train": train, "metrics": metrics, "workflow": workflow,
-            "scale": scale}
-OFF_BY_DEFAULT = {"workflow", "scale"}
+SECTIONS = {"forward": forward, "sampler": sampler, "train": train, "metrics": metrics, "ownimage": ownimage,
+            "workflow": workflow, "scale": scale}
+OFF_BY_DEFAULT = {"ownimage", "workflow", "scale"}
 ONLY_WHEN_NAMED = {"scale"}  # hours on a laptop: --all leaves it out
 NAMES = ("env", *SECTIONS)
 
@@ -48,6 +48,10 @@ def summary(result: dict) -> dict:
                 "bit_identical": row["identical_to_reference_order"],
                 "max_abs_diff": row["max_abs_diff_vs_reference_order"],
                 "max_abs_diff_target": TARGETS["sampler_max_abs_diff"]}
+    for row in result.get("ownimage", []):
+        name = f"own_image_{row['width']}x{row['height']}"
+        out[f"{name}_seconds"] = {"measured": row["seconds"], "target": TARGETS["own_image_seconds"]}
+        out[f"{name}_peak_rss_mb"] = {"measured": row["peak_rss_mb"], "target": TARGETS["own_image_peak_mb"]}
     if "workflow" in result:
         out["workflow_seconds"] = {"measured": result["workflow"]["seconds"], "target": TARGETS["workflow_seconds"]}
     gpu = {r["precision"]: r for r in result.get("sampler", []) if r.get("precision") and r["px"] == 256}

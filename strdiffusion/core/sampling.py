@@ -14,7 +14,7 @@ A progress bar, where wanted, comes from the caller: ``progress(total=..., desc=
 object with ``update(n)`` and ``close()`` (``tqdm.tqdm`` is one).
 
 Conventions: images are float32 NCHW in [0, 1]; ``mask`` is (B, 1, H, W), 1 = KNOWN pixel,
-0 = hole (mask FILES are white = hole, see :mod:`strdiffusion.utils`); ``gray`` and ``edge`` are
+0 = hole (mask FILES are white = hole, see :mod:`strdiffusion.io.images`); ``gray`` and ``edge`` are
 (B, 1, H, W) structure maps of the image (only their known part is used).
 
 Randomness: image b draws every Gaussian from ``generators[b]`` (a CPU ``torch.Generator``), in

@@ -177,10 +177,20 @@ def folder_files(root: Path, seed: int, test_fraction: float, train_list: str = 
             for rel in files]
 
 
+def _check_n_test(n: int, n_test: int, where: str, test_fraction: float) -> None:
+    if n < n_test:
+        raise UserError(f"{where}: the test split has {n} images but n_test is {n_test}; set the data set's n_test key "
+                        f"to {n} or less, or give it more test images (test_fraction, {test_fraction} now; test_path; "
+                        "test_list)")
+
+
 def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_list: str = "",
             test_list: str = "", test_fraction: float = 0.1, resize: str = "center_crop",
-            skip_bad_files: bool = False, max_train: int = 0, test_path: str = "") -> pd.DataFrame:
-    """Prepare the data set into ``out`` (see module docstring). Returns the manifest."""
+            skip_bad_files: bool = False, max_train: int = 0, test_path: str = "", n_test: int = 0) -> pd.DataFrame:
+    """Prepare the data set into ``out`` (see module docstring). Returns the manifest.
+
+    ``n_test`` (a folder source's): the test images the pairs take per bin; a test split with fewer is a one-line
+    error naming both counts, and nothing is written."""
     from strdiffusion.io.files import save_png_atomic
 
     if size <= 0:
@@ -199,6 +209,7 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
             root = Path(path)
             files = folder_files(root, seed, test_fraction, train_list, test_list,
                                  Path(test_path) if test_path else None)
+            _check_n_test(sum(split == "test" for _, split in files), n_test, path, test_fraction)  # before decoding
             n_train = 0
             seen = set()
             for rel, split in files:
@@ -233,6 +244,8 @@ def prepare(out: Path, source: str, size: int, seed: int, path: str = "", train_
             if not (manifest["split"] == split).any():
                 raise UserError(f"{path or source}: the {split} split is empty; add images or change the split "
                                 "(test_fraction / train_list / test_list)")
+        _check_n_test(int(((manifest["split"] == "test") & (manifest["status"] == "ok")).sum()), n_test,
+                      path or source, test_fraction)
         write_csv_atomic(manifest, tmp / "manifest.csv")
     counts = manifest[manifest.status == "ok"].split.value_counts().to_dict()
     log.info("prepared %s: %d train, %d test crops at %d px; %d skipped", out, counts.get("train", 0),

@@ -114,6 +114,7 @@ class DiffusionRunner:
             raise UserError(f"--autocast {run.autocast} needs a CUDA device; this run is on {self.device}")
         meta: dict = {}
         self.nets, self.sde = load_method_networks(method, checkpoints, run, self.device, meta)
+        self.metadata = meta  # network kind -> its checkpoint's metadata (the trained size among them)
         denoiser = "texture" if "texture" in self.nets else "irsde"
         # The denoiser samples with the hole fill it was trained with (IR-SDE's recipe: 1; train.hole_fill
         # mean: the known mean colour), where its checkpoint records one (ours do; the authors' do not).

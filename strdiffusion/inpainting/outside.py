@@ -31,7 +31,7 @@ import numpy as np
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import atomic_dir, save_png_atomic, write_text_atomic
 from strdiffusion.io.images import read_image_rgb, read_mask
-from strdiffusion.io.pairs import read_pairs
+from strdiffusion.io.pairs import read_pairs_with_masks
 from strdiffusion.settings.external import RESIZE, SIDECAR
 
 log = logging.getLogger("strdiffusion.inpainting.outside")
@@ -77,14 +77,18 @@ def _outputs(pairs, template: str, dataset: str, bin_name: str, method: str, all
     return rows[[bool(ok) for ok in found]], [p for p, ok in zip(paths, found) if ok], missing
 
 
-def import_bin(pairs_csv, gt_dir, bin_name: str, method: str, dataset: str, s, out) -> dict:
+def import_bin(pairs_csv, gt_dir, bin_name: str, method: str, dataset: str, s, out, root=None) -> dict:
     """Apply the protocol to one bin of an outside row's outputs; write ``out/<image_id>.png`` and the
-    sidecar ``out/imported.json``; return the sidecar's record."""
-    rows, paths, missing = _outputs(read_pairs(pairs_csv), s.path, dataset, bin_name, method, s.allow_partial)
+    sidecar ``out/imported.json``; return the sidecar's record. Relative mask paths of ``pairs_csv`` are read from
+    ``root`` (default: :func:`strdiffusion.io.pairs.run_root`)."""
+    rows, paths, missing = _outputs(read_pairs_with_masks(pairs_csv, root), s.path, dataset, bin_name, method, s.allow_partial)
     differing = 0
     with atomic_dir(out) as tmp:
         for pair, path in zip(rows.itertuples(), paths):
             image_path = Path(gt_dir) / f"{pair.image_id}.png"
+            if not image_path.is_file():
+                raise UserError(f"{image_path}: test image of pair '{pair.image_id}' not found; check --gt-dir "
+                                "or run the data stage")
             image = read_image_rgb(image_path)
             output = read_image_rgb(path)
             if output.shape != image.shape:
@@ -93,7 +97,7 @@ def import_bin(pairs_csv, gt_dir, bin_name: str, method: str, dataset: str, s, o
                                     f"image {image_path} is {image.shape[1]}x{image.shape[0]}; give outputs of the "
                                     f"test size or set external_methods.{method}.resize ({', '.join(list(RESIZE)[1:])})")
                 output = _resize(output, image.shape, s.resize)
-            mask = read_mask(pair.mask, size=image.shape[:2])
+            mask = read_mask(pair.mask_file, size=image.shape[:2])
             differing += differs_outside_holes(output, image, mask)
             scored = output if s.as_is else np.where(mask[..., None] > 0.5, image, output).astype(np.uint8)
             save_png_atomic(tmp / f"{pair.image_id}.png", scored)

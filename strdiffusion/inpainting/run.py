@@ -6,7 +6,8 @@ onto OUT at the end, so a killed job leaves no half-written shard. SIGTERM or SI
 hand, removes the temporary folder and exits with status 75 (:mod:`strdiffusion.runtime.signals`); while it runs
 the job holds ``OUT.lock``, so a second job on the same shard refuses to start (:mod:`strdiffusion.runtime.lock`).
 
-Own-image mode (``--image/--mask/--out``) inpaints the user's files of any size.
+Own-image mode (``--image/--mask/--out``) inpaints the user's files of any size: the diffusion methods in a
+window around each hole at the networks' trained size (:mod:`strdiffusion.inpainting.window`).
 The diffusion methods run through :class:`strdiffusion.inpainting.diffusion.DiffusionRunner`; this module
 reads and writes the files and turns the command-line options into its settings.
 
@@ -37,6 +38,7 @@ from strdiffusion.settings.methods import CLASSICAL, DIFFUSION, METHODS, method_
 
 if TYPE_CHECKING:
     from strdiffusion.inpainting.diffusion import DiffusionRunner
+    from strdiffusion.inpainting.window import WindowSettings
 
 log = logging.getLogger("strdiffusion.inpainting.run")
 
@@ -241,16 +243,23 @@ def _user_pairs(image: Path, mask: Path | None, out: Path | None) -> list[tuple[
     return [(image, mask, out)]
 
 def inpaint_user_images(image: Path, mask: Path | None, out: Path | None, method: str,
-                        diffusion: Diffusion = Diffusion()) -> None:
+                        diffusion: Diffusion = Diffusion(), window: "WindowSettings | None" = None) -> None:
     """Inpaint the user's image(s) ``image`` (a file or a folder) with ``mask`` (a file or a folder of masks matched
     by name) into ``out`` (a PNG, or a folder); on the command line ``--image/--mask/--out``.
 
-    Any image size: inputs are reflect-padded on the bottom/right to the networks' multiple and
-    the result cropped back. The mask must have the image's size. A mask without holes copies the
+    Any image size. The diffusion methods work in a window around each hole at the networks' trained size
+    (:mod:`strdiffusion.inpainting.window`); with ``window.full_image``, and for an image no larger than the
+    trained size, on the whole image, reflect-padded on the bottom/right to the networks' multiple and
+    cropped back. The classical methods work on the whole image. Known pixels of every result are the input's.
+    The mask must have the image's size. A mask without holes copies the
     image (with a warning). A mask without known pixels is allowed (the method then generates the
     whole image from its structure prior alone) but warned about, since nothing guides it.
-    Structure (gray, Canny edges with ``--sigma``) is computed from the image as given.
+    Structure (gray, Canny edges with ``--sigma``) is computed from the image (or window) as given; with
+    ``--save-structure`` a window's final structure state goes to ``structure/<name>_window<k>.png``.
     """
+    from strdiffusion.inpainting.window import WindowSettings
+
+    window = window or WindowSettings()
     pairs = _user_pairs(image, mask, out)
     items = []
     for image_p, mask_p, out_p in pairs:
@@ -273,6 +282,7 @@ def inpaint_user_images(image: Path, mask: Path | None, out: Path | None, method
     if not items:
         return
     runner = diffusion.runner(method)
+    items = _inpaint_windowed(runner, items, diffusion.run, window)
     for chunk in _size_groups(items, diffusion.run.batch_size):
         results, structs = runner.run([c[1] for c in chunk], [c[2] for c in chunk], [None] * len(chunk),
                                       [c[0] for c in chunk], "")
@@ -282,3 +292,28 @@ def inpaint_user_images(image: Path, mask: Path | None, out: Path | None, method
                 save_png_atomic(c[4].parent / "structure" / c[4].name, structs[k])
             log.info("inpainted %s -> %s", c[0], c[4])
     log.info("%s: %s", method, runner.summary())
+
+
+def _inpaint_windowed(runner: "DiffusionRunner", items: list, run: RunSettings, window: "WindowSettings") -> list:
+    """Inpaint, one image at a time, the ``items`` (id, image, mask, structure, output) that
+    :func:`strdiffusion.inpainting.window.use_windows` sends to windows, and write them; return the others."""
+    from strdiffusion.inpainting.window import inpaint_in_windows, trained_size, use_windows
+
+    size, source = trained_size(runner.metadata)
+    log.info("the networks' trained size: %d px (%s)%s", size, source,
+             "; --full-image: whole images" if window.full_image else "")
+    whole = []
+    for item in items:
+        image_id, image, mask, _, out_p = item
+        if not use_windows(image.shape, size, window):
+            whole.append(item)
+            continue
+
+        def save_structure(k, struct, out_p=out_p):
+            save_png_atomic(out_p.parent / "structure" / f"{out_p.stem}_window{k}.png", struct)
+
+        result = inpaint_in_windows(runner, image_id, image, mask, window, run.batch_size,
+                                    save_structure if run.save_structure else None)
+        save_png_atomic(out_p, result)
+        log.info("inpainted %s -> %s", image_id, out_p)
+    return whole

@@ -63,6 +63,8 @@ def read_mask(path, size: tuple[int, int] | None = None) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             gray = np.asarray(im.convert("L"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: mask not found; check the path, or rerun the stage that writes it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path}: cannot decode mask ({exc.__class__.__name__}); replace the file") from None
     if size is not None and gray.shape != tuple(size):

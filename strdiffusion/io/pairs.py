@@ -32,3 +32,37 @@ def read_pairs(pairs_csv, needs: tuple[str, ...] = TEXT) -> pd.DataFrame:
         if column in pairs.columns:
             pairs[column] = pairs[column].fillna("")
     return pairs
+
+
+def run_root(pairs_csv, root=None, probe: str | None = None) -> Path:
+    """The folder the relative mask paths of ``pairs_csv`` are read from: ``root`` when given, else the folder that
+    holds the run's ``results/`` above ``pairs_csv`` (the workflow writes them relative to it; of several folders
+    named ``results`` above it, the nearest under which the relative mask path ``probe`` exists), else the current
+    folder."""
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"--root {root}: folder not found; give the folder that holds the run's results/")
+        return root
+    holders = [p.parent for p in Path(pairs_csv).resolve().parents if p.name == "results"]
+    holder = next((h for h in holders if probe is not None and (h / probe).exists()), holders[0] if holders else None)
+    if holder is None or holder == Path.cwd().resolve():
+        return Path(".")
+    return holder
+
+
+def read_pairs_with_masks(pairs_csv, root=None) -> pd.DataFrame:
+    """:func:`read_pairs` and ``mask_file``: each mask's path, relative ones read from :func:`run_root`. A missing
+    mask file is a one-line error naming it."""
+    pairs = read_pairs(pairs_csv)
+    relative = [m for m in pairs["mask"].unique() if not Path(m).is_absolute()]
+    base = run_root(pairs_csv, root, relative[0] if relative else None)
+    files = {m: Path(m) if Path(m).is_absolute() else base / m for m in pairs["mask"].unique()}
+    absent = [f for f in files.values() if not f.is_file()]
+    if absent:
+        where = f"--root {root}" if root is not None else f"{base.resolve()}, the folder that holds the run's results/"
+        raise UserError(f"{absent[0]}: mask not found ({len(absent)} of the {len(files)} masks that {pairs_csv} names "
+                        f"are missing; its relative paths are read from {where}); pass --root with the folder the "
+                        "run's pairs were made in, or rerun the masks stage")
+    pairs["mask_file"] = [str(files[m]) for m in pairs["mask"]]
+    return pairs

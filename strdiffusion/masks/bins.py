@@ -9,7 +9,7 @@
 - A hole-ratio bin ``(lo, hi)`` holds masks with ``lo < hole_ratio <= hi`` (:func:`in_bin`); its folder
   is :func:`strdiffusion.settings.values.bin_label` ('10-20').
 
-``masks.py`` (the stage), ``mask_generators.py`` and ``mask_folder.py`` import these at top level.
+``masks.py`` (the stage), ``generators.py`` and ``folder.py`` import these at top level.
 """
 from __future__ import annotations
 

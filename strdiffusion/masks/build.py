@@ -1,8 +1,8 @@
 """The mask stage: generate or import hole masks per hole-ratio bin, build a training pool, pair them with test images.
 
-Conventions (``mask_bins.py``):
+Conventions (``bins.py``):
 - In memory a mask is ``hole``: uint8 HxW, 1 = HOLE, 0 = known. Its hole ratio is the exact
-  fraction of hole pixels (``mask_bins.hole_ratio``, the one measure used everywhere).
+  fraction of hole pixels (``bins.hole_ratio``, the one measure used everywhere).
 - Mask FILES are 8-bit grayscale PNGs, white (255) = HOLE, black (0) = known.
 - A hole-ratio bin ``(lo, hi)`` holds masks with ``lo < hole_ratio <= hi``; its folder is
   :func:`strdiffusion.settings.values.bin_label` ('10-20').

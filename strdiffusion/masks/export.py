@@ -8,7 +8,11 @@
   hole), as RePaint's ``gt_keep_masks`` and IR-SDE's inpainting masks;
 - ``DIR/plain/<bin>/images/<image_id>.png`` and ``.../masks/<image_id>.png`` (white = hole);
 - ``DIR/manifest.csv``: ``image_id, bin, mask, hole_ratio`` (``mask``: the pair's mask file as the pairs CSV
-  names it; ``hole_ratio``: share of hole pixels of the exported mask, ``mask_bins.hole_ratio``).
+  names it; ``hole_ratio``: share of hole pixels of the exported mask, ``bins.hole_ratio``).
+
+The pairs CSV names its masks relative to the folder the run works in, which holds its ``results/``: run from
+another folder, the stage reads them from there (the folder above the ``results/`` that holds the pairs CSV), or
+from ``--root``. A mask that is not there is a one-line error naming it.
 
 Images are the ground-truth test images, byte for byte (the outside code masks them itself, as it does on
 its own benchmarks); masks are binarised at 128 like every mask the pipeline reads. The folder is written
@@ -26,14 +30,13 @@ import pandas as pd
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import atomic_dir, save_png_atomic, write_csv_atomic
 from strdiffusion.io.images import read_image_rgb, read_mask
-from strdiffusion.io.pairs import read_pairs
+from strdiffusion.io.pairs import read_pairs_with_masks
 from strdiffusion.masks.bins import hole_ratio
 
 log = logging.getLogger("strdiffusion.masks.export")
 
 LAYOUTS = ("lama", "keep_white", "plain")
 MANIFEST = "manifest.csv"
-
 
 
 def layout_paths(root: Path, bin_name: str, image_id: str) -> dict[str, Path]:
@@ -47,9 +50,10 @@ def layout_paths(root: Path, bin_name: str, image_id: str) -> dict[str, Path]:
     return paths
 
 
-def export_pairs(pairs_csv, gt_dir, out) -> pd.DataFrame:
-    """Write every pair of ``pairs_csv`` in the three layouts under ``out``; return the manifest."""
-    pairs = read_pairs(pairs_csv)
+def export_pairs(pairs_csv, gt_dir, out, root=None) -> pd.DataFrame:
+    """Write every pair of ``pairs_csv`` in the three layouts under ``out``; return the manifest. Relative mask paths
+    of ``pairs_csv`` are read from ``root`` (default: :func:`strdiffusion.io.pairs.run_root`)."""
+    pairs = read_pairs_with_masks(pairs_csv, root)
     gt_dir = Path(gt_dir)
     rows = []
     with atomic_dir(out) as tmp:
@@ -58,7 +62,7 @@ def export_pairs(pairs_csv, gt_dir, out) -> pd.DataFrame:
             if not image_path.is_file():
                 raise UserError(f"{image_path}: test image of pair '{pair.image_id}' not found; run the data stage")
             height, width = read_image_rgb(image_path).shape[:2]
-            hole = read_mask(pair.mask, size=(height, width)) < 0.5
+            hole = read_mask(pair.mask_file, size=(height, width)) < 0.5
             white_hole = hole.astype(np.uint8) * 255
             paths = layout_paths(tmp, pair.bin, pair.image_id)
             for layout in LAYOUTS:

@@ -18,7 +18,7 @@ The generic protocol ``folder`` (config ``masks.protocol: folder``, ``masks.sour
 
 ``count`` masks per bin are chosen by a permutation seeded by (seed, protocol, bin). A bin with fewer
 candidates keeps them all, with a warning; a bin with fewer masks than ``n_test`` warns that test
-images will share masks. In memory a mask is ``hole``: uint8, 1 = HOLE (``mask_bins.py``).
+images will share masks. In memory a mask is ``hole``: uint8, 1 = HOLE (``bins.py``).
 """
 from __future__ import annotations
 

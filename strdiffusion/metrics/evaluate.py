@@ -1,7 +1,7 @@
 """The metrics stage: PSNR, SSIM, L1 and LPIPS per image; FID and KID per (method, bin) set, from image files.
 
 Every metric is computed on the WHOLE composited image against its ground truth (conventions and
-formulas: ``metric_math.py``; the LPIPS and Inception networks and their weights: ``metric_nets.py``).
+formulas: ``formulas.py``; the LPIPS and Inception networks and their weights: ``nets.py``).
 ``metrics images`` writes one row per image, ``metrics sets`` one row per set with the image count
 and the FID backend (pytorch-fid's ``calculate_frechet_distance``, or ``--fid-method exact`` and the
 fallback when it fails, which the backend column says). Either may be given an empty metric list
@@ -10,7 +10,7 @@ its CSV then has no metric columns (and a set CSV no ``fid_backend``), and the s
 
 Images are read chunk by chunk from the files (``iter_image_pairs``), so a job's memory holds the
 features (2,048 floats per image) and one chunk of images, not the set. ``metrics reference``
-writes the ground truths' features of a bin once (``reference_stats.py``); ``metrics sets
+writes the ground truths' features of a bin once (``reference.py``); ``metrics sets
 --reference FILE`` reads them when they are fresh.
 
 Pretrained weights are never downloaded here: when they are absent, the metric is reported as NaN

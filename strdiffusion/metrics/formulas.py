@@ -8,9 +8,9 @@ Conventions (see the spec's "Metric conventions"):
 - SSIM: skimage with Wang et al.'s settings (Gaussian window, sigma 1.5, population covariance),
   on the same crop as PSNR. skimage's defaults (7x7 uniform window) give different numbers.
 - L1: mean absolute error in [0, 1] units, whole image (no crop).
-- LPIPS: computed by a callable passed in (``metric_nets.LPIPSMetric``), whole image.
+- LPIPS: computed by a callable passed in (``nets.LPIPSMetric``), whole image.
 - FID: pytorch-fid 0.3.0's ``calculate_frechet_distance`` of two feature sets (2048-d pool3 features
-  from ``metric_nets.InceptionFeatures``). Its scipy ``sqrtm`` is slow on CPU and can fail on small
+  from ``nets.InceptionFeatures``). Its scipy ``sqrtm`` is slow on CPU and can fail on small
   sets ("Imaginary component"); ``method="exact"`` computes the same distance from an SVD / symmetric
   eigendecomposition.
 - KID: unbiased MMD^2 with the kernel (x.y/d + 1)^3 on the same features, mean and std over

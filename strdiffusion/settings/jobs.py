@@ -257,6 +257,8 @@ class DataSettings:
     max_train: int = option(0, "cap on training images (0 = all)", key="datasets.{dataset}.max_train", when=_FOLDER)
     skip_bad_files: bool = option(False, "list undecodable files instead of stopping",
                                   key="datasets.{dataset}.skip_bad_files", when=_FOLDER)
+    n_test: int = option(0, "test images the pairs take per bin: a test split with fewer is an error (0 = no check)",
+                         key="datasets.{dataset}.n_test", when=_FOLDER)
     size: int = option(64, "working size in px", key="image_size")
     seed: int = option(0, "seed of the split", key="seed")
 

@@ -18,5 +18,5 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     s = from_namespace(DataSettings, a)
     lib.prepare(Path(a.out), s.source, s.size, s.seed, s.path, s.train_list, s.test_list, s.test_fraction, s.resize,
-                s.skip_bad_files, s.max_train, s.test_path)
+                s.skip_bad_files, s.max_train, s.test_path, s.n_test)
     return 0

@@ -11,6 +11,8 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", required=True, help="pairs CSV (image_id, bin, mask)")
     p.add_argument("--gt-dir", required=True, help="folder of the test images <image_id>.png")
     p.add_argument("--out", required=True, help="output folder (lama/, keep_white/, plain/, manifest.csv)")
+    p.add_argument("--root", help="folder the pairs CSV's relative mask paths start from (default: the folder that "
+                                  "holds the run's results/ above --pairs, else the current folder)")
     a = p.parse_args(argv)
-    lib.export_pairs(a.pairs, a.gt_dir, a.out)
+    lib.export_pairs(a.pairs, a.gt_dir, a.out, a.root)
     return 0

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="the row's name (in messages)")
     p.add_argument("--dataset", default="", help="fills {dataset} in --path")
     p.add_argument("--out", required=True, help="output folder of the composited outputs")
+    p.add_argument("--root", help="folder the pairs CSV's relative mask paths start from (default: the folder that "
+                                  "holds the run's results/ above --pairs, else the current folder)")
     add_arguments(p, ImportSettings)
     return p
 
@@ -30,5 +32,5 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     s = from_namespace(ImportSettings, a)
     check_config({"external_methods": {a.method: {"path": s.path}}}, "--path")
-    import_bin(a.pairs, a.gt_dir, a.bin, a.method, a.dataset, s, a.out)
+    import_bin(a.pairs, a.gt_dir, a.bin, a.method, a.dataset, s, a.out, a.root)
     return 0

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from strdiffusion.inpainting import run as lib
+from strdiffusion.inpainting.window import WindowSettings
 from strdiffusion.io.errors import UserError
 from strdiffusion.runtime.signals import raise_on_notice
 from strdiffusion.settings.fields import from_namespace
@@ -46,6 +47,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--image", metavar="IMG|DIR", help="image file, or folder of images (any size)")
     u.add_argument("--mask", metavar="MASK|DIR",
                    help="mask file of the image's size, or folder matched by file name: WHITE = HOLE to fill, black = keep")
+    add_arguments(u, WindowSettings)
 
 
 def diffusion_options(args: argparse.Namespace) -> lib.Diffusion:
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
     if args.image:
         with raise_on_notice():
             lib.inpaint_user_images(Path(args.image), Path(args.mask) if args.mask else None,
-                                    Path(args.out) if args.out else None, args.method, diffusion_options(args))
+                                    Path(args.out) if args.out else None, args.method, diffusion_options(args),
+                                    from_namespace(WindowSettings, args))
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
     if missing:

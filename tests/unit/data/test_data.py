@@ -143,3 +143,40 @@ def test_separate_test_folder(tmp_path):
                             test_path=str(tmp_path / "eval"))
     assert manifest.split.value_counts().to_dict() == {"train": 3, "test": 2}
     assert all(not i.startswith(".") for i in manifest.id)
+
+
+def test_n_test_with_fewer_test_images_is_one_line_error_at_the_data_stage(tmp_path, capsys):
+    """40 photos and the default test_fraction 0.1 give a test split smaller than n_test 8: the data stage stops with
+    both counts and the keys to change, and writes nothing; n_test within the split passes."""
+    from strdiffusion.cli import main as cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photos / f"IMG_{i:04d}.png")
+    n = sum(split == "test" for _, split in data.folder_files(photos, 0, 0.1))
+    assert 0 < n < 8
+    out = tmp_path / "data"
+    argv = ["data", "--out", str(out), "--source", "folder", "--path", str(photos), "--size", "32"]
+    assert cli([*argv, "--n-test", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {photos}: the test split has {n} images but n_test is 8; set the data set's n_test key to "
+                   f"{n} or less, or give it more test images (test_fraction, 0.1 now; test_path; test_list)"]
+    assert not out.exists() and not list(tmp_path.glob(".data*"))
+    assert cli([*argv, "--n-test", str(n)]) == 0
+    assert (pd.read_csv(out / "manifest.csv").split == "test").sum() == n
+
+
+def test_n_test_fewer_check_reads_the_config_of_folder_data_sets_only(repo_root):
+    """A folder data set's data job carries its n_test; the builtin default's command line (and so its run) does
+    not change."""
+    import yaml
+
+    from strdiffusion.settings.config import validate
+    from strdiffusion.settings.jobs import job_options
+
+    config = validate(yaml.safe_load((repo_root / "config" / "config.yaml").read_text()))
+    assert "--n-test" not in job_options("data", config, dataset="builtin")
+    mine = {**config["datasets"]["builtin"], "source": "folder", "path": "my_photos", "n_test": 8}
+    assert "--n-test 8" in job_options("data", {**config, "datasets": {"mine": mine}}, dataset="mine")

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from strdiffusion.cli import main as cli
+from strdiffusion.io.pairs import run_root
 from strdiffusion.masks import export
 from strdiffusion.masks.bins import hole_ratio
 
@@ -58,3 +59,77 @@ def test_export_missing_test_image_is_one_line_error_and_writes_nothing(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "b2.png" in err[0] and err[0].startswith("error:")
     assert not out.exists() and not list(tmp_path.glob(".export*"))
+
+
+def _run_folder(run):
+    """A run's folder as the workflow leaves it: pairs.csv naming its masks relative to the folder holding results/."""
+    masks, gt = run / "results/toy/masks/test/10-20", run / "results/toy/data/test"
+    masks.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(gt / f"i{k}.png")
+        hole = np.zeros((24, 40), np.uint8)
+        hole[3:9 + k, 4:30] = 255
+        Image.fromarray(hole).save(masks / f"m{k}.png")
+        rows.append({"image_id": f"i{k}", "bin": "10-20", "mask": f"results/toy/masks/test/10-20/m{k}.png"})
+    pd.DataFrame(rows).to_csv(run / "results/toy/masks/pairs.csv", index=False)
+    return run / "results/toy/masks/pairs.csv", gt
+
+
+def test_export_and_import_run_from_another_cwd_read_the_masks_of_the_run_folder(tmp_path, monkeypatch):
+    pairs, gt = _run_folder(tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli(["export", "--pairs", "../run/results/toy/masks/pairs.csv", "--gt-dir", str(gt), "--out", "ex"]) == 0
+    manifest = pd.read_csv(elsewhere / "ex/manifest.csv")
+    assert list(manifest["mask"]) == [f"results/toy/masks/test/10-20/m{k}.png" for k in range(3)]  # as the CSV names it
+    for k in range(3):
+        exported = np.asarray(Image.open(elsewhere / f"ex/plain/10-20/masks/i{k}.png"))
+        assert np.array_equal(exported, np.asarray(Image.open(tmp_path / f"run/results/toy/masks/test/10-20/m{k}.png")))
+    # an outside method's outputs (here the test images themselves) imported from the same other folder
+    assert cli(["import", "--pairs", str(pairs), "--gt-dir", str(gt), "--bin", "10-20", "--method", "outside",
+                "--path", str(gt / "{image_id}.png"), "--out", "imported"]) == 0
+    assert sorted(p.name for p in (elsewhere / "imported").glob("*.png")) == ["i0.png", "i1.png", "i2.png"]
+    # a copy of the pairs CSV outside any run: --root names the run's folder
+    (elsewhere / "pairs.csv").write_bytes(pairs.read_bytes())
+    assert cli(["export", "--pairs", "pairs.csv", "--gt-dir", str(gt), "--out", "ex2", "--root", "../run"]) == 0
+    assert (elsewhere / "ex2/lama/10-20/i2_mask.png").is_file()
+
+
+@pytest.mark.parametrize("stage", ["export", "import"])
+def test_export_and_import_from_another_cwd_name_a_missing_mask_not_found(tmp_path, monkeypatch, capsys, stage):
+    pairs, gt = _run_folder(tmp_path / "run")
+    (tmp_path / "run/results/toy/masks/test/10-20/m1.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    extra = ["--bin", "10-20", "--method", "outside", "--path", str(gt / "{image_id}.png")] if stage == "import" else []
+    assert cli([stage, "--pairs", str(pairs), "--gt-dir", str(gt), "--out", "out", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "results/toy/masks/test/10-20/m1.png: mask not found" in err[0] and "cannot decode" not in err[0]
+    assert "1 of the 3 masks" in err[0] and "--root" in err[0]
+    assert not (tmp_path / "out").exists()
+    # a pairs CSV outside a run's results/, read from the current folder: the same plain line
+    (tmp_path / "pairs.csv").write_bytes(pairs.read_bytes())
+    assert cli([stage, "--pairs", "pairs.csv", "--gt-dir", str(gt), "--out", "out", *extra]) == 2
+    assert "results/toy/masks/test/10-20/m0.png: mask not found (3 of the 3" in capsys.readouterr().err
+
+
+def test_export_from_another_cwd_finds_the_run_folder_of_a_data_set_named_results(tmp_path, monkeypatch):
+    """Two folders named results above the pairs CSV (a data set called "results"): the run's is the one its masks
+    are under."""
+    run = tmp_path / "run"
+    masks, gt = run / "results/results/masks/test/10-20", run / "results/results/data/test"
+    masks.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(gt / "a.png")
+    Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 3)).save(masks / "m.png")
+    pairs = run / "results/results/masks/pairs.csv"
+    pd.DataFrame([{"image_id": "a", "bin": "10-20", "mask": "results/results/masks/test/10-20/m.png"}]).to_csv(
+        pairs, index=False)
+    monkeypatch.chdir(tmp_path)
+    assert run_root(pairs, probe="results/results/masks/test/10-20/m.png") == run
+    assert cli(["export", "--pairs", str(pairs), "--gt-dir", str(gt), "--out", "ex"]) == 0
+    assert (tmp_path / "ex/plain/10-20/masks/a.png").is_file()

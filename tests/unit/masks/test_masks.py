@@ -1,4 +1,4 @@
-"""Tests of strdiffusion/masks/build.py and mask_generators.py: protocols, binning, NVIDIA import, pairing, CLI
+"""Tests of strdiffusion/masks/build.py and generators.py: protocols, binning, NVIDIA import, pairing, CLI
 (all names contain 'mask')."""
 from __future__ import annotations
 

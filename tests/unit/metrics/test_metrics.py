@@ -1,4 +1,4 @@
-"""Tests for strdiffusion/metrics/evaluate.py (the stage), metric_math.py and metric_nets.py.
+"""Tests for strdiffusion/metrics/evaluate.py (the stage), formulas.py and nets.py.
 
 Pretrained weights cannot be downloaded here, so the LPIPS / FID tests write random-weight
 stand-ins with the real file names into a temporary $TORCH_HOME and go through the packages' real
