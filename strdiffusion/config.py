@@ -226,3 +226,75 @@ def merge(base: dict, update: dict) -> dict:
         else:
             base[key] = value
     return base
+
+
+# ------------------------------------------------------------------ inputs and profile, checked before any job runs
+
+def _dataset_inputs(name: str, ds: dict, root: Path):
+    """(config key, path, what it is) of each outside file or folder data set ``name`` still needs: its images
+    until ``results/<name>/data`` holds them, its mask sources until the masks are written."""
+    key = f"datasets.{name}"
+    results = root / "results" / name
+    if ds["source"] == "folder" and not (results / "data" / "manifest.csv").is_file():
+        for field in ("path", "test_path", "train_list", "test_list"):
+            if ds.get(field):
+                yield f"{key}.{field}", ds[field], "file" if field.endswith("_list") else "folder"
+    m = ds["masks"]
+    test_done, pool_done = (results / "masks" / "test").is_dir(), (results / "masks" / "pool").is_dir()
+    if m["protocol"] == "folder" and not test_done:
+        yield f"{key}.masks.source", m["source"], "folder or .zip"
+    if m.get("train_source") and not pool_done:
+        yield f"{key}.masks.train_source", m["train_source"], "folder or .zip"
+    if (m["protocol"] == "nvidia" and not test_done) or (m.get("train_protocol") == "nvidia" and not pool_done):
+        if m.get("nvidia_source"):
+            yield f"{key}.masks.nvidia_source", m["nvidia_source"], "folder or .zip"
+
+
+def missing_inputs(config: dict, root=".") -> list[str]:
+    """One line for each data folder, file list, mask source and given checkpoint of the validated ``config``
+    that does not exist (relative paths from ``root``, the folder the workflow runs in): all of them at once,
+    so a run never starts only to stop at its first missing input."""
+    from .methods import given_checkpoints
+
+    root = Path(root)
+    lines = []
+    for name in config.get("run_datasets") or list(config["datasets"]):
+        for key, value, kind in _dataset_inputs(name, config["datasets"][name], root):
+            if not (root / value).exists():
+                lines.append(f"config key '{key}': {kind} {value} not found; put it there or set the key to your "
+                             "copy in an overlay (docs/reproduction.md)")
+    for net, value in given_checkpoints(config).items():
+        if not (root / value).is_file():
+            lines.append(f"config key 'checkpoints.{net}': checkpoint {value} not found; put the file there, "
+                         "or set the key to your copy (\"\" trains the network; docs/reproduction.md)")
+    return lines
+
+
+PLACEHOLDER = "CHANGE_ME_"
+_PLACEHOLDER_FIX = {"cpu_partition": "your CPU partition (`sinfo -s` lists them)",
+                    "gpu_partition": "your GPU partition (`sinfo -s` lists them)",
+                    "account": "your account (`sacctmgr -n show assoc user=$USER format=account`), or with \"\" "
+                               "on a cluster without accounting"}
+
+
+def profile_placeholders(default_resources: dict, rule_resources: dict, profile: str = "the profile") -> list[str]:
+    """One line for each unfilled ``CHANGE_ME_*`` value of a profile's ``default-resources`` ({resource: value})
+    and ``set-resources`` ({rule: {resource: value}}); rules sharing a placeholder share its line."""
+    lines = []
+    for resource, value in default_resources.items():
+        if isinstance(value, str) and PLACEHOLDER in value:
+            lines.append((f"default-resources.{resource}", value))
+    shared: dict = {}
+    for rule, resources in rule_resources.items():
+        for resource, value in resources.items():
+            if isinstance(value, str) and PLACEHOLDER in value:
+                shared.setdefault((resource, value), []).append(rule)
+    for (resource, value), rules in shared.items():
+        lines.append((f"set-resources.{{{','.join(rules)}}}.{resource}" if len(rules) > 1
+                      else f"set-resources.{rules[0]}.{resource}", value))
+    out = []
+    for key, value in lines:
+        placeholder = value[value.index(PLACEHOLDER):].strip("'\"")
+        fix = _PLACEHOLDER_FIX.get(placeholder.removeprefix(PLACEHOLDER), "your value")
+        out.append(f"{profile}: key '{key}' holds the placeholder {placeholder}; replace it with {fix}")
+    return out

@@ -208,6 +208,8 @@ def test_docs_every_readme_command_runs(tmp_path):
     work = _copy_repo(tmp_path / "clone", ("Snakefile", "workflow", "config", "checkpoints", "profiles", "Makefile",
                                            "requirements.txt", "pyproject.toml", "README.md"))
     _readme_files(work)
+    profile = work / "profiles" / "slurm" / "config.yaml"  # filled in first, as the README asks
+    profile.write_text(re.sub(r"CHANGE_ME_(\w+)", r"my_\1", profile.read_text()))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     commands = _readme_commands()

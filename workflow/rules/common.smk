@@ -39,6 +39,44 @@ except UserError as exc:
     sys.exit(f"error: {exc}")
 
 
+def _profile_name():
+    """The --profile the driver was given (its config.yaml), for the placeholder lines."""
+    import os
+    from pathlib import Path
+
+    args, name = sys.argv[1:], os.environ.get("SNAKEMAKE_PROFILE", "")
+    for i, arg in enumerate(args):
+        if arg == "--profile" and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--profile="):
+            name = arg.partition("=")[2]
+    if not name:
+        return "the profile"
+    return str(Path(name) / "config.yaml") if Path(name).is_dir() else name
+
+
+def _raw_resources(resources):  # a profile's values as written (Snakemake keeps them beside their parsed form)
+    return {name: getattr(value, "raw", value) for name, value in (resources or {}).items()}
+
+
+def _preflight():
+    """Missing data, mask sources and checkpoints, and a profile's unfilled placeholders: all at once, before
+    any job (a dry run too). Only the driver checks: cluster jobs re-read this file on their node."""
+    from strdiffusion.config import missing_inputs, profile_placeholders
+
+    if not workflow.is_main_process:
+        return
+    rs = workflow.resource_settings
+    per_rule = {rule: _raw_resources(res) for rule, res in (rs.overwrite_resources or {}).items()}
+    lines = missing_inputs(config) + profile_placeholders(_raw_resources(rs.default_resources), per_rule,
+                                                          _profile_name())
+    if lines:
+        sys.exit("\n".join(f"error: {line}" for line in lines))
+
+
+_preflight()
+
+
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     split=r"train|test",
