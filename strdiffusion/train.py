@@ -46,7 +46,8 @@ Faults (:mod:`strdiffusion.interrupt`, :mod:`strdiffusion.state_lock`): on SIGTE
 ``--stop-before-limit`` seconds before the SLURM job's time limit, the run saves its state at the next
 iteration boundary and exits with status 75 (interrupted; re-run to resume). While it runs it holds
 ``writer.lock`` in ``--state-dir`` (logged to ``writer.log`` there); a second run on the same folder refuses
-to start while the first lives.
+to start while the first lives, or with ``--lock-wait`` waits for it to end (the workflow's jobs wait, so a
+job started beside an older one of a killed driver never fails and never has its finished files removed).
 """
 from __future__ import annotations
 
@@ -121,6 +122,9 @@ class TrainJob:
     nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
     stop_before_limit: float = option(120.0, "inside a SLURM job: save and exit (status 75) this many seconds "
                                              "before its time limit, at most a quarter of it (0 = off)")
+    lock_wait: float = option(0.0, "seconds to wait while another live job holds --state-dir's lock, with a line "
+                                   "in the log (and on the console of STRDIFFUSION_CONSOLE_FD) when the wait starts; "
+                                   "0 = refuse at once, -1 = as long as that job lives")
     settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")
 
     def __post_init__(self):
@@ -195,7 +199,10 @@ def guarded(job: TrainJob, world_size: int):
     lock = StateLock(job.state_dir / "writer.lock", f"the training state {job.state_dir}",
                      history=job.state_dir / "writer.log")
     with contextlib.ExitStack() as stack:
-        if world_size == 1:
+        if world_size == 1 and job.lock_wait:
+            lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, _to_log_and_console)
+            stack.callback(lock.release)
+        elif world_size == 1:
             stack.enter_context(lock)
         try:
             yield stack.enter_context(Notice(job.stop_before_limit))
@@ -206,6 +213,19 @@ def guarded(job: TrainJob, world_size: int):
         except BaseException as exc:
             lock.outcome = type(exc).__name__
             raise
+
+
+CONSOLE_FD = "STRDIFFUSION_CONSOLE_FD"  # a descriptor open on the console of whoever started the job
+
+
+def _to_log_and_console(line: str) -> None:
+    """A line for the job's log (stderr) and, where the workflow rule opened one (``3>&2`` before the log's
+    redirection, STRDIFFUSION_CONSOLE_FD=3), for the Snakemake driver's console too."""
+    log.warning("%s", line)
+    fd = os.environ.get(CONSOLE_FD, "")
+    if fd.isdigit():
+        with contextlib.suppress(OSError):
+            os.write(int(fd), f"strdiffusion train: {line}\n".encode())
 
 
 def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float | str) -> None:
