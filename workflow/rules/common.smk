@@ -59,16 +59,23 @@ def _raw_resources(resources):  # a profile's values as written (Snakemake keeps
     return {name: getattr(value, "raw", value) for name, value in (resources or {}).items()}
 
 
+# Snakemake's modes that run and plan no job: they work without the inputs (--unlock after a crash, above all)
+_NO_JOBS = {"--lint", "--unlock", "--list-rules", "--list", "-l", "--list-target-rules", "--lt", "--cleanup-metadata",
+            "--cm", "--summary", "-S", "--detailed-summary", "-D", "--delete-all-output", "--delete-temp-output",
+            "--rulegraph", "--containerize", "--list-changes", "--lc", "--list-untracked", "--lu", "--archive",
+            "--report", "--cleanup-shadow", "--conda-create-envs-only", "--print-compilation"}
+
+
 def _preflight():
     """Missing data, mask sources and checkpoints, and a profile's unfilled placeholders: all at once, before
     any job (a dry run too). Only the driver checks: cluster jobs re-read this file on their node."""
     from strdiffusion.config import missing_inputs, profile_placeholders
 
-    if not workflow.is_main_process:
+    if not workflow.is_main_process or _NO_JOBS.intersection(a.partition("=")[0] for a in sys.argv[1:]):
         return
     rs = workflow.resource_settings
-    per_rule = {rule: _raw_resources(res) for rule, res in (rs.overwrite_resources or {}).items()}
-    lines = missing_inputs(config) + profile_placeholders(_raw_resources(rs.default_resources), per_rule,
+    by_name = {name: _raw_resources(res) for name, res in (rs.overwrite_resources or {}).items()}
+    lines = missing_inputs(config) + profile_placeholders(_raw_resources(rs.default_resources), by_name,
                                                           _profile_name())
     if lines:
         sys.exit("\n".join(f"error: {line}" for line in lines))
