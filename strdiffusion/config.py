@@ -63,6 +63,53 @@ def _fill_defaults(instance, schema, root):
                     _fill_defaults(value, extra, root)
 
 
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        target = root
+        for part in schema["$ref"].split("/")[1:]:
+            target = target[part]
+        schema = target
+    return schema
+
+
+def _typed(value: str, schema: dict):
+    """A string where the schema wants a number, integer or boolean, read as an overlay file's value is."""
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if not kinds or "string" in kinds:
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str) and "number" in kinds:  # 1e-4: a float, though YAML 1.1 reads it as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return parsed
+
+
+def _coerce(instance, schema: dict, root: dict):
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _coerce(v, props[k] if k in props else extra if isinstance(extra, dict) else {}, root)
+                for k, v in instance.items()}
+    if isinstance(instance, list):
+        items = schema.get("items", {})
+        return [_coerce(v, items if isinstance(items, dict) else {}, root) for v in instance]
+    return _typed(instance, schema) if isinstance(instance, str) else instance
+
+
+def coerce_overrides(overrides: dict) -> dict:
+    """``--config`` values typed as an overlay file's: Snakemake reads a nested value (``datasets={"mine":
+    {"test_fraction": 0.2}}``) with YAML's base loader, every scalar a string; each string where the schema
+    wants a number, integer or boolean is read as YAML (a string key stays a string)."""
+    schema = _schema()
+    return _coerce(copy.deepcopy(dict(overrides or {})), schema, schema)
+
+
 def validate(config: dict, source: str = "config") -> dict:
     """Validate ``config`` and return a copy with schema defaults filled in.
 

@@ -16,7 +16,7 @@ def _environment_check():
 
 _environment_check()
 
-from strdiffusion.config import validate, with_extends
+from strdiffusion.config import coerce_overrides, merge, validate, with_extends
 from strdiffusion.external_rows import import_inputs, prediction_dirs, row_methods
 from strdiffusion.gpu import workflow_slots
 from strdiffusion.job_env import python_first_on_path
@@ -32,7 +32,8 @@ if _error:
 _given = list(workflow.overwrite_configfiles)  # a file may extend others (config/paper/psv.yaml: common.yaml)
 _files = [*([] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(_given):]), *_given]
 try:
-    resolved = validate(with_extends(config, _files, workflow.config_settings.config))
+    _overrides = coerce_overrides(workflow.config_settings.config)  # --config: nested values come as strings
+    resolved = validate(with_extends(merge(dict(config), _overrides), _files, _overrides))
     config.clear()
     config.update(resolved)
 except UserError as exc:
