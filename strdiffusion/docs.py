@@ -109,8 +109,8 @@ def table(root: Path, run: str) -> str:
         if clipped:
             cells.append(_clipped(values, method))
         lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
-    lines += ["", "PSNR (dB) in the hole-ratio bins; bold: best per column, as in the run's "
-              "`results/tables/<dataset>.md`"
+    lines += ["", "PSNR (dB) in the hole-ratio bins; bold: the best of each column among these rows, the rule of "
+              "the run's `results/tables/<dataset>.md`"
               + ("; clipped: share of hole pixels outside [0, 1] before clamping, lowest-highest bin." if clipped else ".")]
     if any(m.endswith("_fresh") for m in methods):
         lines[-1] += (" The diffusion rows without \"(trained in this run)\" sample the networks named by the config's "

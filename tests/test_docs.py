@@ -248,3 +248,30 @@ def test_docs_links_between_pages_resolve():
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_docs_readme_table_has_every_row_of_the_default_with_the_tables_bold(tmp_path):
+    """The README's table lists every row of config/config.yaml's run, and marks bold exactly the cells the run's
+    own `results/tables/builtin.md` marks (strdiffusion.tables.render from the same long table)."""
+    import pandas as pd
+
+    from strdiffusion.tables import METHOD_NAMES, render
+
+    text = (ROOT / "README.md").read_text()
+    spec = re.search(r"<!-- generated: (table default[^>]*?) -->", text)[1]
+    rows = [line for line in _block(text, spec).splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert names == [METHOD_NAMES[m] for m in default["methods"]], names
+
+    long = pd.read_csv(ROOT / docs.RESULTS / f"{spec.split()[1]}.csv", dtype={"bin": str})
+    methods, bins = list(dict.fromkeys(long.method)), list(dict.fromkeys(long[long.metric == "psnr"].bin))
+    md, _ = render(long, {}, methods, bins, ["psnr"], "builtin")
+    run_rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:len(methods) + 1]
+
+    def bold(lines):
+        return {(line.split(" | ")[0][2:], b) for line in lines
+                for b, cell in zip(bins, line.strip(" |").split(" | ")[1:]) if cell.startswith("**")}
+
+    assert bold(rows) == bold(run_rows) and len(bold(rows)) >= len(bins), (bold(rows), bold(run_rows))
+    assert ("Biharmonic (scikit-image)", "10-20") in bold(rows)  # the best row need not be a diffusion row
