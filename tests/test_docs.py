@@ -275,3 +275,18 @@ def test_docs_readme_table_has_every_row_of_the_default_with_the_tables_bold(tmp
 
     assert bold(rows) == bold(run_rows) and len(bold(rows)) >= len(bins), (bold(rows), bold(run_rows))
     assert ("Biharmonic (scikit-image)", "10-20") in bold(rows)  # the best row need not be a diffusion row
+
+
+def _paragraphs(page: Path) -> list[str]:
+    """A page's paragraphs (blank-line separated, code blocks left out), each with its whitespace collapsed."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if len(p.strip()) > 40]
+
+
+def test_docs_no_paragraph_appears_twice():
+    """Not word for word, nor inside another paragraph (a copy under a bold lead-in)."""
+    found = [(page.name, paragraph) for page in sorted((ROOT / "docs").glob("*.md")) for paragraph in _paragraphs(page)]
+    twice = [f"{page} (also in {other}): {paragraph[:100]}" for i, (page, paragraph) in enumerate(found)
+             for j, (other, text) in enumerate(found) if i != j and len(paragraph) >= 80 and paragraph in text
+             and (paragraph != text or i > j)]
+    assert not twice, "\n".join(twice)
