@@ -240,8 +240,9 @@ def layered(files, overrides: dict | None = None) -> dict:
 def with_extends(config: dict, files, overrides: dict | None = None) -> dict:
     """Snakemake's ``config`` with the files its config files extend merged beneath them: Snakemake merges
     ``files`` (the workflow's own config file, then each --configfile) as they are, then ``overrides``
-    (--config). Without an ``extends`` key, ``config`` itself."""
-    return layered(files, overrides) if EXTENDS in config else config
+    (--config), typed here as in a file (:func:`coerce_overrides`)."""
+    overrides = coerce_overrides(overrides)
+    return layered(files, overrides) if EXTENDS in config else merge(copy.deepcopy(dict(config)), overrides)
 
 
 def workflow_config(root, configfiles, named_by: str = "") -> dict:
@@ -322,6 +323,50 @@ _PLACEHOLDER_FIX = {"cpu_partition": "your CPU partition (`sinfo -s` lists them)
                     "gpu_partition": "your GPU partition (`sinfo -s` lists them)",
                     "account": "your account (`sacctmgr -n show assoc user=$USER format=account`), or with \"\" "
                                "on a cluster without accounting"}
+
+
+def _profile_name(argv, environ) -> str:
+    """The --profile a driver was given (its config.yaml), for the placeholder lines."""
+    name = environ.get("SNAKEMAKE_PROFILE", "")
+    for i, arg in enumerate(argv):
+        if arg == "--profile" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--profile="):
+            name = arg.partition("=")[2]
+    if not name:
+        return "the profile"
+    return str(Path(name) / "config.yaml") if Path(name).is_dir() else name
+
+
+def _as_written(resources) -> dict:  # a profile's values as written (Snakemake keeps them beside their parsed form)
+    return {name: getattr(value, "raw", value) for name, value in (resources or {}).items()}
+
+
+# Snakemake's modes that plan and run no job: they work without the inputs (--unlock after a crash, above all)
+NO_JOBS = {"--lint", "--unlock", "--list-rules", "--list", "-l", "--list-target-rules", "--lt", "--cleanup-metadata",
+           "--cm", "--summary", "-S", "--detailed-summary", "-D", "--delete-all-output", "--delete-temp-output",
+           "--rulegraph", "--containerize", "--list-changes", "--lc", "--list-untracked", "--lu", "--archive",
+           "--report", "--cleanup-shadow", "--conda-create-envs-only", "--print-compilation"}
+
+
+def checked_before_jobs(config: dict, workflow, argv=None, environ=None) -> dict:
+    """``config``, after checking what a run of Snakemake's ``workflow`` needs before its first job (a dry run
+    too): every missing input (:func:`missing_inputs`) and every unfilled placeholder of the profile's resources
+    (:func:`profile_placeholders`), all in one UserError of one line each. Only a driver checks: cluster jobs
+    read the workflow again on their node, and modes that run no job (``--unlock``, ``--lint``) need no input."""
+    import os
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not workflow.is_main_process or NO_JOBS.intersection(a.partition("=")[0] for a in argv):
+        return config
+    rs = workflow.resource_settings
+    per_rule = {name: _as_written(res) for name, res in (rs.overwrite_resources or {}).items()}
+    lines = missing_inputs(config) + profile_placeholders(_as_written(rs.default_resources), per_rule,
+                                                          _profile_name(argv, os.environ if environ is None else environ))
+    if lines:
+        raise UserError("\nerror: ".join(lines))  # printed with a leading "error: ", as every line after it
+    return config
 
 
 def profile_placeholders(default_resources: dict, rule_resources: dict, profile: str = "the profile") -> list[str]:

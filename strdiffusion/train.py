@@ -70,6 +70,7 @@ from .core.objectives import objective, recipe, recipe_fill
 from .gpu import check_rank_device
 from .gpu import resolve_device as _device
 from .interrupt import Interrupted, Notice
+from .job_env import to_log_and_console
 from .methods import NETWORKS
 from .options import nested, option
 from .precision import MixedPrecision, configure, in_effect
@@ -122,9 +123,8 @@ class TrainJob:
     nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
     stop_before_limit: float = option(120.0, "inside a SLURM job: save and exit (status 75) this many seconds "
                                              "before its time limit, at most a quarter of it (0 = off)")
-    lock_wait: float = option(0.0, "seconds to wait while another live job holds --state-dir's lock, with a line "
-                                   "in the log (and on the console of STRDIFFUSION_CONSOLE_FD) when the wait starts; "
-                                   "0 = refuse at once, -1 = as long as that job lives")
+    lock_wait: float = option(0.0, "seconds to wait while a live job holds --state-dir's lock, saying so in the "
+                                   "log (0 = refuse at once, -1 = while that job lives)")
     settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")
 
     def __post_init__(self):
@@ -200,7 +200,7 @@ def guarded(job: TrainJob, world_size: int):
                      history=job.state_dir / "writer.log")
     with contextlib.ExitStack() as stack:
         if world_size == 1 and job.lock_wait:
-            lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, _to_log_and_console)
+            lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, functools.partial(to_log_and_console, log))
             stack.callback(lock.release)
         elif world_size == 1:
             stack.enter_context(lock)
@@ -213,19 +213,6 @@ def guarded(job: TrainJob, world_size: int):
         except BaseException as exc:
             lock.outcome = type(exc).__name__
             raise
-
-
-CONSOLE_FD = "STRDIFFUSION_CONSOLE_FD"  # a descriptor open on the console of whoever started the job
-
-
-def _to_log_and_console(line: str) -> None:
-    """A line for the job's log (stderr) and, where the workflow rule opened one (``3>&2`` before the log's
-    redirection, STRDIFFUSION_CONSOLE_FD=3), for the Snakemake driver's console too."""
-    log.warning("%s", line)
-    fd = os.environ.get(CONSOLE_FD, "")
-    if fd.isdigit():
-        with contextlib.suppress(OSError):
-            os.write(int(fd), f"strdiffusion train: {line}\n".encode())
 
 
 def _validate(run: Run, val_net, val_batch, sde, device, iteration: int, hole_fill: float | str) -> None:

@@ -167,7 +167,7 @@ def test_state_lock_restarted_driver_waits_and_keeps_the_finished_model_and_curv
             with contextlib.suppress(ProcessLookupError):
                 os.kill(holder, signal.SIGCONT)
     console = second_console.read_text()
-    assert f"strdiffusion train: {waiting}" in console and "waiting for it to end" in console, console[-3000:]
+    assert f"strdiffusion: {waiting}" in console and "waiting for it to end" in console, console[-3000:]
     assert model.is_file() and curve.is_file()
     events = [(line.split()[1], line.split()[4]) for line in (state / "writer.log").read_text().splitlines()]
     waiter = events[1][1]

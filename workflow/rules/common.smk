@@ -16,7 +16,7 @@ def _environment_check():
 
 _environment_check()
 
-from strdiffusion.config import coerce_overrides, merge, validate, with_extends
+from strdiffusion.config import checked_before_jobs, validate, with_extends
 from strdiffusion.external_rows import import_inputs, prediction_dirs, row_methods
 from strdiffusion.gpu import workflow_slots
 from strdiffusion.job_env import python_first_on_path
@@ -32,57 +32,11 @@ if _error:
 _given = list(workflow.overwrite_configfiles)  # a file may extend others (config/paper/psv.yaml: common.yaml)
 _files = [*([] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(_given):]), *_given]
 try:
-    _overrides = coerce_overrides(workflow.config_settings.config)  # --config: nested values come as strings
-    resolved = validate(with_extends(merge(dict(config), _overrides), _files, _overrides))
+    resolved = checked_before_jobs(validate(with_extends(config, _files, workflow.config_settings.config)), workflow)
     config.clear()
     config.update(resolved)
 except UserError as exc:
     sys.exit(f"error: {exc}")
-
-
-def _profile_name():
-    """The --profile the driver was given (its config.yaml), for the placeholder lines."""
-    import os
-    from pathlib import Path
-
-    args, name = sys.argv[1:], os.environ.get("SNAKEMAKE_PROFILE", "")
-    for i, arg in enumerate(args):
-        if arg == "--profile" and i + 1 < len(args):
-            name = args[i + 1]
-        elif arg.startswith("--profile="):
-            name = arg.partition("=")[2]
-    if not name:
-        return "the profile"
-    return str(Path(name) / "config.yaml") if Path(name).is_dir() else name
-
-
-def _raw_resources(resources):  # a profile's values as written (Snakemake keeps them beside their parsed form)
-    return {name: getattr(value, "raw", value) for name, value in (resources or {}).items()}
-
-
-# Snakemake's modes that run and plan no job: they work without the inputs (--unlock after a crash, above all)
-_NO_JOBS = {"--lint", "--unlock", "--list-rules", "--list", "-l", "--list-target-rules", "--lt", "--cleanup-metadata",
-            "--cm", "--summary", "-S", "--detailed-summary", "-D", "--delete-all-output", "--delete-temp-output",
-            "--rulegraph", "--containerize", "--list-changes", "--lc", "--list-untracked", "--lu", "--archive",
-            "--report", "--cleanup-shadow", "--conda-create-envs-only", "--print-compilation"}
-
-
-def _preflight():
-    """Missing data, mask sources and checkpoints, and a profile's unfilled placeholders: all at once, before
-    any job (a dry run too). Only the driver checks: cluster jobs re-read this file on their node."""
-    from strdiffusion.config import missing_inputs, profile_placeholders
-
-    if not workflow.is_main_process or _NO_JOBS.intersection(a.partition("=")[0] for a in sys.argv[1:]):
-        return
-    rs = workflow.resource_settings
-    by_name = {name: _raw_resources(res) for name, res in (rs.overwrite_resources or {}).items()}
-    lines = missing_inputs(config) + profile_placeholders(_raw_resources(rs.default_resources), by_name,
-                                                          _profile_name())
-    if lines:
-        sys.exit("\n".join(f"error: {line}" for line in lines))
-
-
-_preflight()
 
 
 wildcard_constraints:
