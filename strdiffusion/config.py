@@ -306,15 +306,19 @@ def missing_inputs(config: dict, root=".") -> list[str]:
 
     root = Path(root)
     lines = []
+
+    def where(value: str) -> str:  # a relative path: where it was looked for
+        return "" if Path(value).is_absolute() else f" in {root.resolve()}"
+
     for name in config.get("run_datasets") or list(config["datasets"]):
         for key, value, kind in _dataset_inputs(name, config["datasets"][name], root):
             if not (root / value).exists():
-                lines.append(f"config key '{key}': {kind} {value} not found; put it there or set the key to your "
-                             "copy in an overlay (docs/reproduction.md)")
+                lines.append(f"config key '{key}': {kind} {value} not found{where(value)}; put it there or set "
+                             "the key to your copy in an overlay")
     for net, value in given_checkpoints(config).items():
         if not (root / value).is_file():
-            lines.append(f"config key 'checkpoints.{net}': checkpoint {value} not found; put the file there, "
-                         "or set the key to your copy (\"\" trains the network; docs/reproduction.md)")
+            lines.append(f"config key 'checkpoints.{net}': checkpoint {value} not found{where(value)}; put the "
+                         "file there, or set the key to your copy (\"\" trains the network)")
     return lines
 
 

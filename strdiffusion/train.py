@@ -46,8 +46,8 @@ Faults (:mod:`strdiffusion.interrupt`, :mod:`strdiffusion.state_lock`): on SIGTE
 ``--stop-before-limit`` seconds before the SLURM job's time limit, the run saves its state at the next
 iteration boundary and exits with status 75 (interrupted; re-run to resume). While it runs it holds
 ``writer.lock`` in ``--state-dir`` (logged to ``writer.log`` there); a second run on the same folder refuses
-to start while the first lives, or with ``--lock-wait`` waits for it to end (the workflow's jobs wait, so a
-job started beside an older one of a killed driver never fails and never has its finished files removed).
+to start while the first lives, or with ``--lock-wait`` waits for it to end (the workflow's jobs wait: a job
+started beside an older one of a killed driver does not fail on the lock, so Snakemake keeps what that one writes).
 """
 from __future__ import annotations
 

@@ -53,13 +53,14 @@ def _stand_in_psv(root: Path) -> dict:
 def test_missing_inputs_data_folders_are_one_line_each_at_a_dry_run(tmp_path):
     work = _work(tmp_path)
     errors = _errors(_dry_run(work, "--cores", "1", "--configfile", "config/paper/psv.yaml"))
+    fix = f" in {work.resolve()}; put it there or set the key to your copy in an overlay"
     assert errors == [
         "error: config key 'datasets.paris_streetview.path': folder resources/paris_streetview/paris_train_original "
-        "not found; put it there or set the key to your copy in an overlay (docs/reproduction.md)",
+        "not found" + fix,
         "error: config key 'datasets.paris_streetview.test_path': folder resources/paris_streetview/paris_eval_gt "
-        "not found; put it there or set the key to your copy in an overlay (docs/reproduction.md)",
+        "not found" + fix,
         "error: config key 'datasets.paris_streetview.masks.nvidia_source': folder or .zip resources/nvidia_masks "
-        "not found; put it there or set the key to your copy in an overlay (docs/reproduction.md)"]
+        "not found" + fix]
 
 
 def test_missing_inputs_authors_checkpoint_is_named_by_its_key(tmp_path):
@@ -73,8 +74,8 @@ def test_missing_inputs_authors_checkpoint_is_named_by_its_key(tmp_path):
     errors = _errors(_dry_run(work, "--cores", "1", "--configfile", "config/paper/psv.yaml",
                               "config/paper/authors_psv.yaml", "local.yaml"))
     assert errors == ["error: config key 'checkpoints.critic': checkpoint resources/checkpoints/psv/discriminator.pth "
-                      "not found; put the file there, or set the key to your copy (\"\" trains the network; "
-                      "docs/reproduction.md)"]
+                      f"not found in {work.resolve()}; put the file there, or set the key to your copy (\"\" trains "
+                      "the network)"]
 
 
 def test_missing_inputs_unfilled_profile_placeholders_are_flagged_and_filled_ones_pass(tmp_path):
