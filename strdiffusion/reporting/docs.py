@@ -98,17 +98,20 @@ def table(root: Path, run: str) -> str:
     lines = [stamp(run_info(root, run)), "",
              "| method | " + " | ".join(f"{b} %" for b in bins) + (" | clipped |" if clipped else " |"),
              "|---|" + "---:|" * (len(bins) + clipped)]
+    # bold as in the run's own table (strdiffusion.reporting.tables.render): the best value of each column
+    best = {b: max((v for (_, b2, metric), v in values.items() if b2 == b and metric == "psnr" and v == v),
+                   default=None) for b in bins}
     for method in methods:
         cells = []
         for b in bins:
-            value, fill = values.get((method, b, "psnr")), values.get(("mean_fill", b, "psnr"))
+            value = values.get((method, b, "psnr"))
             text = "n/a" if value is None or value != value else f"{value:.2f}"
-            above = method != "mean_fill" and fill is not None and value is not None and value > fill
-            cells.append(f"**{text}**" if above else text)
+            cells.append(f"**{text}**" if value is not None and value == best[b] else text)
         if clipped:
             cells.append(_clipped(values, method))
         lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
-    lines += ["", "PSNR (dB) in the hole-ratio bins; bold: above the mean-colour fill"
+    lines += ["", "PSNR (dB) in the hole-ratio bins; bold: the best of each column among these rows, the rule of "
+              "the run's `results/tables/<dataset>.md`"
               + ("; clipped: share of hole pixels outside [0, 1] before clamping, lowest-highest bin." if clipped else ".")]
     if any(m.endswith("_fresh") for m in methods):
         lines[-1] += (" The diffusion rows without \"(trained in this run)\" sample the networks named by the config's "

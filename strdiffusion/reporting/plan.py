@@ -48,8 +48,8 @@ def traced_peak_bytes(fn) -> int:
         def _free(self, n):
             self.live -= n
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
+        def __torch_dispatch__(self, func, types, call_args=(), kwargs=None):
+            out = func(*call_args, **(kwargs or {}))
             if not any(r.alias_info is not None for r in func._schema.returns):
                 for t in pytree.tree_leaves(out):
                     if isinstance(t, torch.Tensor):

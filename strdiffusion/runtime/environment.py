@@ -30,3 +30,18 @@ def python_first_on_path(basedir: str, environ=os.environ) -> str | None:
     if os.path.isdir(os.path.join(basedir, "strdiffusion")):  # the clone: strdiffusion/ beside the Snakefile
         environ["PYTHONPATH"] = os.pathsep.join(p for p in (basedir, environ.get("PYTHONPATH")) if p)
     return None
+
+
+CONSOLE_FD = "STRDIFFUSION_CONSOLE_FD"  # a descriptor open on the console of whoever started the job
+
+
+def to_log_and_console(log, line: str) -> None:
+    """A warning for the job's log (its stderr) and, where the workflow rule opened one (``3>&2`` before the
+    log's redirection, with STRDIFFUSION_CONSOLE_FD=3), a line on the Snakemake driver's console too."""
+    log.warning("%s", line)
+    fd = os.environ.get(CONSOLE_FD, "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), f"strdiffusion: {line}\n".encode())
+        except OSError:
+            pass

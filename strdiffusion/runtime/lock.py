@@ -36,7 +36,9 @@ LIVE_SLURM_STATES = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "CONFIGURI
 
 
 class LockHeld(UserError):
-    """Another live writer holds the lock."""
+    """Another live writer holds the lock (``holder``: its record, when readable)."""
+
+    holder: dict = {}
 
 
 def _host() -> str:
@@ -152,7 +154,9 @@ class StateLock:
         return True
 
     # -- taking and releasing --------------------------------------------------------------------------------
-    def acquire(self) -> "StateLock":
+    def acquire(self, quiet: bool = False) -> "StateLock":
+        """Take the lock, or raise :class:`LockHeld` while a live writer holds it (``quiet``: without a
+        history line for the refusal, for the polls of :meth:`acquire_waiting`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = me()
         with self._guard():
@@ -167,9 +171,12 @@ class StateLock:
                     raise RuntimeError(f"{self.path} is already held by this process")
                 # an unreadable record is a writer between creating the file and writing it, unless it is old
                 if holder_alive(holder, age, self.stale_after) if holder else age < 10:
-                    self._note("refused to", record, f"held by {describe(holder)}" if holder else "")
-                    raise LockHeld(f"{self.what} is in use by {describe(holder)} (lock {self.path}); wait for that "
-                                   f"job to end, or stop it{' (scancel ' + holder['slurm_job'] + ')' if holder.get('slurm_job') else ''}, then re-run")
+                    if not quiet:
+                        self._note("refused to", record, f"held by {describe(holder)}" if holder else "")
+                    held = LockHeld(f"{self.what} is in use by {describe(holder)} (lock {self.path}); wait for that "
+                                    f"job to end, or stop it{' (scancel ' + holder['slurm_job'] + ')' if holder.get('slurm_job') else ''}, then re-run")
+                    held.holder = holder
+                    raise held
                 self._note("took over the stale lock of", holder or {"pid": "?", "host": "?"})
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
@@ -180,6 +187,26 @@ class StateLock:
         self._thread = threading.Thread(target=self._beat, name="state-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
+
+    def acquire_waiting(self, timeout: float | None, say, poll: float = 2.0, every: float = 600.0) -> "StateLock":
+        """:meth:`acquire`, waiting while a live writer holds the lock: ``say`` gets one line when the wait
+        starts and again every ``every`` seconds; after ``timeout`` seconds (None: as long as the holder lives)
+        the refusal is raised. A holder that ends releases the lock; one that dies leaves it stale, and either
+        way the wait ends."""
+        start = last = time.monotonic()
+        waiting = False
+        while True:
+            try:
+                return self.acquire(quiet=waiting)
+            except LockHeld as exc:
+                waited = time.monotonic() - start
+                if timeout is not None and waited >= timeout:
+                    raise
+                if not waiting or time.monotonic() - last >= every:
+                    say(f"{self.what} is in use by {describe(exc.holder)} (lock {self.path}); waiting for it to "
+                        f"end ({waited:.0f} s so far)" if exc.holder else f"{exc}; waiting")
+                    waiting, last = True, time.monotonic()
+            time.sleep(poll)
 
     def _ours(self) -> bool:
         holder, _ = self._read()

@@ -63,6 +63,53 @@ def _fill_defaults(instance, schema, root):
                     _fill_defaults(value, extra, root)
 
 
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        target = root
+        for part in schema["$ref"].split("/")[1:]:
+            target = target[part]
+        schema = target
+    return schema
+
+
+def _typed(value: str, schema: dict):
+    """A string where the schema wants a number, integer or boolean, read as an overlay file's value is."""
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if not kinds or "string" in kinds:
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str) and "number" in kinds:  # 1e-4: a float, though YAML 1.1 reads it as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return parsed
+
+
+def _coerce(instance, schema: dict, root: dict):
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _coerce(v, props[k] if k in props else extra if isinstance(extra, dict) else {}, root)
+                for k, v in instance.items()}
+    if isinstance(instance, list):
+        items = schema.get("items", {})
+        return [_coerce(v, items if isinstance(items, dict) else {}, root) for v in instance]
+    return _typed(instance, schema) if isinstance(instance, str) else instance
+
+
+def coerce_overrides(overrides: dict) -> dict:
+    """``--config`` values typed as an overlay file's: Snakemake reads a nested value (``datasets={"mine":
+    {"test_fraction": 0.2}}``) with YAML's base loader, every scalar a string; each string where the schema
+    wants a number, integer or boolean is read as YAML (a string key stays a string)."""
+    schema = _schema()
+    return _coerce(copy.deepcopy(dict(overrides or {})), schema, schema)
+
+
 def validate(config: dict, source: str = "config") -> dict:
     """Validate ``config`` and return a copy with schema defaults filled in.
 
@@ -193,8 +240,9 @@ def layered(files, overrides: dict | None = None) -> dict:
 def with_extends(config: dict, files, overrides: dict | None = None) -> dict:
     """Snakemake's ``config`` with the files its config files extend merged beneath them: Snakemake merges
     ``files`` (the workflow's own config file, then each --configfile) as they are, then ``overrides``
-    (--config). Without an ``extends`` key, ``config`` itself."""
-    return layered(files, overrides) if EXTENDS in config else config
+    (--config), typed here as in a file (:func:`coerce_overrides`)."""
+    overrides = coerce_overrides(overrides)
+    return layered(files, overrides) if EXTENDS in config else merge(copy.deepcopy(dict(config)), overrides)
 
 
 def workflow_config(root, configfiles, named_by: str = "") -> dict:
@@ -226,3 +274,122 @@ def merge(base: dict, update: dict) -> dict:
         else:
             base[key] = value
     return base
+
+
+# ------------------------------------------------------------------ inputs and profile, checked before any job runs
+
+def _dataset_inputs(name: str, ds: dict, root: Path):
+    """(config key, path, what it is) of each outside file or folder data set ``name`` still needs: its images
+    until ``results/<name>/data`` holds them, its mask sources until the masks are written."""
+    key = f"datasets.{name}"
+    results = root / "results" / name
+    if ds["source"] == "folder" and not (results / "data" / "manifest.csv").is_file():
+        for field in ("path", "test_path", "train_list", "test_list"):
+            if ds.get(field):
+                yield f"{key}.{field}", ds[field], "file" if field.endswith("_list") else "folder"
+    m = ds["masks"]
+    test_done, pool_done = (results / "masks" / "test").is_dir(), (results / "masks" / "pool").is_dir()
+    if m["protocol"] == "folder" and not test_done:
+        yield f"{key}.masks.source", m["source"], "folder or .zip"
+    if m.get("train_source") and not pool_done:
+        yield f"{key}.masks.train_source", m["train_source"], "folder or .zip"
+    if (m["protocol"] == "nvidia" and not test_done) or (m.get("train_protocol") == "nvidia" and not pool_done):
+        if m.get("nvidia_source"):
+            yield f"{key}.masks.nvidia_source", m["nvidia_source"], "folder or .zip"
+
+
+def missing_inputs(config: dict, root=".") -> list[str]:
+    """One line for each data folder, file list, mask source and given checkpoint of the validated ``config``
+    that does not exist (relative paths from ``root``, the folder the workflow runs in): all of them at once,
+    so a run never starts only to stop at its first missing input."""
+    from strdiffusion.settings.methods import given_checkpoints
+
+    root = Path(root)
+    lines = []
+
+    def where(value: str) -> str:  # a relative path: where it was looked for
+        return "" if Path(value).is_absolute() else f" in {root.resolve()}"
+
+    for name in config.get("run_datasets") or list(config["datasets"]):
+        for key, value, kind in _dataset_inputs(name, config["datasets"][name], root):
+            if not (root / value).exists():
+                lines.append(f"config key '{key}': {kind} {value} not found{where(value)}; put it there or set "
+                             "the key to your copy in an overlay")
+    for net, value in given_checkpoints(config).items():
+        if not (root / value).is_file():
+            lines.append(f"config key 'checkpoints.{net}': checkpoint {value} not found{where(value)}; put the "
+                         "file there, or set the key to your copy (\"\" trains the network)")
+    return lines
+
+
+PLACEHOLDER = "CHANGE_ME_"
+_PLACEHOLDER_FIX = {"cpu_partition": "your CPU partition (`sinfo -s` lists them)",
+                    "gpu_partition": "your GPU partition (`sinfo -s` lists them)",
+                    "account": "your account (`sacctmgr -n show assoc user=$USER format=account`), or with \"\" "
+                               "on a cluster without accounting"}
+
+
+def _profile_name(options: list[str], environ) -> str:
+    """The --profile a driver was given (its config.yaml), for the placeholder lines."""
+    name = environ.get("SNAKEMAKE_PROFILE", "")
+    for i, arg in enumerate(options):
+        if arg == "--profile" and i + 1 < len(options):
+            name = options[i + 1]
+        elif arg.startswith("--profile="):
+            name = arg.partition("=")[2]
+    if not name:
+        return "the profile"
+    return str(Path(name) / "config.yaml") if Path(name).is_dir() else name
+
+
+def _as_written(resources) -> dict:  # a profile's values as written (Snakemake keeps them beside their parsed form)
+    return {name: getattr(value, "raw", value) for name, value in (resources or {}).items()}
+
+
+# Snakemake's modes that plan and run no job: they work without the inputs (--unlock after a crash, above all)
+NO_JOBS = {"--lint", "--unlock", "--list-rules", "--list", "-l", "--list-target-rules", "--lt", "--cleanup-metadata",
+           "--cm", "--summary", "-S", "--detailed-summary", "-D", "--delete-all-output", "--delete-temp-output",
+           "--rulegraph", "--containerize", "--list-changes", "--lc", "--list-untracked", "--lu", "--archive",
+           "--report", "--cleanup-shadow", "--conda-create-envs-only", "--print-compilation"}
+
+
+def checked_before_jobs(config: dict, workflow, driver_options: list[str], environ=None) -> dict:
+    """``config``, after checking what a run of Snakemake's ``workflow`` (started with ``driver_options``, the
+    words after ``snakemake``) needs before its first job (a dry run too): every missing input
+    (:func:`missing_inputs`) and every unfilled placeholder of the profile's resources
+    (:func:`profile_placeholders`), all in one UserError of one line each. Only a driver checks: cluster jobs
+    read the workflow again on their node, and modes that run no job (``--unlock``, ``--lint``) need no input."""
+    import os
+
+    if not workflow.is_main_process or NO_JOBS.intersection(a.partition("=")[0] for a in driver_options):
+        return config
+    rs = workflow.resource_settings
+    per_rule = {name: _as_written(res) for name, res in (rs.overwrite_resources or {}).items()}
+    lines = missing_inputs(config) + profile_placeholders(_as_written(rs.default_resources), per_rule,
+                                                          _profile_name(driver_options, os.environ if environ is None else environ))
+    if lines:
+        raise UserError("\nerror: ".join(lines))  # printed with a leading "error: ", as every line after it
+    return config
+
+
+def profile_placeholders(default_resources: dict, rule_resources: dict, profile: str = "the profile") -> list[str]:
+    """One line for each unfilled ``CHANGE_ME_*`` value of a profile's ``default-resources`` ({resource: value})
+    and ``set-resources`` ({rule: {resource: value}}); rules sharing a placeholder share its line."""
+    lines = []
+    for resource, value in default_resources.items():
+        if isinstance(value, str) and PLACEHOLDER in value:
+            lines.append((f"default-resources.{resource}", value))
+    shared: dict = {}
+    for rule, resources in rule_resources.items():
+        for resource, value in resources.items():
+            if isinstance(value, str) and PLACEHOLDER in value:
+                shared.setdefault((resource, value), []).append(rule)
+    for (resource, value), rules in shared.items():
+        lines.append((f"set-resources.{{{','.join(rules)}}}.{resource}" if len(rules) > 1
+                      else f"set-resources.{rules[0]}.{resource}", value))
+    out = []
+    for key, value in lines:
+        placeholder = value[value.index(PLACEHOLDER):].strip("'\"")
+        fix = _PLACEHOLDER_FIX.get(placeholder.removeprefix(PLACEHOLDER), "your value")
+        out.append(f"{profile}: key '{key}' holds the placeholder {placeholder}; replace it with {fix}")
+    return out

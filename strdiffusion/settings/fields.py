@@ -5,8 +5,7 @@ read from; everything else is derived from the fields:
 
 - the command-line options, one per field, ``--<name with dashes>``: :mod:`strdiffusion.stages.options`.
   A field made with :func:`nested` (another settings object) adds that object's options in a group.
-- :func:`from_namespace`: the object back from the parsed options (any object with the fields' names
-  as attributes).
+- :func:`strdiffusion.stages.options.from_parsed`: the object back from the parsed options.
 - :func:`from_config`: the object from the validated config: ``key`` is a dotted path such as
   ``train.lr`` or ``datasets.{dataset}.source`` (formatted with the job's wildcards); a key the config
   leaves out keeps the default, a field without ``key`` is not read from the config. A field with
@@ -62,17 +61,6 @@ def _scalar(tp):
     if typing.get_origin(tp) is tuple:
         return True, typing.get_args(tp)[0]
     return False, tp
-
-
-def from_namespace(cls, namespace):
-    """Settings object ``cls`` from parsed options (the attributes named after its fields)."""
-    hints, values = _hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("nested"):
-            values[f.name] = from_namespace(hints[f.name], namespace)
-        elif f.metadata.get("cli", True):
-            values[f.name] = getattr(namespace, f.name)
-    return cls(**values)
 
 
 def _lookup(config: dict, path: str):
@@ -197,6 +185,6 @@ def _typed(value, tp):
     return value if isinstance(value, elem) else elem(value)
 
 
-def command_line(argv) -> str:
-    """``argv`` as one shell-quoted string."""
-    return " ".join(shlex.quote(str(a)) for a in argv)
+def command_line(words) -> str:
+    """``words`` (a command, or options) as one shell-quoted string."""
+    return " ".join(shlex.quote(str(w)) for w in words)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 
 from strdiffusion.reporting import figures as lib
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import FigureSettings
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def main(argv=None) -> int:
@@ -22,5 +21,5 @@ def main(argv=None) -> int:
     add_arguments(p, FigureSettings)
     a = p.parse_args(argv)
     lib.make_figures(a.pairs, a.gt_dir, a.structure_dir, a.inpaint_dir, a.per_image, a.qualitative, a.curves,
-                     from_namespace(FigureSettings, a))
+                     from_parsed(FigureSettings, a))
     return 0

@@ -6,10 +6,9 @@ import argparse
 
 from strdiffusion.inpainting.outside import import_bin
 from strdiffusion.settings.external import check_config
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import ImportSettings
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    s = from_namespace(ImportSettings, a)
+    s = from_parsed(ImportSettings, a)
     check_config({"external_methods": {a.method: {"path": s.path}}}, "--path")
     import_bin(a.pairs, a.gt_dir, a.bin, a.method, a.dataset, s, a.out, a.root)
     return 0

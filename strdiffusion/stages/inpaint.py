@@ -8,11 +8,10 @@ from strdiffusion.inpainting import run as lib
 from strdiffusion.inpainting.window import WindowSettings
 from strdiffusion.io.errors import UserError
 from strdiffusion.runtime.signals import raise_on_notice
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import RunSettings, SamplerSettings, ShardSettings
 from strdiffusion.settings.methods import METHODS, NETWORKS
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def diffusion_options(args: argparse.Namespace) -> lib.Diffusion:
     """The diffusion methods' settings and network files from :func:`add_sampling_arguments`' options."""
-    return lib.Diffusion(sampler=from_namespace(SamplerSettings, args), run=from_namespace(RunSettings, args),
+    return lib.Diffusion(sampler=from_parsed(SamplerSettings, args), run=from_parsed(RunSettings, args),
                          files={net: Path(f) for net in NETWORKS if (f := getattr(args, f"{net}_checkpoint", None))},
                          folder=Path(args.checkpoints) if args.checkpoints else None)
 
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
         with raise_on_notice():
             lib.inpaint_user_images(Path(args.image), Path(args.mask) if args.mask else None,
                                     Path(args.out) if args.out else None, args.method, diffusion_options(args),
-                                    from_namespace(WindowSettings, args))
+                                    from_parsed(WindowSettings, args))
         return 0
     missing = [k for k in ("pairs", "bin", "gt_dir", "out") if not getattr(args, k)]
     if missing:
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
                         + " (or use --image/--mask for your own images)")
     if args.shard < 0:
         raise UserError("--shard must be >= 0")
-    shard_size = from_namespace(ShardSettings, args).shard_size  # checks --shard-size
+    shard_size = from_parsed(ShardSettings, args).shard_size  # checks --shard-size
     job = lib.ShardJob(pairs=Path(args.pairs), gt_dir=Path(args.gt_dir), bin=args.bin, out=Path(args.out),
                        method=args.method, shard=args.shard, shard_size=shard_size,
                        structure_dir=Path(args.structure_dir) if args.structure_dir else None)

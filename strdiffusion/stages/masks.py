@@ -7,10 +7,9 @@ from pathlib import Path
 
 from strdiffusion.io.files import write_csv_atomic
 from strdiffusion.masks import build as lib
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import MaskSettings, PairSettings, PoolSettings
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.cmd == "generate":
-        lib.run_generate(from_namespace(MaskSettings, a), Path(a.out))
+        lib.run_generate(from_parsed(MaskSettings, a), Path(a.out))
     elif a.cmd == "pool":
-        lib.run_pool(from_namespace(PoolSettings, a), Path(a.out))
+        lib.run_pool(from_parsed(PoolSettings, a), Path(a.out))
     elif a.cmd == "pairs":
-        lib.run_pairs(from_namespace(PairSettings, a), a.manifest, a.masks, a.out)
+        lib.run_pairs(from_parsed(PairSettings, a), a.manifest, a.masks, a.out)
     else:
         write_csv_atomic(lib.measure(a.masks, a.protocol), a.out)
     return 0

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from strdiffusion.io.errors import UserError
 from strdiffusion.metrics import evaluate as lib
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import ImageMetricSettings, SetMetricSettings
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def _bin_args(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -62,9 +61,9 @@ def main(argv=None) -> int:
                      method=getattr(args, "method", ""),
                      reference=Path(args.reference) if getattr(args, "reference", "") else None)
     if args.command == "images":
-        lib.run_images(job, from_namespace(ImageMetricSettings, args))
+        lib.run_images(job, from_parsed(ImageMetricSettings, args))
     elif args.command == "reference":
-        lib.run_reference(job, from_namespace(SetMetricSettings, args))
+        lib.run_reference(job, from_parsed(SetMetricSettings, args))
     else:
-        lib.run_sets(job, from_namespace(SetMetricSettings, args))
+        lib.run_sets(job, from_parsed(SetMetricSettings, args))
     return 0

@@ -4,7 +4,7 @@
   switches (default off), tuples comma-separated lists (no value: empty), a field without a default a
   required option. A field made with :func:`~strdiffusion.settings.fields.nested` (another settings object)
   adds that object's options in a group.
-- :func:`strdiffusion.settings.fields.from_namespace`: the object back from the parsed options.
+- :func:`from_parsed`: the object back from the parsed options (an argparse result).
 
 :func:`add_arguments` takes the parser it fills, and a bad list value raises ValueError, which
 argparse reports as an invalid value of that option.
@@ -57,6 +57,17 @@ def add_arguments(parser, cls, title: str | None = None) -> None:
                     shown = ",".join(map(str, f.default)) if is_list else f.default
                     kw["help"] = f"{kw['help']} (default {shown})".lstrip()
         group.add_argument(flag(f.name), **kw)
+
+
+def from_parsed(cls, parsed):
+    """Settings object ``cls`` from parsed options (the attributes named after its fields)."""
+    hints, values = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            values[f.name] = from_parsed(hints[f.name], parsed)
+        elif f.metadata.get("cli", True):
+            values[f.name] = getattr(parsed, f.name)
+    return cls(**values)
 
 
 def _leaf_fields(cls):

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from strdiffusion.data import structure as lib
 from strdiffusion.io.errors import UserError
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import StructureSettings
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def main(argv=None) -> int:
@@ -18,7 +17,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder (gray/, edge/)")
     add_arguments(p, StructureSettings)
     a = p.parse_args(argv)
-    s = from_namespace(StructureSettings, a)
+    s = from_parsed(StructureSettings, a)
     if s.sigma <= 0:
         raise UserError(f"Canny sigma must be positive, got {s.sigma}; fix config key structure.sigma_*")
     lib.extract(Path(a.images), Path(a.out), s.sigma)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 
 from strdiffusion.reporting import tables as lib
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.settings.jobs import TableSettings
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def main(argv=None) -> int:
@@ -18,5 +17,5 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output prefix; writes PREFIX.md, PREFIX.tex, PREFIX.csv")
     add_arguments(p, TableSettings)
     a = p.parse_args(argv)
-    lib.write_tables(a.per_image, a.sets, a.dataset, a.out, from_namespace(TableSettings, a))
+    lib.write_tables(a.per_image, a.sets, a.dataset, a.out, from_parsed(TableSettings, a))
     return 0

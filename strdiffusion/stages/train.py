@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from strdiffusion.settings.fields import from_namespace
 from strdiffusion.training import trainer as lib
 
-from .options import add_arguments
+from .options import add_arguments, from_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv) -> lib.TrainJob:
-    return from_namespace(lib.TrainJob, build_parser().parse_args(argv))
+    return from_parsed(lib.TrainJob, build_parser().parse_args(argv))
 
 
 def main(argv=None) -> int:

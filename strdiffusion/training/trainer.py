@@ -46,7 +46,8 @@ Faults (:mod:`strdiffusion.runtime.signals`, :mod:`strdiffusion.runtime.lock`): 
 ``--stop-before-limit`` seconds before the SLURM job's time limit, the run saves its state at the next
 iteration boundary and exits with status 75 (interrupted; re-run to resume). While it runs it holds
 ``writer.lock`` in ``--state-dir`` (logged to ``writer.log`` there); a second run on the same folder refuses
-to start while the first lives.
+to start while the first lives, or with ``--lock-wait`` waits for it to end (the workflow's jobs wait: a job
+started beside an older one of a killed driver does not fail on the lock, so Snakemake keeps what that one writes).
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ from strdiffusion.io.files import atomic_path
 from strdiffusion.models.checkpoints import network_kwargs
 from strdiffusion.runtime.gpu import check_rank_device
 from strdiffusion.runtime.gpu import resolve_device as _device
+from strdiffusion.runtime.environment import to_log_and_console
 from strdiffusion.runtime.lock import StateLock
 from strdiffusion.runtime.precision import MixedPrecision, configure, in_effect
 from strdiffusion.runtime.signals import Interrupted, Notice
@@ -124,6 +126,8 @@ class TrainJob:
     nproc: int = option(1, "processes (GPUs); >1 relaunches under torch.distributed.run")
     stop_before_limit: float = option(120.0, "inside a SLURM job: save and exit (status 75) this many seconds "
                                              "before its time limit, at most a quarter of it (0 = off)")
+    lock_wait: float = option(0.0, "seconds to wait while a live job holds --state-dir's lock, saying so in the "
+                                   "log (0 = refuse at once, -1 = while that job lives)")
     settings: TrainSettings = nested(TrainSettings, "training (config: train, seed, image_size, structure.sigma_train)")
 
     def __post_init__(self):
@@ -173,7 +177,10 @@ def guarded(job: TrainJob, world_size: int):
     lock = StateLock(job.state_dir / "writer.lock", f"the training state {job.state_dir}",
                      history=job.state_dir / "writer.log")
     with contextlib.ExitStack() as stack:
-        if world_size == 1:
+        if world_size == 1 and job.lock_wait:
+            lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, functools.partial(to_log_and_console, log))
+            stack.callback(lock.release)
+        elif world_size == 1:
             stack.enter_context(lock)
         try:
             yield stack.enter_context(Notice(job.stop_before_limit))

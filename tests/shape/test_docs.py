@@ -208,6 +208,8 @@ def test_docs_every_readme_command_runs(tmp_path):
     work = _copy_repo(tmp_path / "clone", ("Snakefile", "workflow", "config", "checkpoints", "profiles", "Makefile",
                                            "requirements.txt", "pyproject.toml", "README.md"))
     _readme_files(work)
+    profile = work / "profiles" / "slurm" / "config.yaml"  # filled in first, as the README asks
+    profile.write_text(re.sub(r"CHANGE_ME_(\w+)", r"my_\1", profile.read_text()))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     commands = _readme_commands()
@@ -246,3 +248,45 @@ def test_docs_links_between_pages_resolve():
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_docs_readme_table_has_every_row_of_the_default_with_the_tables_bold(tmp_path):
+    """The README's table lists every row of config/config.yaml's run, and marks bold exactly the cells the run's
+    own `results/tables/builtin.md` marks (strdiffusion.reporting.tables.render from the same long table)."""
+    import pandas as pd
+
+    from strdiffusion.reporting.tables import METHOD_NAMES, render
+
+    text = (ROOT / "README.md").read_text()
+    spec = re.search(r"<!-- generated: (table default[^>]*?) -->", text)[1]
+    rows = [line for line in _block(text, spec).splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert names == [METHOD_NAMES[m] for m in default["methods"]], names
+
+    long = pd.read_csv(ROOT / docs.RESULTS / f"{spec.split()[1]}.csv", dtype={"bin": str})
+    methods, bins = list(dict.fromkeys(long.method)), list(dict.fromkeys(long[long.metric == "psnr"].bin))
+    md, _ = render(long, {}, methods, bins, ["psnr"], "builtin")
+    run_rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:len(methods) + 1]
+
+    def bold(lines):
+        return {(line.split(" | ")[0][2:], b) for line in lines
+                for b, cell in zip(bins, line.strip(" |").split(" | ")[1:]) if cell.startswith("**")}
+
+    assert bold(rows) == bold(run_rows) and len(bold(rows)) >= len(bins), (bold(rows), bold(run_rows))
+    assert ("Biharmonic (scikit-image)", "10-20") in bold(rows)  # the best row need not be a diffusion row
+
+
+def _paragraphs(page: Path) -> list[str]:
+    """A page's paragraphs (blank-line separated, code blocks left out), each with its whitespace collapsed."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if len(p.strip()) > 40]
+
+
+def test_docs_no_paragraph_appears_twice():
+    """Not word for word, nor inside another paragraph (a copy under a bold lead-in)."""
+    found = [(page.name, paragraph) for page in sorted((ROOT / "docs").glob("*.md")) for paragraph in _paragraphs(page)]
+    twice = [f"{page} (also in {other}): {paragraph[:100]}" for i, (page, paragraph) in enumerate(found)
+             for j, (other, text) in enumerate(found) if i != j and len(paragraph) >= 80 and paragraph in text
+             and (paragraph != text or i > j)]
+    assert not twice, "\n".join(twice)

@@ -117,3 +117,21 @@ def test_layer_table_is_what_each_subpackage_docstring_says(layer):
         doc = (PACKAGE / name / "__init__.py").read_text()
         said = re.search(r"May import ([^.]*)\.", doc)
         assert said and said[1].replace("\n", " ") == _words(lower), f"strdiffusion/{name}/__init__.py"
+
+
+def test_layer_table_keeps_the_command_line_in_stages_and_cli():
+    """Below ``stages/`` and ``cli.py`` the library takes typed settings and paths: no parameter named after the
+    command line's shape (``args``, ``argv``, ``namespace``; ``*args`` pass-throughs aside) and no ``sys.argv``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in ("stages", "cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                found += [f"{rel}:{node.lineno} {node.name}({n})" for n in names if n in ("args", "argv", "namespace")]
+            if isinstance(node, ast.Attribute) and node.attr == "argv" and getattr(node.value, "id", "") == "sys":
+                found.append(f"{rel}:{node.lineno} sys.argv")
+    assert found == []

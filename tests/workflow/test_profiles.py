@@ -95,7 +95,14 @@ def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
         override["n_test"] = n_test
     (work / "local.yaml").write_text(yaml.safe_dump({"datasets": {dataset: override}}))
     env = _env()
-    res = subprocess.run([SNAKEMAKE, "-n", "--profile", str(repo_root / "profiles" / "slurm"), "--configfile",
+    profile = tmp_path / "profile"  # the shipped profile with its placeholders filled in, as a user's
+    profile.mkdir()
+    text = (repo_root / "profiles" / "slurm" / "config.yaml").read_text()
+    for placeholder, value in (("CHANGE_ME_cpu_partition", "cpu"), ("CHANGE_ME_gpu_partition", "gpu"),
+                               ("CHANGE_ME_account", "")):
+        text = text.replace(placeholder, value)
+    (profile / "config.yaml").write_text(text)
+    res = subprocess.run([SNAKEMAKE, "-n", "--profile", str(profile), "--configfile",
                           f"config/paper/{name}.yaml", "local.yaml"], cwd=work, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -116,7 +123,7 @@ def test_slurm_dryrun_paper_config(tmp_path, repo_root, name):
     for rule in ("inpaint_shard", "train_texture", "train_structure"):
         block = next(j for j in jobs if j.startswith(rule))
         resources = next(line for line in block.splitlines() if "resources:" in line)
-        assert "gpu=1" in resources and "slurm_partition=CHANGE_ME_gpu_partition" in resources, resources
+        assert "gpu=1" in resources and "slurm_partition=gpu" in resources, resources
     block = next(j for j in jobs if j.startswith("table"))
     assert "gpu=0" in next(line for line in block.splitlines() if "resources:" in line)
 

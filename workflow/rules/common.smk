@@ -19,7 +19,7 @@ _environment_check()
 from strdiffusion.io.errors import UserError
 from strdiffusion.runtime.environment import python_first_on_path
 from strdiffusion.runtime.gpu import workflow_slots
-from strdiffusion.settings.config import validate, with_extends
+from strdiffusion.settings.config import checked_before_jobs, validate, with_extends
 from strdiffusion.settings.external import import_inputs, prediction_dirs, row_methods
 from strdiffusion.settings.fields import command_line, from_config
 from strdiffusion.settings.jobs import ShardSettings, job_options
@@ -34,7 +34,8 @@ if _error:
 _given = list(workflow.overwrite_configfiles)  # a file may extend others (config/paper/psv.yaml: common.yaml)
 _files = [*([] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(_given):]), *_given]
 try:
-    resolved = validate(with_extends(config, _files, workflow.config_settings.config))
+    resolved = checked_before_jobs(validate(with_extends(config, _files, workflow.config_settings.config)), workflow,
+                                   sys.argv[1:])
     config.clear()
     config.update(resolved)
 except UserError as exc:

@@ -32,7 +32,11 @@ for net in NETWORKS:
             gpu=GPU_JOB,
         conda:
             "../envs/strdiffusion.yaml"
+        # A job started beside a live one on the same state (an older driver's, after that driver was killed)
+        # waits for it instead of failing: a failed job's outputs are deleted, and they would be the files the
+        # older job has just finished. The waiting line goes to the log and, through descriptor 3, the console.
         shell:
-            "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion train --net {params.net} --images {input.images} --structure {input.structure} "
-            "--masks {input.masks} --out {output.model} --curve {output.curve} --state-dir {params.state} "
-            "{params.settings} --threads {threads} --nproc {params.nproc} > {log} 2>&1"
+            "STRDIFFUSION_JOB_GPUS={resources.gpu} STRDIFFUSION_CONSOLE_FD=3 python -m strdiffusion train --net {params.net} "
+            "--images {input.images} --structure {input.structure} --masks {input.masks} --out {output.model} "
+            "--curve {output.curve} --state-dir {params.state} {params.settings} --threads {threads} "
+            "--nproc {params.nproc} --lock-wait -1 3>&2 > {log} 2>&1"

@@ -286,3 +286,31 @@ def test_shrink_cli_one_line_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "strdiffusion", "shrink", str(tmp_path / "nope.pt"),
                           str(tmp_path / "out.pt")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
+
+
+def test_checkpoint_weights_compare_command_of_the_docs(tmp_path):
+    """docs/reliability.md's command: same weights with other metadata (timings, paths) is `same weights`,
+    although the files differ; one changed tensor is `different weights`, exit status 1."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    text = (root / "docs" / "reliability.md").read_text()
+    block = text[text.index("## Comparing two checkpoints"):]
+    command = re.search(r"```bash\n(.*?)```", block, re.S)[1].strip()
+    net = _perturbed("irsde")
+    a, b, c = (tmp_path / name for name in ("a.pt", "b.pt", "c.pt"))
+    save_checkpoint(a, net, "irsde", TINY["irsde"], IRSDE(T=10), extra={"train_seconds": 12.5, "command": "/x/a"})
+    save_checkpoint(b, net, "irsde", TINY["irsde"], IRSDE(T=10), extra={"train_seconds": 13.1, "command": "/y/b"})
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] += 1e-3
+    save_checkpoint(c, net, "irsde", TINY["irsde"], IRSDE(T=10), extra={"train_seconds": 12.5, "command": "/x/a"})
+    assert a.read_bytes() != b.read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(root))
+    for other, said, status in ((b, "same weights", 0), (c, "different weights", 1)):
+        argv = command.replace("A.pt B.pt", f"{a} {other}")
+        res = subprocess.run(["bash", "-c", argv.replace("python ", f"{sys.executable} ", 1)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert (res.returncode, res.stdout.strip()) == (status, said), res.stderr[-2000:]

@@ -2,6 +2,7 @@
 lock is taken over, and the lock is released on every exit path short of SIGKILL."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,3 +107,70 @@ def test_state_lock_released_on_every_exit_path(tmp_path):
     assert res.returncode == 2 and "structure maps missing" in res.stderr, res.stderr[-2000:]
     assert not (state / "writer.lock").exists()
     assert [line.split()[1] for line in (state / "writer.log").read_text().splitlines()] == ["taken", "released"]
+
+
+# ---- a restarted driver beside the killed driver's live training job -------------------------------------
+
+@pytest.mark.slow
+def test_state_lock_restarted_driver_waits_and_keeps_the_finished_model_and_curve(tmp_path):
+    """A driver killed while its training job runs leaves the job running; the same command started again
+    schedules that training once more. Its job waits for the older one (a line in its log and on the new
+    driver's console) instead of failing, so Snakemake never deletes the `.pt` and curve the older job
+    finishes, and the run ends well."""
+    from pathlib import Path
+
+    from test_workflow import SNAKEMAKE, TINY, make_workdir
+
+    root = Path(__file__).resolve().parents[3]
+    config = dict(TINY, methods=["irsde"], train={**TINY["train"], "iterations": 6})
+    work = make_workdir(tmp_path / "work", root, config)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               OMP_NUM_THREADS="1")
+    target = "results/builtin/models/irsde.pt"
+    model, curve = work / target, work / "results/builtin/curves/irsde.csv"
+    state = work / "results/builtin/models/irsde_state"
+    lock, job_log = state / "writer.lock", work / "logs/builtin/train_irsde.log"
+    command = [SNAKEMAKE, target, "--cores", "1", "--configfile", "tiny.yaml"]
+    first_console, second_console = tmp_path / "first.txt", tmp_path / "second.txt"
+    holder = None
+    with open(first_console, "w") as out:
+        first = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    second = None
+    try:
+        deadline = time.monotonic() + 300
+        while holder is None:
+            assert first.poll() is None and time.monotonic() < deadline, first_console.read_text()[-3000:]
+            try:
+                holder = json.loads(lock.read_text())["pid"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        os.kill(holder, signal.SIGSTOP)  # the older job holds the lock for as long as the test wants
+        os.kill(first.pid, signal.SIGKILL)  # the driver dies; its job (another process) lives on
+        first.wait()
+        subprocess.run([*command, "--unlock"], cwd=work, env=env, capture_output=True, check=True, timeout=120)
+        with open(second_console, "w") as out:
+            second = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        waiting = f"the training state {state.relative_to(work)} is in use by pid {holder} on {socket.gethostname()}"
+        while waiting not in (job_log.read_text(errors="replace") if job_log.exists() else ""):
+            assert second.poll() is None and time.monotonic() < deadline, second_console.read_text()[-3000:]
+            time.sleep(0.2)
+        assert not model.exists()
+        os.kill(holder, signal.SIGCONT)  # the older job finishes its model and curve, then the new job goes on
+        assert second.wait(timeout=300) == 0, second_console.read_text()[-3000:]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder, signal.SIGCONT)
+    console = second_console.read_text()
+    assert f"strdiffusion: {waiting}" in console and "waiting for it to end" in console, console[-3000:]
+    assert model.is_file() and curve.is_file()
+    events = [(line.split()[1], line.split()[4]) for line in (state / "writer.log").read_text().splitlines()]
+    waiter = events[1][1]
+    assert events == [("taken", str(holder)), ("refused", waiter), ("released", str(holder)), ("taken", waiter),
+                      ("released", waiter)], events
+    assert curve.read_text().startswith("iteration,")

@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -145,3 +146,46 @@ def test_a_data_set_like_another_takes_its_settings_under_its_own_name(default):
     alike["datasets"]["twin"] = {"like": "nowhere"}
     with pytest.raises(UserError, match=r"datasets\.twin\.like.*'nowhere'.*defined: builtin, twin"):
         cfg.validate(alike)
+
+
+def test_nested_config_override_is_typed_like_an_overlay_value(tmp_path, repo_root):
+    """`--config 'datasets={"mine":{"test_fraction":0.2}}'`: Snakemake reads nested values as strings; each one
+    where the schema wants a number, integer or boolean is read as an overlay file's value, a string stays one."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from strdiffusion.settings.config import coerce_overrides
+
+    given = {"seed": 3, "datasets": {"mine": {"test_fraction": "0.2", "skip_bad_files": "true", "path": "007",
+                                              "masks": {"bins": [["0.1", "0.25"]], "per_bin": "4",
+                                                        "protocol": "folder", "source": "1"}}},
+             "train": {"lr": "1e-4"}}
+    assert coerce_overrides(given) == {
+        "seed": 3, "datasets": {"mine": {"test_fraction": 0.2, "skip_bad_files": True, "path": "007",
+                                         "masks": {"bins": [[0.1, 0.25]], "per_bin": 4, "protocol": "folder",
+                                                   "source": "1"}}},
+        "train": {"lr": 1e-4}}
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(repo_root / "Snakefile", work / "Snakefile")
+    for item in ("workflow", "config", "checkpoints"):
+        shutil.copytree(repo_root / item, work / item)
+    (work / "photos").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(work / "photos" / f"{i}.png")
+    (work / "mine.yaml").write_text(yaml.safe_dump({
+        "run_datasets": ["mine"], "methods": ["mean_fill"],
+        "datasets": {"mine": {"source": "folder", "path": "photos", "n_test": 2,
+                              "masks": {"protocol": "lama_medium", "bins": [[0.1, 0.2]], "per_bin": 4}}}}))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    res = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-n", "-p", "--cores", "1",
+                          "--configfile", "mine.yaml", "--config",
+                          'datasets={"mine":{"test_fraction":0.2,"masks":{"bins":[[0.1,0.25]]}}}'],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--test-fraction 0.2 " in res.stdout and "--bins 0.1:0.25 " in res.stdout

@@ -15,7 +15,7 @@ from strdiffusion.core.sde import IRSDE
 from strdiffusion.io.errors import UserError
 from strdiffusion.models import checkpoints as checkpoints
 from strdiffusion.settings.config import validate
-from strdiffusion.settings.fields import _scalar, command_line, from_config, from_namespace, to_argv
+from strdiffusion.settings.fields import _scalar, command_line, from_config, to_argv
 from strdiffusion.settings.jobs import (
     JOBS,
     DataSettings,
@@ -30,7 +30,7 @@ from strdiffusion.settings.jobs import (
 from strdiffusion.settings.methods import NETWORKS
 from strdiffusion.stages import inpaint as inpaint_stage
 from strdiffusion.stages import train as train_stage
-from strdiffusion.stages.options import add_arguments
+from strdiffusion.stages.options import add_arguments, from_parsed
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _flat_fields(cls):
 def _parse(cls, argv):
     p = argparse.ArgumentParser()
     add_arguments(p, cls)
-    return from_namespace(cls, p.parse_args(argv))
+    return from_parsed(cls, p.parse_args(argv))
 
 
 @pytest.mark.parametrize("net", NETWORKS)
