@@ -8,7 +8,8 @@ workflow's job options rendered from them (:mod:`strdiffusion.options`); default
 - :class:`SamplerSettings`: the reverse process's constants (``sampling``); :class:`RunSettings`: how
   the inpaint stage runs a diffusion method (seed, batch, T, device, speed).
 - :class:`DataSettings` (``datasets.<name>``), :class:`StructureSettings`, :class:`TableSettings`,
-  :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
+  :class:`FigureSettings`, :class:`ExplorerSettings` (``explorer``); :class:`WeightSettings` (``metrics``: the
+  metric networks' weights).
 - :class:`MaskSettings`, :class:`PoolSettings`, :class:`PairSettings` (``datasets.<name>.masks``): the test
   masks, the training pool and the test pairs; :class:`ImageMetricSettings`, :class:`SetMetricSettings`
   (``metrics``); :class:`ImportSettings` (``external_methods.<method>``): how an outside method's outputs are scored.
@@ -281,6 +282,36 @@ class FigureSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExplorerSettings:
+    """The results explorer's page (``explorer``): which test images of each bin it shows and how large their
+    thumbnails are. A bin of at most 4 x ``per_group`` pairs is shown whole."""
+
+    methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
+    bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
+    per_group: int = option(16, "test images per group of a bin: the worst, the best, the median and seeded random "
+                            "ones", key="explorer.per_group")
+    method: str = option("", "row whose metric ranks the images (empty: strdiffusion when it is a row, else the "
+                         "first row)", key="explorer.method")
+    metric: str = option("psnr", "per-image metric that ranks the images", key="explorer.metric",
+                         choices=IMAGE_METRICS)
+    thumbnail: int = option(128, "longest side of the thumbnails in px (never larger than the image)",
+                            key="explorer.thumbnail")
+    seed: int = option(0, "seed of the random group", key="seed")
+    shard_size: int = option(16, "test pairs per inpainting shard (where each output is)", key="sampling.shard_size")
+    external: str = option("", "outside rows: JSON of each one's name and protocol", key="external_methods")
+
+    def __post_init__(self):
+        _positive(self, ("per_group", "thumbnail", "shard_size"))
+        if self.method and self.method not in self.methods:
+            raise UserError(f"--method '{self.method}' (config key 'explorer.method') is not a row of this run "
+                            f"({', '.join(self.methods)}); name one of them or leave it empty")
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, **_) -> ExplorerSettings:
+        return _with_bin_labels(cls, config, dataset, methods=tuple(row_methods(config)), external=describe(config))
+
+
+@dataclasses.dataclass(frozen=True)
 class TableSettings:
     methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
     bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
@@ -380,6 +411,7 @@ JOBS = {
     "inpaint": (ShardSettings, SamplerSettings, RunSettings),
     "figures": (FigureSettings,),
     "tables": (TableSettings,),
+    "explorer": (ExplorerSettings,),
     "weights": (WeightSettings,),
     "masks generate": (MaskSettings,),
     "masks pool": (PoolSettings,),
