@@ -35,7 +35,8 @@ def make_run(root: Path, n: int, px: int = 24, seed: int = 0) -> dict:
     pairs = []
     for k in range(n + 2):  # two test images no bin uses
         image_id = f"img{k:04d}"
-        Image.fromarray(rng.integers(0, 255, (px, px, 3), dtype=np.uint8)).save(_mk(res / "data/test" / f"{image_id}.png"))
+        image = rng.integers(0, 255, (px, px, 3), dtype=np.uint8)
+        Image.fromarray(image).save(_mk(res / "data/test" / f"{image_id}.png"))
         Image.fromarray(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255).save(
             _mk(res / "structure/test/edge" / f"{image_id}.png"))
     for b in BINS:
@@ -164,6 +165,10 @@ def chrome():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    missing = [p for p in (CHROMEDRIVER, shutil.which("chromium") or "/usr/bin/chromium") if not Path(p).is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver), as .ci/run does")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     profile = tempfile.mkdtemp(prefix="explorer-chromium-")

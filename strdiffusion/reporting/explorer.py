@@ -13,6 +13,7 @@ page and the time to make them grow with the selection, not with the test set.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import logging
@@ -77,9 +78,11 @@ def ranking_row(s: ExplorerSettings) -> str:
 
 def select_bin(values: np.ndarray, higher_is_better: bool, per_group: int, seed: int) -> dict[int, list[str]]:
     """Positions (pair order) of one bin's shown images -> their groups. ``values``: the ranking metric of each
-    pair, NaN where the row has none (such a pair is never ranked, only drawn). All pairs when there are at most
-    4 x ``per_group``."""
+    pair, NaN where the row has none (such a pair is never ranked, only drawn). All pairs, without groups, when
+    there are at most 4 x ``per_group``."""
     n = len(values)
+    if n <= 4 * per_group:
+        return {p: [] for p in range(n)}
     score = np.where(np.isnan(values), np.nan, values if higher_is_better else -values)
     ranked = [int(p) for p in np.lexsort((np.arange(n), score)) if not np.isnan(score[p])]  # worst first
     centre = max(0, len(ranked) // 2 - per_group // 2)
@@ -93,9 +96,6 @@ def select_bin(values: np.ndarray, higher_is_better: bool, per_group: int, seed:
     drawn = np.random.default_rng(seed).choice(rest, size=min(per_group, len(rest)), replace=False) if len(rest) else []
     for p in drawn:
         groups[int(p)] = ["random"]
-    if n <= 4 * per_group:
-        for p in range(n):
-            groups.setdefault(p, [])
     return dict(sorted(groups.items()))
 
 
@@ -201,11 +201,13 @@ def _asset(name: str) -> str:
 
 
 def render_page(data: dict) -> str:
-    """The page: the template with its style, script and data inline (``</`` escaped inside the JSON)."""
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    return (_asset("explorer_page.html").replace("/*STYLE*/", _asset("explorer_page.css"))
-            .replace("/*SCRIPT*/", _asset("explorer_page.js")).replace("/*DATA*/", payload)
-            .replace("<!--TITLE-->", f"results explorer: {data['dataset']}"))
+    """The page: the template with its style, script and data inline (every ``<`` of the JSON escaped, so that
+    no text in it can end the script element)."""
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    title = html.escape(f"results explorer: {data['dataset']}")
+    page = _asset("explorer_page.html").replace("<!--TITLE-->", title)
+    return (page.replace("/*STYLE*/", _asset("explorer_page.css")).replace("/*SCRIPT*/", _asset("explorer_page.js"))
+            .replace("/*DATA*/", payload))
 
 
 def build_explorer(pairs_csv, gt_dir, structure_dir, inpaint_dir, per_image_files, out, s: ExplorerSettings,

@@ -42,10 +42,14 @@
   }
   const total = data.bins.reduce((n, b) => n + data.pairs[b], 0);
   const rankMetric = data.metrics.find((m) => m.key === data.ranking.metric);
+  const whole = 4 * data.ranking.per_group;
+  const chosen = data.bins.some((b) => data.pairs[b] > whole);
   $("summary").textContent = `${total} test pairs (${data.bins.map((b) => b + " %: " + data.pairs[b]).join(", ")}); ` +
-    `shown per bin: the ${data.ranking.per_group} worst, best and median by ` +
-    `${data.methods[rowIndex[data.ranking.method]].name} ${rankMetric ? rankMetric.label : data.ranking.metric}` +
-    ` and ${data.ranking.per_group} at random (a bin of at most ${4 * data.ranking.per_group} pairs: all of it).`;
+    (chosen ? `shown per bin: the ${data.ranking.per_group} worst, best and median by ` +
+     `${data.methods[rowIndex[data.ranking.method]].name} ${rankMetric ? rankMetric.label : data.ranking.metric}` +
+     ` and ${data.ranking.per_group} at random; a bin of at most ${whole} pairs whole.` :
+     `every pair is shown (a bin of at most ${whole} pairs is shown whole).`);
+  $("group").parentElement.hidden = !chosen;
 
   // ---- cards
   function thumb(src, link, outline, kind, item, row) {
@@ -152,6 +156,15 @@
     const shown = new Set(list);
     for (const c of cards) c.node.hidden = !shown.has(c);
     for (const c of list) main.append(c.node);
+    for (const span of main.querySelectorAll("span.m.key")) span.classList.remove("key");
+    if (st.sort) {
+      const rowsKeyed = [st.by].concat(st.minus ? [st.minus] : []);
+      for (const r of rowsKeyed) {
+        for (const span of main.querySelectorAll(`figure[data-row="${r}"] span.m[data-metric="${st.sort}"]`)) {
+          span.classList.add("key");
+        }
+      }
+    }
     document.body.classList.toggle("outline", st.outline);
     $("viewer-outline").hidden = !st.outline;
     $("count").textContent = `showing ${list.length} of ${cards.length} selected test images`;
