@@ -2,8 +2,9 @@
 stays bounded, one-line errors, and the page itself in a real headless Chromium (Debian's chromium and
 chromium-driver, driven by Selenium), on a small run laid out like the workflow's and on the tiny workflow's run.
 
-Run as a script, it takes a screenshot of a page with the test browser:
-``python tests/test_explorer.py results/builtin/explorer/index.html docs/figures/explorer.png``.
+Run as a script, it takes a screenshot of a page with the test browser (docs/figures/explorer.png):
+``python tests/test_explorer.py results/builtin/explorer/index.html docs/figures/explorer.png
+'bin=40-50&sort=psnr&minus=irsde&order=desc&outline=1'``.
 """
 import shutil
 import subprocess
@@ -264,11 +265,15 @@ def test_explorer_of_the_tiny_workflow_run_shows_every_pair_in_chromium(classica
     assert severe(browser) == []
 
 
-def screenshot(page: str, out: str) -> None:
-    """A screenshot of ``page`` in the test browser, its first rows on screen."""
+def screenshot(page: str, out: str, view: str = "") -> None:
+    """A screenshot of ``page`` in the test browser at the view ``view`` (a fragment such as
+    ``bin=40-50&sort=psnr&minus=irsde``), its first rows on screen; refused when the page logged an error."""
     driver = chrome()
     try:
-        driver.get(Path(page).resolve().as_uri())
+        driver.get(Path(page).resolve().as_uri() + (f"#{view.lstrip('#')}" if view else ""))
+        errors = severe(driver)
+        if errors:
+            raise SystemExit(f"error: {page}: the page logged errors: {errors}")
         driver.save_screenshot(out)
     finally:
         driver.quit()
@@ -276,4 +281,6 @@ def screenshot(page: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    screenshot(*sys.argv[1:3])
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: python tests/test_explorer.py PAGE.html OUT.png [VIEW, e.g. bin=40-50&sort=psnr]")
+    screenshot(*sys.argv[1:])

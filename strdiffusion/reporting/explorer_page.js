@@ -74,7 +74,7 @@
 
   const cards = data.items.map((item, order) => {
     const head = el("h2", {}, `bin ${item.bin} % · image ${item.id} · pair ${item.pos + 1} of ${data.pairs[item.bin]}`,
-      ...item.groups.map((g) => el("span", { class: "tag " + g }, g)));
+      ...item.groups.map((g) => el("span", { class: "tag " + g }, g)), el("span", { class: "sorted" }));
     const strip = el("div", { class: "strip" },
       el("figure", { "data-kind": "input" }, thumb(item.thumbs.input, item.links.mask, item.outline, "input", item),
         el("figcaption", {}, el("span", { class: "name" }, "Input"))),
@@ -152,6 +152,14 @@
         return sign * (x[0] - y[0]) || x[1].order - y[1].order;
       });
       list = keyed.map((x) => x[1]);
+    }
+    const metric = data.metrics[metricIndex[st.sort]];
+    const label = st.sort ? data.methods[rowIndex[st.by]].name + (st.minus ? " − " +
+      data.methods[rowIndex[st.minus]].name : "") + " " + metric.label + ": " : "";
+    for (const c of list) {
+      const v = st.sort ? sortValue(c.item, st) : null;
+      c.node.querySelector(".sorted").textContent = st.sort ? label + (v === null ? "n/a" :
+        (st.minus && v > 0 ? "+" : "") + v.toFixed(metric.decimals)) : "";
     }
     const shown = new Set(list);
     for (const c of cards) c.node.hidden = !shown.has(c);
