@@ -109,6 +109,10 @@ def test_explorer_selects_worst_best_median_and_seeded_random_per_bin(tmp_path, 
     assert {p for p, g in groups.items() if "worst" in g} == {9, 8} and {p for p, g in groups.items() if "best" in g} \
         == {6, 0}
     assert len(groups) == 8 and 3 not in [p for p, g in groups.items() if g != ["random"]]
+    # nothing to rank by (LPIPS without its weights): 4 x per_group drawn at random, the same on every build
+    unranked = select_bin(np.full(20, np.nan), True, 2, seed=5)
+    assert len(unranked) == 8 and all(g == ["random"] for g in unranked.values())
+    assert unranked == select_bin(np.full(20, np.nan), True, 2, seed=5) != select_bin(np.full(20, np.nan), True, 2, 6)
 
 
 def test_explorer_page_stays_the_same_size_as_the_test_set_grows(tmp_path, monkeypatch):
@@ -118,6 +122,8 @@ def test_explorer_page_stays_the_same_size_as_the_test_set_grows(tmp_path, monke
         data = build(run, monkeypatch, per_group=2)
         assert len(data["items"]) == 2 * 8
         sizes.append(run["out"].stat().st_size)
+    unranked = build(run, monkeypatch, per_group=2, metric="lpips")  # no LPIPS values: drawn at random
+    assert len(unranked["items"]) == 2 * 8 and all(it["groups"] == ["random"] for it in unranked["items"])
     assert 0.8 < sizes[1] / sizes[0] < 1.25, sizes
 
 

@@ -78,8 +78,9 @@ def ranking_row(s: ExplorerSettings) -> str:
 
 def select_bin(values: np.ndarray, higher_is_better: bool, per_group: int, seed: int) -> dict[int, list[str]]:
     """Positions (pair order) of one bin's shown images -> their groups. ``values``: the ranking metric of each
-    pair, NaN where the row has none (such a pair is never ranked, only drawn). All pairs, without groups, when
-    there are at most 4 x ``per_group``."""
+    pair, NaN where the row has none (such a pair is never ranked, only drawn). The random draw makes the
+    selection up to 4 x ``per_group`` (more than ``per_group`` only where fewer pairs could be ranked). All pairs,
+    without groups, when there are at most 4 x ``per_group``."""
     n = len(values)
     if n <= 4 * per_group:
         return {p: [] for p in range(n)}
@@ -93,7 +94,8 @@ def select_bin(values: np.ndarray, higher_is_better: bool, per_group: int, seed:
         for p in positions:
             groups.setdefault(p, []).append(name)
     rest = np.array([p for p in range(n) if p not in groups], dtype=np.int64)
-    drawn = np.random.default_rng(seed).choice(rest, size=min(per_group, len(rest)), replace=False) if len(rest) else []
+    size = min(4 * per_group - len(groups), len(rest))
+    drawn = np.random.default_rng(seed).choice(rest, size=size, replace=False) if size > 0 else []
     for p in drawn:
         groups[int(p)] = ["random"]
     return dict(sorted(groups.items()))
@@ -103,10 +105,10 @@ def selection(pairs: pd.DataFrame, per_image: pd.DataFrame, s: ExplorerSettings)
     """The shown test images of every bin, in bin then pair order: bin, image id, position in the bin's pairs,
     mask file and groups."""
     row, metric = ranking_row(s), s.metric
-    if metric not in per_image.columns:
-        raise UserError(f"--metric {metric} (config key 'explorer.metric'): the per-image metrics have no "
-                        f"'{metric}' column; choose one of {', '.join(c for c in PER_IMAGE if c in per_image.columns)}")
-    ranked_by = per_image[per_image["method"] == row].set_index(["bin", "image_id"])[metric].astype(float)
+    ranked_by = per_image[per_image["method"] == row].set_index(["bin", "image_id"])
+    ranked_by = ranked_by[metric].astype(float) if metric in ranked_by.columns else pd.Series(np.nan, ranked_by.index)
+    if ranked_by.isna().all():  # a metric left out of metrics.per_image, or LPIPS without its weights
+        log.warning("explorer: %s has no %s values; the shown images are drawn at random", row, metric)
     items = []
     for b in s.bins:
         in_bin = pairs[pairs["bin"] == b].reset_index(drop=True)
