@@ -18,8 +18,8 @@
 
 Per job: wall time and peak RSS, recorded at exit by a ``sitecustomize`` hook on the jobs' PYTHONPATH
 (``resource.getrusage``: the process's own peak and its largest waited-for child), grouped by stage.
-Per stage: summed job seconds, the largest job's peak RSS, the files it wrote, and between fractions the
-growth exponent log(t2/t1) / log(n2/n1) of its time against the number of test images.
+Per stage: summed job seconds, the largest job's peak RSS, the files it wrote and their megabytes, and between
+fractions the growth exponent log(t2/t1) / log(n2/n1) of its time against the number of test images.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 PLACES2_TEST = 36500
 NVIDIA_FILES, NVIDIA_PER_GROUP = 12000, 2000
 STAGES = ("data preparation", "structure maps", "masks and pairing", "inpainting", "per-image metrics",
-          "reference statistics", "set metrics", "tables", "report")
+          "reference statistics", "set metrics", "tables", "explorer", "report")
 README_BEGIN, README_END = "<!-- scale table: begin (written by python -m benchmarks --only scale) -->", \
     "<!-- scale table: end -->"
 FEATURES = "pytorch-fid Inception v3 and LPIPS AlexNet architectures, random weights"
@@ -193,7 +193,8 @@ def stage_of(argv: list[str]) -> str | None:
                 return {"images": "per-image metrics", "reference": "reference statistics",
                         "sets": "set metrics"}.get(sub)
             return {"data": "data preparation", "structure": "structure maps", "masks": "masks and pairing",
-                    "inpaint": "inpainting", "tables": "tables", "figures": "report", "curves": "report"}.get(cmd)
+                    "inpaint": "inpainting", "tables": "tables", "explorer": "explorer", "figures": "report",
+                    "curves": "report"}.get(cmd)
     return None
 
 
@@ -209,6 +210,8 @@ def stage_of_file(rel: str) -> str | None:
     if parts[1] == "figures":
         return "report"
     kind = parts[2]
+    if kind == "explorer":
+        return "explorer"
     if kind in ("data", "structure", "masks", "inpaint"):
         return {"data": "data preparation", "structure": "structure maps", "masks": "masks and pairing",
                 "inpaint": "inpainting"}[kind]
@@ -260,7 +263,7 @@ def run_once(percent: float, rows: int, bins: int, inputs: Path, torch_home: Pat
         if res.returncode != 0:
             raise SystemExit(f"error: the rehearsal's report ({percent} %) failed:\n{res.stderr[-3000:]}")
         total_s = time.perf_counter() - t0
-        rows_out = {s: {"seconds": 0.0, "jobs": 0, "peak_rss_mb": 0.0, "files": 0} for s in STAGES}
+        rows_out = {s: {"seconds": 0.0, "jobs": 0, "peak_rss_mb": 0.0, "files": 0, "mb": 0.0} for s in STAGES}
         for line in jobs.read_text().splitlines():
             rec = json.loads(line)
             stage = stage_of(rec["argv"])
@@ -274,6 +277,7 @@ def run_once(percent: float, rows: int, bins: int, inputs: Path, torch_home: Pat
                 stage = stage_of_file(os.path.relpath(os.path.join(root, name), work).replace(os.sep, "/"))
                 if stage:
                     rows_out[stage]["files"] += 1
+                    rows_out[stage]["mb"] += os.path.getsize(os.path.join(root, name)) / 1e6
     return {"percent": percent, "n_test": n_test, "stages": rows_out, "snakemake_seconds": total_s,
             "synthesis_seconds": synth_s, "loadavg_before": load, "loadavg_after": loadavg()}
 
@@ -291,13 +295,13 @@ def growth(runs: list[dict]) -> list[dict]:
 
 def table(result: dict) -> str:
     runs, grow = result["runs"], result["growth"]
-    head = "| stage | " + " | ".join(f"{r['percent']:g} % ({r['n_test']} images): s / jobs / peak RSS MB / files"
+    head = "| stage | " + " | ".join(f"{r['percent']:g} % ({r['n_test']} images): s / jobs / peak RSS MB / files / MB"
                                       for r in runs)
     head += "".join(f" | exponent {g['from']:g}→{g['to']:g} %" for g in grow) + " |"
     lines = [head, "|" + "---|" * (1 + len(runs) + len(grow))]
     for s in STAGES:
         cells = [f"{r['stages'][s]['seconds']:.1f} / {r['stages'][s]['jobs']} / {r['stages'][s]['peak_rss_mb']:.0f}"
-                 f" / {r['stages'][s]['files']}" for r in runs]
+                 f" / {r['stages'][s]['files']} / {r['stages'][s].get('mb', 0):.1f}" for r in runs]
         cells += ["n/a" if g["exponents"][s] is None else f"{g['exponents'][s]:.2f}" for g in grow]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines.append("| Snakemake wall (run + report) | " + " | ".join(f"{r['snakemake_seconds']:.0f} s" for r in runs)

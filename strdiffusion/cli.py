@@ -21,6 +21,7 @@ STAGES = {
     "metrics": ("stages.metrics", "PSNR, SSIM, L1, LPIPS per image; FID and KID per set"),
     "tables": ("stages.tables", "paper-style tables (Markdown, LaTeX, CSV)"),
     "figures": ("stages.figures", "qualitative grids and metric-vs-hole-ratio plots"),
+    "explorer": ("stages.explorer", "a static page of single test images, every row's fill and metrics; filter, sort"),
     "export": ("stages.export", "write the test pairs in the layouts of other inpainting codes (LaMa, RePaint, plain)"),
     "import": ("stages.imports", "score an outside method's outputs of one bin like the built-in rows"),
     "curves": ("stages.curves", "learning-curves figure of the trained networks"),

@@ -19,7 +19,7 @@ from strdiffusion.io.files import atomic_path
 from strdiffusion.io.images import read_image_rgb, read_mask
 from strdiffusion.io.pairs import read_pairs
 from strdiffusion.reporting.tables import METHOD_NAMES, METRICS, PER_IMAGE
-from strdiffusion.settings.external import IMPORTED, missing_ids, parse_description
+from strdiffusion.settings.external import IMPORTED, missing_ids
 from strdiffusion.settings.jobs import FigureSettings
 
 log = logging.getLogger("strdiffusion.reporting.figures")
@@ -113,7 +113,7 @@ def make_figures(pairs_csv, gt_dir, structure_dir, inpaint_dir, per_image, quali
     """The qualitative grid and the metric-vs-hole-ratio plot of ``s``'s methods and bins."""
     methods, bins = list(s.methods), list(s.bins)
     pairs = read_pairs(pairs_csv)
-    names = {m: e["name"] for m, e in parse_description(s.external).items()}
+    names = {m: e["name"] for m, e in s.external.by_method().items()}
     qualitative(pairs, Path(gt_dir), Path(structure_dir), Path(inpaint_dir), methods, bins, s.per_bin,
                 Path(qualitative_png), names)
     metric_curves(per_image, methods, bins, Path(curves_png), names)

@@ -20,7 +20,6 @@ import pandas as pd
 from strdiffusion.core.seeds import seed_for
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import status_path, write_csv_atomic, write_text_atomic
-from strdiffusion.settings.external import parse_description
 from strdiffusion.settings.jobs import TableSettings
 from strdiffusion.settings.methods import DIFFUSION, FRESH
 
@@ -216,9 +215,9 @@ def external_footnote(external: dict, labels: dict) -> str:
 
 def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, dataset: str,
            reference: str = "", given=(), external=None) -> tuple[str, str]:
-    """Return (markdown, latex) for the paper-style table; ``given``: NET=PATH of each network the plain
+    """Return (markdown, latex) for the paper-style table; ``given``: (net, path) of each network the plain
     diffusion rows sample from a given checkpoint (named in a footnote); ``external``: the outside rows'
-    names and protocol (``strdiffusion.inpainting.outside.parse_description``)."""
+    names and protocol (``strdiffusion.settings.values.OutsideRows.by_method``)."""
     external = {m: e for m, e in (external or {}).items() if m in methods}
     labels = row_labels(long, methods, bins, external)
     ref = REFERENCE_ROWS.get(reference)
@@ -252,7 +251,7 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
         footnotes.append(f"*{name}*: numbers published by the authors (not computed here).")
     footnotes.append("Bold: best per column. †: differs from StrDiffusion (paired bootstrap over the same images, p < 0.05).")
     if given:
-        files = ", ".join(f"{net} `{path}`" for net, _, path in (item.partition("=") for item in given))
+        files = ", ".join(f"{net} `{path}`" for net, path in given)
         footnotes.append(f"Diffusion rows without \"(trained in this run)\" sample given checkpoints (config "
                          f"`checkpoints:`), not networks trained by this run: {files}.")
     if external:
@@ -307,7 +306,7 @@ def write_tables(per_image, sets, dataset: str, out: str, s: TableSettings) -> N
     long, unavailable = summarise(per_image, sets, methods, bins, s.seed)
     columns = shown_columns(columns, long, unavailable, s.reference)
     md, tex = render(long, unavailable, methods, bins, columns, dataset, s.reference, s.given,
-                     parse_description(s.external))
+                     s.external.by_method())
     long.insert(0, "dataset", dataset)
     write_csv_atomic(long, out + ".csv")
     write_text_atomic(out + ".md", md)

@@ -187,6 +187,11 @@ def _check_semantics(config: dict, source: str) -> None:
             raise UserError(f"{source}: config key 'run_datasets': '{name}' is not defined under datasets "
                             f"(defined: {', '.join(config['datasets'])})")
     check_external(config, source)
+    rows = list(config["methods"]) + list(config.get("external_methods") or {})
+    ranked_by = (config.get("explorer") or {}).get("method", "")
+    if ranked_by and ranked_by not in rows:
+        raise UserError(f"{source}: config key 'explorer.method': '{ranked_by}' is not a row of this run "
+                        f"({', '.join(rows)}); name one of them or leave it empty")
     smp = config["sampling"]
     if smp.get("u_min", 1) > smp.get("u_max", 1):
         raise UserError(f"{source}: config key 'sampling.u_min' ({smp['u_min']}) must not exceed sampling.u_max ({smp['u_max']})")

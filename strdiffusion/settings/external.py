@@ -31,25 +31,6 @@ def row_methods(config: dict) -> list[str]:
     return list(config["methods"]) + [m for m in external_methods(config) if m not in config["methods"]]
 
 
-def describe(config: dict) -> str:
-    """The outside rows as the tables and figures stages take them (``--external``): JSON of each row's
-    display name and protocol; empty when there are none, so that the default's commands do not change."""
-    rows = {m: {k: e[k] for k in ("name", "as_is", "resize", "allow_partial")}
-            for m, e in external_methods(config).items()}
-    return json.dumps(rows, sort_keys=True) if rows else ""
-
-
-def parse_description(text: str) -> dict:
-    """The inverse of :func:`describe` ({} for empty text)."""
-    if not text:
-        return {}
-    try:
-        rows = json.loads(text)
-    except ValueError:
-        raise UserError(f"--external {text[:60]}: not JSON of the outside rows") from None
-    return {m: {"name": m, "as_is": False, "resize": "none", "allow_partial": False, **e} for m, e in rows.items()}
-
-
 def check_config(config: dict, source: str) -> None:
     """One-line errors for outside rows the schema cannot catch: a name of a built-in row, a bad template."""
     from strdiffusion.settings.methods import WORKFLOW_METHODS

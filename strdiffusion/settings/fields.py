@@ -25,6 +25,8 @@ import shlex
 import types
 import typing
 
+from strdiffusion.settings.values import TextValue
+
 REQUIRED = dataclasses.MISSING
 
 
@@ -129,7 +131,7 @@ def to_argv(settings, *, every: bool = False) -> list[str]:
             argv += [flag(f.name)] if value else []
         elif value in (None, "", ()) and value == f.default:
             continue
-        elif isinstance(value, tuple):
+        elif isinstance(value, tuple) and not isinstance(value, TextValue):
             argv += [flag(f.name), ",".join(str(v) for v in value)]
         else:
             argv += [flag(f.name), str(value)]
@@ -139,9 +141,9 @@ def to_argv(settings, *, every: bool = False) -> list[str]:
 def _rendered(name: str, value) -> list[str]:
     if isinstance(value, bool):
         return [flag(name)] if value else []
-    if value is None:
+    if value is None or (isinstance(value, TextValue) and not str(value)):
         return []
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) and not isinstance(value, TextValue):
         return [flag(name), ",".join(str(v) for v in value)] if value else [flag(name)]
     return [flag(name), str(value)]
 
@@ -154,8 +156,8 @@ def to_record(settings) -> dict:
         value = getattr(settings, f.name)
         if f.metadata.get("nested"):
             value = to_record(value)
-        elif isinstance(value, tuple):
-            value = list(value)
+        elif isinstance(value, tuple) and not isinstance(value, TextValue):
+            value = [str(v) if isinstance(v, TextValue) else v for v in value]
         elif value is not None and not isinstance(value, (bool, int, float, str)):
             value = str(value)
         record[f.name] = value

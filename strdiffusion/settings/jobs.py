@@ -8,7 +8,8 @@ workflow's job options rendered from them (:mod:`strdiffusion.settings.fields`);
 - :class:`SamplerSettings`: the reverse process's constants (``sampling``); :class:`RunSettings`: how
   the inpaint stage runs a diffusion method (seed, batch, T, device, speed).
 - :class:`DataSettings` (``datasets.<name>``), :class:`StructureSettings`, :class:`TableSettings`,
-  :class:`FigureSettings`; :class:`WeightSettings` (``metrics``: the metric networks' weights).
+  :class:`FigureSettings`, :class:`ExplorerSettings` (``explorer``); :class:`WeightSettings` (``metrics``: the
+  metric networks' weights).
 - :class:`MaskSettings`, :class:`PoolSettings`, :class:`PairSettings` (``datasets.<name>.masks``): the test
   masks, the training pool and the test pairs; :class:`ImageMetricSettings`, :class:`SetMetricSettings`
   (``metrics``); :class:`ImportSettings` (``external_methods.<method>``): how an outside method's outputs are scored.
@@ -24,7 +25,7 @@ import dataclasses
 
 from strdiffusion.core.constants import ACCEPT, LATE_GUIDANCE, PARAMETERIZATIONS, SCHEDULES, SamplerConfig, SDEConfig
 from strdiffusion.io.errors import UserError
-from strdiffusion.settings.external import RESIZE, describe, row_methods
+from strdiffusion.settings.external import RESIZE, external_methods, row_methods
 from strdiffusion.settings.fields import command_line, config_values, from_config, nested, option, to_argv
 from strdiffusion.settings.methods import (
     CLASSICAL,
@@ -34,7 +35,7 @@ from strdiffusion.settings.methods import (
     given_checkpoints,
     train_iterations,
 )
-from strdiffusion.settings.values import bin_label
+from strdiffusion.settings.values import GivenCheckpoint, OutsideRows, bin_label
 
 PRECISIONS = ("none", "bf16", "fp16")
 HOLE_FILLS = ("recipe", "mean")  # hole value of the denoisers' mu: the recipe's (0 or 1) or the known mean colour
@@ -282,11 +283,43 @@ class FigureSettings:
     methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
     bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
     per_bin: int = option(2, "example rows per bin in the qualitative grid")
-    external: str = option("", "outside rows: JSON of each one's name and protocol", key="external_methods")
+    external: OutsideRows = option(OutsideRows(), "outside rows: JSON of each one's name and protocol",
+                                   key="external_methods")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> FigureSettings:
-        return _with_bin_labels(cls, config, dataset, methods=tuple(row_methods(config)), external=describe(config))
+        return _with_bin_labels(cls, config, dataset, methods=tuple(row_methods(config)), external=OutsideRows(external_methods(config)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplorerSettings:
+    """The results explorer's page (``explorer``): which test images of each bin it shows and how large their
+    thumbnails are. A bin of at most 4 x ``per_group`` pairs is shown whole."""
+
+    methods: tuple[str, ...] = option(help="methods, comma-separated, in row order", key="methods")
+    bins: tuple[str, ...] = option(help="bin labels, comma-separated, e.g. 10-20,20-30", key=_BINS)
+    per_group: int = option(16, "test images per group of a bin: the worst, the best, the median and seeded random "
+                            "ones", key="explorer.per_group")
+    method: str = option("", "row whose metric ranks the images (empty: strdiffusion when it is a row, else the "
+                         "first row)", key="explorer.method")
+    metric: str = option("psnr", "per-image metric that ranks the images", key="explorer.metric",
+                         choices=IMAGE_METRICS)
+    thumbnail: int = option(128, "longest side of the thumbnails in px (never larger than the image)",
+                            key="explorer.thumbnail")
+    seed: int = option(0, "seed of the random group", key="seed")
+    shard_size: int = option(16, "test pairs per inpainting shard (where each output is)", key="sampling.shard_size")
+    external: OutsideRows = option(OutsideRows(), "outside rows: JSON of each one's name and protocol",
+                                   key="external_methods")
+
+    def __post_init__(self):
+        _positive(self, ("per_group", "thumbnail", "shard_size"))
+        if self.method and self.method not in self.methods:
+            raise UserError(f"--method '{self.method}' (config key 'explorer.method') is not a row of this run "
+                            f"({', '.join(self.methods)}); name one of them or leave it empty")
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, **_) -> ExplorerSettings:
+        return _with_bin_labels(cls, config, dataset, methods=tuple(row_methods(config)), external=OutsideRows(external_methods(config)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,13 +329,15 @@ class TableSettings:
     seed: int = option(0, "seed of the bootstrap", key="seed")
     reference: str = option("", "published reference row, e.g. paris_streetview", key="datasets.{dataset}.reference_row")
     columns: tuple[str, ...] = option(("psnr", "ssim", "lpips", "fid"), "metrics shown in the main table")
-    given: tuple[str, ...] = option((), "NET=PATH of each given checkpoint a row samples (footnoted)", key="checkpoints")
-    external: str = option("", "outside rows: JSON of each one's name and protocol (footnoted)", key="external_methods")
+    given: tuple[GivenCheckpoint, ...] = option((), "NET=PATH of each given checkpoint a row samples (footnoted)",
+                                                key="checkpoints")
+    external: OutsideRows = option(OutsideRows(), "outside rows: JSON of each one's name and protocol (footnoted)",
+                                   key="external_methods")
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, **_) -> TableSettings:
-        return _with_bin_labels(cls, config, dataset, given=tuple(f"{n}={p}" for n, p in given_checkpoints(config).items()),
-                                methods=tuple(row_methods(config)), external=describe(config))
+        return _with_bin_labels(cls, config, dataset, given=tuple(map(GivenCheckpoint, given_checkpoints(config).items())),
+                                methods=tuple(row_methods(config)), external=OutsideRows(external_methods(config)))
 
 
 _EXTERNAL = "external_methods.{method}."
@@ -389,6 +424,7 @@ JOBS = {
     "inpaint": (ShardSettings, SamplerSettings, RunSettings),
     "figures": (FigureSettings,),
     "tables": (TableSettings,),
+    "explorer": (ExplorerSettings,),
     "weights": (WeightSettings,),
     "masks generate": (MaskSettings,),
     "masks pool": (PoolSettings,),

@@ -13,7 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from strdiffusion.settings.config import missing_inputs, profile_placeholders, validate, workflow_config
+from strdiffusion.settings.config import (
+    missing_inputs,
+    profile_placeholders,
+    validate,
+    workflow_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

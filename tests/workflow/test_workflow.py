@@ -16,32 +16,6 @@ CLASSICAL = ["mean_fill", "telea", "navier_stokes", "biharmonic"]
 DIFFUSION = ["strdiffusion", "strdiffusion_noresample", "irsde"]
 
 
-def _classical_paths(tmp_path_factory) -> tuple[Path, Path]:
-    """Where the shared run and its TORCH_HOME live: a folder of the session that every pytest-xdist worker sees
-    (the table's n/a footnote names the TORCH_HOME folder, so a run compared with it must use the same one)."""
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "classical_run"
-    return root / "run", root / "torch_home"
-
-
-@pytest.fixture(scope="session")
-def classical_run(tmp_path_factory, request):
-    """The tiny config's whole run, made once per session by the first worker that asks (a file lock); a worker that
-    asks while it is being made waits for it."""
-    from filelock import FileLock
-
-    work, torch_home = _classical_paths(tmp_path_factory)
-    torch_home.mkdir(parents=True, exist_ok=True)
-    done = work.parent / "done"
-    with FileLock(str(work.parent / "lock")):
-        if not done.is_file():
-            if work.exists():  # left half-made by a worker whose run failed
-                shutil.rmtree(work)
-            make_workdir(work, Path(request.config.rootpath), TINY)
-            snakemake(work, torch_home=torch_home)
-            done.write_text("")
-    return work, torch_home
-
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("workflow")  # one worker makes the shared run
@@ -171,14 +145,13 @@ def _run_until(work: Path, torch_home: Path, pattern: str, *targets: str, count:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("resume")  # a worker of its own: its run goes on beside the shared one
-def test_resume_after_kill_equals_uninterrupted(tmp_path, tmp_path_factory, request):
+def test_resume_after_kill_equals_uninterrupted(tmp_path, classical_torch_home, request):
     """kill -9 during training, then during inpainting; the resumed run equals the uninterrupted one in every mask,
     diffusion-inpainted image and per-image metric file (so a second run with the same seed gives the same bytes).
     The run goes up to the three diffusion methods' per-image metrics: the four trainings, every diffusion shard,
     without the classical methods, the set metrics, the table and figures (derived from these by deterministic
     code, byte-identical from the same inputs)."""
-    _, torch_home = _classical_paths(tmp_path_factory)
-    torch_home.mkdir(parents=True, exist_ok=True)
+    torch_home = classical_torch_home
     repo = Path(request.config.rootpath)
     work = make_workdir(tmp_path / "d", repo, TINY)
     targets = [f"results/builtin/metrics/{m}/{b}/per_image.csv" for m in DIFFUSION for b in ("10-20", "30-40")]

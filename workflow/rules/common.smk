@@ -99,7 +99,7 @@ def all_targets():
     figure = "results/figures/{dataset}/{name}.{ext}"
     figures = expand(figure, dataset=run_datasets(), name=["qualitative", "metrics_vs_hole_ratio"], ext=["png", "pdf"])
     curves = expand(figure, dataset=run_datasets(), name="learning_curves", ext=["png", "pdf"]) if needed_networks(config) else []
-    return tables + figures + weights_status(None) + curves
+    return tables + figures + weights_status(None) + curves + expand("results/{dataset}/explorer/index.html", dataset=run_datasets())
 
 
 def import_sources(wildcards):

@@ -74,3 +74,30 @@ rule learning_curves:
         "../envs/strdiffusion.yaml"
     shell:
         "python -m strdiffusion curves {params.args} --out {output.png} > {log} 2>&1"
+
+
+# The results explorer: one static page of single test images (every row's fill and metrics; filters, sorting);
+# it reads the per-image metrics and the images, and opens from disk without a server.
+rule explorer:
+    input:
+        per_image=lambda wildcards: table_inputs(wildcards)["per_image"],
+        pairs="results/{dataset}/masks/pairs.csv",
+        gt="results/{dataset}/data/test",
+        structure="results/{dataset}/structure/test",
+    output:
+        report(
+            "results/{dataset}/explorer/index.html",
+            caption="../report/explorer.rst",
+            category="Explorer",
+            labels={"dataset": "{dataset}", "page": "results explorer"},
+        ),
+    params:
+        args=options("explorer"),
+    log:
+        "logs/{dataset}/explorer.log",
+    conda:
+        "../envs/strdiffusion.yaml"
+    shell:
+        "python -m strdiffusion explorer --pairs {input.pairs} --gt-dir {input.gt} --structure-dir {input.structure} "
+        "--inpaint-dir results/{wildcards.dataset}/inpaint --per-image {input.per_image} --dataset {wildcards.dataset} "
+        "{params.args} --out {output} > {log} 2>&1"

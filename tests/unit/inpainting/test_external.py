@@ -27,6 +27,7 @@ from strdiffusion.reporting import tables as tables
 from strdiffusion.settings import external as external_rows
 from strdiffusion.settings.config import validate
 from strdiffusion.settings.jobs import ImportSettings, job_options
+from strdiffusion.settings.values import OutsideRows
 from strdiffusion.stages import metrics as metrics_stage
 from strdiffusion.stages import tables as tables_stage
 
@@ -187,8 +188,9 @@ def test_external_missing_outputs_error_or_partial_row_with_its_image_count(test
     full = pd.read_csv(per_image["telea"], dtype={"image_id": str}).set_index("image_id")
     assert np.allclose(scored.set_index("image_id").psnr, full.psnr.loc[scored.image_id])  # same images, same values
     long, unavailable = tables.summarise(list(per_image.values()), [], ["telea", "outside"], [BIN])
-    description = external_rows.parse_description(json.dumps({"outside": {"name": "Telea outside", "allow_partial": True}}))
-    md, _ = tables.render(long, unavailable, ["telea", "outside"], [BIN], ["psnr"], "toy", external=description)
+    rows = OutsideRows(json.dumps({"outside": {"name": "Telea outside", "allow_partial": True}}))
+    assert str(OutsideRows(str(rows))) == str(rows) and rows.by_method()["outside"]["resize"] == "none"
+    md, _ = tables.render(long, unavailable, ["telea", "outside"], [BIN], ["psnr"], "toy", external=rows.by_method())
     assert "| Telea outside (4/6 images) |" in md and "| Telea (OpenCV) |" in md
     # with every output present, all of one row error out: at least one output is needed
     with pytest.raises(UserError, match="6 of 6 outputs missing"):

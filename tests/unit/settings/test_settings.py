@@ -230,14 +230,15 @@ def _candidates(f, tp):
     if elem is float:
         return [v for v in ((default or 0.0) + 0.5, 0.5, 0.25, 2.0, 1.5) if v != default]
     if elem is str:
-        return [v for v in ("a value with spaces", "auto", "x") if v != default]
+        return [v for v in ("a value with spaces", "auto", "x", "c") if v != default]
     return _made(elem)
 
 
 def _made(elem) -> list:
     """Values of a field type built from text (a path, a bin), from the texts it accepts."""
     made = []
-    for text in ("/tmp/a folder/with spaces", "relative/other folder", "0.1:0.2", "0.3:0.45", "half"):
+    for text in ("/tmp/a folder/with spaces", "relative/other folder", "0.1:0.2", "0.3:0.45", "half", "texture=t 1.pt",
+                 '{"lama": {"name": "LaMa, big"}, "mat": {"name": "MAT", "resize": "bicubic"}}'):
         try:
             made.append(elem(text))
         except (UserError, ValueError, TypeError):
