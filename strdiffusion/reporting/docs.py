@@ -197,7 +197,74 @@ def shipped(root: Path, folder: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-KINDS = {"table": table, "history": history, "presets": presets, "jobs": jobs, "shipped": shipped}
+def _plan(root: Path, configfile: str, gpu: str, gpu_mem_gb: float | None = None):
+    from strdiffusion.reporting import plan as P
+    from strdiffusion.reporting.accelerators import ACCELERATORS
+
+    rates = P.gpu_rates(gpu)
+    mem = ACCELERATORS[gpu].memory_gb if gpu_mem_gb is None else gpu_mem_gb
+    rows = P.plan_rows(P.load_config([root / configfile], root), mem, rates=rates, measured=False)
+    return P, rows, rates, mem
+
+
+def plan(root: Path, configfile: str, gpu: str, *rest: str) -> str:
+    """``strdiffusion plan`` of ``configfile`` on ``gpu`` with ``profiles/slurm`` (``rest``: the GPU's memory in
+    GB where it differs from the data sheet's), as a console block."""
+    P, rows, rates, mem = _plan(root, configfile, gpu, float(rest[0]) if rest else None)
+    profile = P.load_profile(root / "profiles" / "slurm")
+    extra = f" --gpu-mem-gb {rest[0]}" if rest else ""
+    out = [f"$ strdiffusion plan --configfile {configfile} --profile profiles/slurm --gpu {gpu}{extra}",
+           P.render(rows, rates["name"], profile), *P.warnings_for(rows, profile, mem)]
+    return "```\n" + "\n".join(out) + "\n```\n"
+
+
+def plan_hours(root: Path, gpus: str, *configfiles: str) -> str:
+    """GPU-hours of each config (training, inpainting, total) on each of ``gpus`` (comma-separated)."""
+    lines = ["| config | GPU | training GPU-h | inpainting GPU-h | total GPU-h | jobs |", "|---|---|---:|---:|---:|---:|"]
+    for configfile in configfiles:
+        for gpu in gpus.split(","):
+            _, rows, rates, _ = _plan(root, configfile, gpu)
+            train = sum(r["gpu_hours"] for r in rows if r["rule"].startswith("train_"))
+            total = sum(r["gpu_hours"] for r in rows)
+            lines.append(f"| `{configfile}` | {gpu} | {train:,.0f} | {total - train:,.0f} | {total:,.0f} | "
+                         f"{sum(r['jobs'] for r in rows):,} |")
+    return "\n".join(lines) + f"\n\nTimes from the counted work at the data sheets' peaks, utilization " \
+                               f"{rates['name'].rsplit(' ', 1)[-1]}, one GPU per job.\n"
+
+
+def slots(root: Path, gpu: str, runtimes: str, *configfiles: str) -> str:
+    """Time slots of the longest training of each config on ``gpu``, for each slot length (minutes)."""
+    from strdiffusion.reporting.plan import slots as slots_of
+
+    minutes = [int(m) for m in runtimes.split(",")]
+    head = " | ".join(f"slots of {m / 60:g} h" for m in minutes)
+    lines = [f"| config | iterations | hours of the longest training | {head} |",
+             "|---|---:|---:|" + "---:|" * len(minutes)]
+    for configfile in configfiles:
+        _, rows, rates, _ = _plan(root, configfile, gpu)
+        longest = max((r for r in rows if r["rule"].startswith("train_")),
+                      key=lambda r: r["seconds_per_unit"] * r["units_per_job"])
+        hours = longest["seconds_per_unit"] * longest["units_per_job"] / 3600
+        cells = " | ".join(str(slots_of(longest, m)) for m in minutes)
+        lines.append(f"| `{configfile}` | {longest['units_per_job']:,} | {hours:,.0f} ({longest['rule']}) | {cells} |")
+    return "\n".join(lines) + f"\n\nOn {rates['name']}, from the counted work (`strdiffusion plan`).\n"
+
+
+def accelerators(root: Path, which: str) -> str:
+    """The plan's GPU table (``which``: all)."""
+    from strdiffusion.reporting.accelerators import ACCELERATORS
+
+    lines = ["| `--gpu` | fp32 | TF32 | bf16 | fp16 | memory | bandwidth | source |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for a in ACCELERATORS.values():
+        cells = " | ".join(f"{v:g}" if v else "—" for v in (a.fp32, a.tf32, a.bf16, a.fp16))
+        lines.append(f"| `{a.name}` | {cells} | {a.memory_gb:g} GB | {a.bandwidth_tbs:g} TB/s | {a.source} |")
+    return "\n".join(lines) + "\n\nDense TFLOP/s (half the data sheets' figures with sparsity); — : not supported (runs " \
+                               "at fp32).\n"
+
+
+KINDS = {"accelerators": accelerators, "table": table, "history": history, "presets": presets, "jobs": jobs, "shipped": shipped, "plan": plan,
+         "plan_hours": plan_hours, "slots": slots}
 
 
 def render_block(root: Path, spec: str) -> str:
@@ -275,6 +342,8 @@ def count_jobs(root: Path, configfile: str) -> tuple[list[dict], float]:
         shutil.copy(root / "Snakefile", work / "Snakefile")
         for item in ("workflow", "config"):
             shutil.copytree(root / item, work / item)
+        if (root / "checkpoints").is_dir():  # the given checkpoints the configs name
+            (work / "checkpoints").symlink_to((root / "checkpoints").resolve())
         local = work / "stand_in.yaml"
         local.write_text(yaml.safe_dump(_stand_in_data(Path(tmp) / "data", _config(root, configfile))))
         start = time.monotonic()

@@ -1,17 +1,22 @@
 """``strdiffusion plan``: what a config costs before the first job: jobs, peak memory, time and disk.
 
 For a config (merged over ``config/config.yaml`` as Snakemake merges ``--configfile``) and a profile
-(``<profile>/config.yaml``), one row per job kind: the number of jobs; the peak memory of one job;
-the time per training iteration or sampled image where ``benchmarks/out/latest.json`` holds a
-measurement of that network, batch and size (else ``unknown``); the GPU-hours of all jobs of the
-kind; the disk its outputs take; and a warning when the profile grants less memory or time.
+(``<profile>/config.yaml``), one row per job kind: the number of jobs (the jobs ``snakemake -n`` plans); the peak
+memory of one job; the time per training iteration or sampled image; the GPU-hours of all jobs of the kind; the
+disk its outputs take; and a warning when the profile grants less memory or time, naming what fits.
 
 Peak memory of a network job is traced, not run: the network is built on PyTorch's meta device
 (shapes without data) and one training step (forward, backward, Adam) or one sampler forward is
 executed there under a dispatch mode that adds up the bytes of every tensor an operation creates
 and subtracts them when it is freed; the peak of that sum, plus the parameters and the batch, is
-the estimate. Metric jobs are estimated from their inputs (2,048 float32 features per image, a few
+the estimate. Under mixed precision (``train.amp``) the step is traced in its dtype, beside float32 master weights,
+gradients and Adam states. Metric jobs are estimated from their inputs (2,048 float32 features per image, a few
 2,048 x 2,048 float64 matrices, the metric networks and one chunk of images).
+
+Time per unit comes from a measured rate where ``--benchmarks`` (``benchmarks/out/latest.json``, written by
+``python -m benchmarks``) holds one for that network, batch and size on a GPU, else from the counted work of
+:mod:`strdiffusion.reporting.work` on a GPU of :mod:`strdiffusion.reporting.accelerators`; the table names the
+source of each row.
 """
 from __future__ import annotations
 
@@ -25,11 +30,11 @@ from pathlib import Path
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import write_csv_atomic
 
-REPO = Path(__file__).resolve().parents[2]
 MB = 2 ** 20
 # the process itself: Python, torch, numpy, pandas and the metric networks (measured RSS after import, CPU)
 PROCESS_MB = {"cpu": 600, "metric_nets": 200}
-PNG_BYTES_PER_PIXEL = 2.0  # photographs, RGB: about 2 of the 3 raw bytes after PNG's compression
+PNG_BYTES_PER_PIXEL = 2.0
+CRITIC_GROUP = 4  # the critic's minibatch-stddev group: its training batch is a multiple of it  # photographs, RGB: about 2 of the 3 raw bytes after PNG's compression
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,9 +71,12 @@ def traced_peak_bytes(fn) -> int:
 
 
 def _net_kwargs(kind: str, model: dict) -> dict:
-    if kind == "critic":
-        return {"ngf": model["critic_ngf"]}
-    return {k: model[k] for k in ("nf", "depth", "attn_heads", "attn_dim_head")}
+    """Constructor arguments of network ``kind`` for the config's ``model`` section."""
+    from strdiffusion.models.checkpoints import network_kwargs
+    from strdiffusion.settings.jobs import ModelSettings
+
+    return network_kwargs(kind, ModelSettings(**{k: model[k] for k in ("nf", "depth", "critic_ngf", "attn_heads",
+                                                                       "attn_dim_head")}))
 
 
 def _build_meta(kind: str, model: dict):
@@ -84,17 +92,27 @@ def _bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100) -> dict:
+def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100, amp: str = "none") -> dict:
+    """See :func:`_train_step_peak`; traced once per network, size and batch."""
+    return dict(_train_step_peak(kind, tuple(sorted(model.items())), batch, px, T, amp))
+
+
+@functools.lru_cache(maxsize=None)
+def _train_step_peak(kind: str, model_items: tuple, batch: int, px: int, T: int, amp: str) -> tuple:
     """Peak bytes of one training step of network ``kind`` (forward, backward, Adam) at ``batch`` x
     ``px`` px: parameters + gradients + traced peak (activations kept for backward, Adam's two state
     tensors, temporaries) + the batch. Returns the parts, ``step`` (what the step adds to a process
-    that holds the network and the batch) and ``total``."""
+    that holds the network and the batch) and ``total``. ``amp`` (bf16, fp16): the step's convolutions and matrix
+    products run in that dtype, as ``torch.autocast`` runs them (:func:`~strdiffusion.reporting.work.autocast_like`);
+    weights, gradients and Adam's states stay float32."""
     import torch
 
     from strdiffusion.core.objectives import objective
     from strdiffusion.core.sde import IRSDE
+    from strdiffusion.reporting.work import autocast_like
 
-    net = _build_meta(kind, model).train()
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    net = _build_meta(kind, dict(model_items)).train()
     meta = dict(device="meta")
     data = {"image": torch.empty(batch, 3, px, px, **meta), "gray": torch.empty(batch, 1, px, px, **meta),
             "edge": torch.empty(batch, 1, px, px, **meta), "mask": torch.empty(batch, 1, px, px, **meta),
@@ -104,7 +122,9 @@ def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100) -
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=False)
 
     def step():
-        objective(net, sde, data, kind).backward()
+        with autocast_like(half):
+            loss = objective(net, sde, data, kind)
+        loss.backward()
         opt.step()
 
     params = _bytes(net.parameters())
@@ -113,8 +133,8 @@ def train_step_peak(kind: str, model: dict, batch: int, px: int, T: int = 100) -
     # tracer does not see them live: they are counted here, one per trainable parameter
     grads = _bytes(p for p in net.parameters() if p.requires_grad)
     batch_bytes = _bytes(data.values())
-    return {"params": params, "grads": grads, "traced": traced, "step": grads + traced, "batch": batch_bytes,
-            "total": params + grads + traced + batch_bytes}
+    return tuple({"params": params, "grads": grads, "traced": traced, "step": grads + traced, "batch": batch_bytes,
+                  "total": params + grads + traced + batch_bytes}.items())
 
 
 def sampler_peak(kinds, model: dict, batch: int, px: int) -> dict:
@@ -154,15 +174,21 @@ def _forward_peak(kind: str, model_items: tuple, batch: int, px: int) -> tuple[i
 # ---------------------------------------------------------------------------------------------
 # config, profile, benchmarks
 
-def load_config(configfiles) -> dict:
-    """``config/config.yaml`` with each file merged over it as the workflow does, validated."""
+def load_config(configfiles, root=".") -> dict:
+    """``config/config.yaml`` of the project folder ``root`` with each file merged over it as the workflow does,
+    validated."""
     from strdiffusion.settings.config import workflow_config
 
-    return workflow_config(REPO, configfiles)
+    root = Path(root)
+    if not (root / "config" / "config.yaml").is_file():
+        raise UserError(f"{root.resolve()}: no config/config.yaml here; run the plan in the project's folder (the one "
+                        "holding the Snakefile)")
+    return workflow_config(root, configfiles)
 
 
 def load_profile(profile) -> dict:
-    """Resources per rule from ``<profile>/config.yaml``: default-resources updated by set-resources."""
+    """Resources per rule from ``<profile>/config.yaml``: default-resources updated by set-resources; and the
+    number of times a preempted job is resubmitted (``preemptible-retries``)."""
     import yaml
 
     if not profile:
@@ -173,17 +199,20 @@ def load_profile(profile) -> dict:
     prof = yaml.safe_load(path.read_text()) or {}
     default = dict(prof.get("default-resources") or {})
     rules = {rule: {**default, **(res or {})} for rule, res in (prof.get("set-resources") or {}).items()}
-    return {"default": default, "rules": rules}
+    return {"default": default, "rules": rules, "preemptible_retries": int(prof.get("preemptible-retries") or 0),
+            "preemptible_rules": list(prof.get("preemptible-rules") or [])}
 
 
 def _benchmark_rates(path) -> dict:
-    """(net, nf, batch, px) -> seconds per training iteration, from a benchmarks JSON (if any)."""
+    """(net, nf, batch, px) -> seconds per training iteration measured on a GPU, from a benchmarks JSON (if any)."""
     path = Path(path)
     if not path.is_file():
         return {}
     result = json.loads(path.read_text())
+    if not str(result.get("device", "cpu")).startswith("cuda"):
+        return {}  # a CPU's rates say nothing about a GPU's
     configs = result.get("configs", {})
-    out = {("device",): result.get("device", "cpu")}
+    out = {}
     for row in result.get("train", []):
         nf = configs.get(row["config"], {}).get("nf")
         out[(row["net"], nf, row["batch"], row["px"])] = row["median_s"]
@@ -193,122 +222,215 @@ def _benchmark_rates(path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the plan
 
-def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None) -> list[dict]:
-    """One dict per job kind: rule, jobs, peak_mb (and where: cpu/gpu), seconds per unit, GPU-hours, disk."""
-    from strdiffusion.settings.methods import (
-        CLASSICAL,
-        base_method,
-        method_networks,
-        train_iterations,
-        trained_networks,
-    )
+def gpu_rates(gpu: str = "a100-80gb", tflops: float | None = None, bandwidth_tbs: float | None = None,
+              utilization: float | None = None) -> dict:
+    """The rates of the GPU the plan times jobs on: a GPU of the table, its peak and bandwidth overridden where
+    given. Returns ``{precision: Rates}`` and the GPU's name under ``"name"``."""
+    from strdiffusion.reporting.accelerators import DEFAULT_UTILIZATION, GPU_OVERHEAD_S, accelerator
+    from strdiffusion.reporting.work import Rates
 
-    rates = _benchmark_rates(benchmarks or REPO / "benchmarks" / "out" / "latest.json")
-    model, px = cfg["model"], cfg["image_size"]
+    acc = accelerator(gpu)
+    u = DEFAULT_UTILIZATION if utilization is None else utilization
+    bw = (bandwidth_tbs or acc.bandwidth_tbs) * 1e12
+    out = {p: Rates((tflops or acc.peak(p)) * 1e12, bw, GPU_OVERHEAD_S, u) for p in ("fp32", "tf32", "bf16", "fp16")}
+    out["name"] = f"{acc.name}" + (f" at {tflops:g} TFLOP/s" if tflops else "") + f", utilization {u:g}"
+    return out
+
+
+def _largest_batch(peak_mb, batch: int, limit_mb: float, step: int = 1) -> int:
+    """The largest batch up to ``batch``, a multiple of ``step``, whose ``peak_mb(batch)`` fits ``limit_mb`` (0: not
+    even the smallest)."""
+    lo, hi = 0, batch // step
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if peak_mb(mid * step) <= limit_mb else (lo, mid - 1)
+    return lo * step
+
+
+def _train_rows(cfg: dict, n_data: int, gpu_mem_gb: float, measured: dict, rates: dict) -> list[dict]:
+    from strdiffusion.reporting.accelerators import precision
+    from strdiffusion.reporting.work import seconds, train_work
+    from strdiffusion.settings.methods import train_iterations, trained_networks
+
+    model, px, T, t = cfg["model"], cfg["image_size"], cfg["sde"]["T"], cfg["train"]
+    amp, batch = t.get("amp", "none"), t["batch_size"]
+    prec = precision(amp, t.get("tf32", True))
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(amp, "float32")
     rows = []
+    for net in trained_networks(cfg):
+        est = train_step_peak(net, model, batch, px, T, amp)
+        iters = train_iterations(cfg, net)
+        sec = measured.get((net, model["nf"], batch, px))
+        source = "measured (benchmarks)" if sec else f"work, {prec}"
+        if not sec:
+            kwargs = tuple(sorted(_net_kwargs(net, model).items()))
+            sec = seconds(train_work(net, kwargs, batch, px, T, dtype), rates[prec])
+        fits = batch
+        if est["total"] > gpu_mem_gb * 1024 * MB:
+            step = CRITIC_GROUP if net == "critic" and batch % CRITIC_GROUP == 0 else 1
+            fits = _largest_batch(lambda b: train_step_peak(net, model, b, px, T, amp)["total"] / MB, batch,
+                                  gpu_mem_gb * 1024, step)
+        rows.append(dict(rule=f"train_{net}", jobs=n_data, device="gpu", peak_mb=est["total"] / MB,
+                         params_m=est["params"] / 4 / 1e6,
+                         unit="iteration", seconds_per_unit=sec, source=source, gpu_hours=sec * iters * n_data / 3600,
+                         units_per_job=iters, batch=batch, batch_fits=fits, batch_key="train.batch_size",
+                         disk_mb=n_data * est["params"] * 4 / MB))  # weights + resumable state (Adam: 2 more)
+    return rows
+
+
+def _inpaint_rows(cfg: dict, n_data: int, n_bins: int, n_test: dict, gpu_mem_gb: float, rates: dict) -> list[dict]:
+    from strdiffusion.core.constants import SamplerConfig
+    from strdiffusion.reporting.accelerators import precision
+    from strdiffusion.reporting.work import sample_work, seconds
+    from strdiffusion.settings.methods import CLASSICAL, base_method, method_networks
+
+    model, px, s = cfg["model"], cfg["image_size"], cfg["sampling"]
+    shard, batch = s["shard_size"], s["batch_size"]
+    prec = precision(s.get("autocast", "none"), s.get("tf32", True))
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(s.get("autocast", "none"), "float32")
+    sampler = SamplerConfig(**{f: s[f] for f in ("u_max", "u_min", "jump", "re", "switch", "accept", "late_guidance",
+                                                 "hole_fill", "denoise_last") if f in s})
+    image_bytes = px * px * 3 * PNG_BYTES_PER_PIXEL
+    shards = sum(math.ceil(n / shard) for n in n_test.values()) * n_bins // max(n_data, 1)
+    images = sum(n_test.values()) * n_bins // max(n_data, 1)
+    rows = []
+    for method in cfg["methods"]:
+        base = base_method(method)
+        nets = method_networks(base)
+        row = dict(rule=f"inpaint_shard[{method}]", jobs=shards, unit="image", units_per_job=shard,
+                   disk_mb=images * image_bytes / MB, batch=batch, batch_fits=batch, batch_key="sampling.batch_size")
+        if base in CLASSICAL or not nets:
+            rows.append({**row, "device": "cpu", "peak_mb": PROCESS_MB["cpu"] + 4 * shard * image_bytes / MB,
+                         "params_m": 0.0, "seconds_per_unit": None, "source": "", "gpu_hours": 0.0})
+            continue
+        est = sampler_peak(nets, model, batch, px)
+        kwargs_of = lambda kind: tuple(sorted(_net_kwargs(kind, model).items()))  # noqa: E731
+        sec = seconds(sample_work(base, sampler, cfg["sde"]["T"], kwargs_of, batch, px, dtype), rates[prec])
+        if est["total"] > gpu_mem_gb * 1024 * MB:
+            row["batch_fits"] = _largest_batch(lambda b: sampler_peak(nets, model, b, px)["total"] / MB, batch,
+                                               gpu_mem_gb * 1024)
+        rows.append({**row, "device": "gpu", "peak_mb": est["total"] / MB, "params_m": est["params"] / 4 / 1e6,
+                     "seconds_per_unit": sec, "source": f"work, {prec}", "gpu_hours": sec * images / 3600})
+    return rows
+
+
+def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None, rates: dict | None = None,
+              measured: bool = True) -> list[dict]:
+    """One dict per job kind: rule, jobs, peak_mb (and where: cpu/gpu), seconds per unit and their source,
+    GPU-hours, the batch that fits the GPU, disk. ``rates``: :func:`gpu_rates` (default: an A100 80 GB);
+    ``measured``: rates measured on a GPU (``benchmarks``) win where they exist."""
+    from strdiffusion.settings.methods import trained_networks
+
+    rates = rates or gpu_rates()
+    measured = _benchmark_rates(benchmarks or Path("benchmarks") / "out" / "latest.json") if measured else {}
+    px = cfg["image_size"]
     datasets = cfg["run_datasets"] or list(cfg["datasets"])
     n_data = len(datasets)
     n_bins = sum(len(cfg["datasets"][d]["masks"]["bins"]) for d in datasets)
     n_test = {d: cfg["datasets"][d]["n_test"] for d in datasets}
-    shard = cfg["sampling"]["shard_size"]
     methods = cfg["methods"]
     image_bytes = px * px * 3 * PNG_BYTES_PER_PIXEL
-    train_batch = cfg["train"]["batch_size"]
-    for net in trained_networks(cfg):
-        est = train_step_peak(net, model, train_batch, px, cfg["sde"]["T"])
-        iters = train_iterations(cfg, net)
-        sec = rates.get((net, model["nf"] if net != "critic" else model["nf"], train_batch, px))
-        params = est["params"]
-        rows.append(dict(rule=f"train_{net}", jobs=n_data, device="gpu", peak_mb=est["total"] / MB,
-                         params_m=params / 4 / 1e6, unit="iteration", seconds_per_unit=sec,
-                         gpu_hours=(sec * iters * n_data / 3600) if sec else None, units_per_job=iters,
-                         disk_mb=n_data * params * 4 / MB))  # weights + resumable state (Adam: 2 more)
-    sample_batch = cfg["sampling"]["batch_size"]
-    for method in methods:
-        nets = method_networks(base_method(method))
-        shards = sum(math.ceil(n / shard) for n in n_test.values()) * n_bins // max(n_data, 1)
-        images = sum(n_test.values()) * n_bins // max(n_data, 1)
-        classical = base_method(method) in CLASSICAL or not nets
-        est = {"total": 0} if classical else sampler_peak(nets, model, sample_batch, px)
-        rows.append(dict(rule=f"inpaint_shard[{method}]", jobs=shards, device="cpu" if classical else "gpu",
-                         peak_mb=(est["total"] / MB) if not classical else
-                         PROCESS_MB["cpu"] + 4 * shard * image_bytes / MB,
-                         params_m=(est.get("params", 0) / 4 / 1e6), unit="image", seconds_per_unit=None,
-                         gpu_hours=0.0 if classical else None, units_per_job=shard,
-                         disk_mb=images * image_bytes / MB))
+    rows = _train_rows(cfg, n_data, gpu_mem_gb, measured, rates)
+    rows += _inpaint_rows(cfg, n_data, n_bins, n_test, gpu_mem_gb, rates)
+    cpu = dict(device="cpu", unit="image", seconds_per_unit=None, source="", gpu_hours=0.0)
     per_set = cfg["metrics"]["per_set"]
     n_largest = max(n_test.values())
     features_mb = 2 * n_largest * 2048 * 4 / MB
     if per_set:
-        rows.append(dict(rule="reference_stats", jobs=n_bins, device="cpu",
+        rows.append(dict(rule="reference_stats", jobs=n_bins, **cpu,
                          peak_mb=PROCESS_MB["cpu"] + PROCESS_MB["metric_nets"] + features_mb / 2 + 3 * 32,
-                         params_m=23.9, unit="image", seconds_per_unit=None, gpu_hours=0.0,
-                         disk_mb=n_bins * (n_largest * 2048 * 4 + 2 * 32 * MB) / MB))
-    rows.append(dict(rule="image_metrics", jobs=n_bins * len(methods), device="cpu",
+                         params_m=23.9, disk_mb=n_bins * (n_largest * 2048 * 4 + 2 * 32 * MB) / MB))
+    rows.append(dict(rule="image_metrics", jobs=n_bins * len(methods), **cpu,
                      peak_mb=PROCESS_MB["cpu"] + PROCESS_MB["metric_nets"] + 2 * 64 * px * px * 3 / MB,
-                     params_m=2.5, unit="image", seconds_per_unit=None, gpu_hours=0.0,
-                     disk_mb=n_bins * len(methods) * n_largest * 120 / MB))
-    rows.append(dict(rule="set_metrics", jobs=n_bins * len(methods) if per_set else n_bins * len(methods),
-                     device="cpu", peak_mb=PROCESS_MB["cpu"] + PROCESS_MB["metric_nets"] + features_mb + 4 * 32,
-                     params_m=23.9, unit="image", seconds_per_unit=None, gpu_hours=0.0,
-                     disk_mb=n_bins * len(methods) * 300 / MB))
-    rows.append(dict(rule="prepare_data", jobs=n_data, device="cpu", peak_mb=PROCESS_MB["cpu"], params_m=0.0,
-                     unit="image", seconds_per_unit=None, gpu_hours=0.0,
+                     params_m=2.5, disk_mb=n_bins * len(methods) * n_largest * 120 / MB))
+    rows.append(dict(rule="set_metrics", jobs=n_bins * len(methods), **cpu,
+                     peak_mb=PROCESS_MB["cpu"] + PROCESS_MB["metric_nets"] + features_mb + 4 * 32,
+                     params_m=23.9, disk_mb=n_bins * len(methods) * 300 / MB))
+    rows.append(dict(rule="prepare_data", jobs=n_data, **cpu, peak_mb=PROCESS_MB["cpu"], params_m=0.0,
                      disk_mb=sum(n_test.values()) * image_bytes * 3 / MB))  # test images, structure, masks
-    # extract_structure (train, test), test/train masks, pairs, table, figures per data set; curves, weights
-    others = 7 * n_data + (n_data if trained_networks(cfg) else 0) + (1 if cfg["metrics"]["fetch_weights"] else 0)
-    rows.append(dict(rule="other (masks, structure, tables)", jobs=others, device="cpu", peak_mb=PROCESS_MB["cpu"],
-                     params_m=0.0, unit="image", seconds_per_unit=None, gpu_hours=0.0, disk_mb=0.0))
+    # per data set: structure maps (train, test), test and training masks, pairs, table, figures, explorer;
+    # learning curves where a network is trained; the metric weights; the final target (all)
+    others = 8 * n_data + (n_data if trained_networks(cfg) else 0) + (1 if cfg["metrics"]["fetch_weights"] else 0) + 1
+    rows.append(dict(rule="other (masks, structure, tables, all)", jobs=others, **cpu, peak_mb=PROCESS_MB["cpu"],
+                     params_m=0.0, disk_mb=0.0))
     return rows
 
 
+STOP_BEFORE_LIMIT_S = 120.0  # a training saves and stops this long before its time limit (strdiffusion train)
+
+
+def slots(row: dict, runtime_min: float) -> int:
+    """Time slots of ``runtime_min`` minutes one job of ``row`` needs (each but the last ends with a save)."""
+    usable = max(runtime_min * 60 - STOP_BEFORE_LIMIT_S, 60.0)
+    return max(1, math.ceil(row["seconds_per_unit"] * row["units_per_job"] / usable))
+
+
 def warnings_for(rows, profile: dict, gpu_mem_gb: float) -> list[str]:
-    """A line per job kind whose profile memory (CPU jobs: mem_mb), GPU memory or runtime (where the time
-    per unit is measured) is below the estimate."""
+    """A line per job kind whose profile memory (CPU jobs: mem_mb), GPU memory or runtime is below the estimate,
+    naming what fits: the batch, or the time slots a preemptible training needs."""
     out = []
     for row in rows:
         rule = row["rule"].split("[")[0]
         res = profile.get("rules", {}).get(rule, profile.get("default", {})) if profile else {}
         if row["device"] == "gpu":
             if row["peak_mb"] > gpu_mem_gb * 1024:
+                fits = row.get("batch_fits", 0)
+                hint = f"set {row['batch_key']}: {fits} (it fits)" if fits else "not even one image fits"
                 out.append(f"warning: {row['rule']}: estimated peak {row['peak_mb'] / 1024:.1f} GB > the GPU's "
-                           f"{gpu_mem_gb:g} GB (--gpu-mem-gb); lower the batch size")
+                           f"{gpu_mem_gb:g} GB (--gpu-mem-gb) at {row['batch_key']} {row['batch']}; {hint}")
         elif res.get("mem_mb") and row["peak_mb"] > float(res["mem_mb"]):
             out.append(f"warning: {row['rule']}: estimated peak {row['peak_mb']:.0f} MB > the profile's mem_mb "
                        f"{res['mem_mb']}; raise set-resources: {rule}: mem_mb")
-        if res.get("runtime") and row.get("seconds_per_unit") and row.get("units_per_job"):
-            minutes = row["seconds_per_unit"] * row["units_per_job"] / 60
-            if minutes > float(res["runtime"]):
-                out.append(f"warning: {row['rule']}: estimated {minutes:.0f} min per job > the profile's runtime "
-                           f"{res['runtime']} min; raise set-resources: {rule}: runtime")
+        if not (res.get("runtime") and row.get("seconds_per_unit") and row.get("units_per_job")):
+            continue
+        minutes = row["seconds_per_unit"] * row["units_per_job"] / 60
+        if rule in profile.get("preemptible_rules", ()):
+            need, allowed = slots(row, float(res["runtime"])), profile.get("preemptible_retries", 0) + 1
+            if need > allowed:
+                out.append(f"warning: {row['rule']}: {minutes:.0f} min per job needs {need} time slots of "
+                           f"{res['runtime']} min, but preemptible-retries allows {allowed}; raise "
+                           f"preemptible-retries to {need - 1} or set-resources: {rule}: runtime")
+        elif minutes > float(res["runtime"]):
+            out.append(f"warning: {row['rule']}: estimated {minutes:.0f} min per job > the profile's runtime "
+                       f"{res['runtime']} min; raise set-resources: {rule}: runtime")
+    fits: dict[str, list[int]] = {}
+    for row in rows:
+        if row["device"] == "gpu" and row["peak_mb"] > gpu_mem_gb * 1024 and row.get("batch_fits"):
+            fits.setdefault(row["batch_key"], []).append(row["batch_fits"])
+    for key, batches in fits.items():
+        critic = key == "train.batch_size" and any(r["rule"] == "train_critic" for r in rows)
+        every = min(batches) // CRITIC_GROUP * CRITIC_GROUP if critic else min(batches)
+        out.append(f"warning: {key}: {every} fits every job on a {gpu_mem_gb:g} GB GPU" +
+                   (f" (the critic's batch is a multiple of {CRITIC_GROUP})" if critic else "") +
+                   "; set it in a config overlay, and see docs/plan.md for what a smaller batch changes")
     return out
 
 
-def render(rows) -> str:
+def render(rows, gpu: str = "", profile: dict | None = None) -> str:
     head = f"{'job kind':38s} {'jobs':>6s} {'on':>4s} {'peak MB':>9s} {'params M':>9s} {'s/unit':>12s} " \
-           f"{'GPU-h':>8s} {'disk MB':>10s}"
-    lines = [head, "-" * len(head)]
+           f"{'GPU-h':>8s} {'slots':>5s} {'disk MB':>10s}  time from"
+    lines = [f"times on {gpu}" if gpu else "", head, "-" * len(head)]
     for r in rows:
-        sec = f"{r['seconds_per_unit']:.3g}/{r['unit'][:4]}" if r["seconds_per_unit"] else "unknown"
-        gpu_h = "unknown" if r["gpu_hours"] is None else f"{r['gpu_hours']:.1f}"
+        sec = f"{r['seconds_per_unit']:.3g}/{r['unit'][:4]}" if r["seconds_per_unit"] else "—"
+        res = (profile or {}).get("rules", {}).get(r["rule"].split("[")[0], (profile or {}).get("default", {}))
+        slot = str(slots(r, float(res["runtime"]))) if r["seconds_per_unit"] and res.get("runtime") else ""
         lines.append(f"{r['rule']:38s} {r['jobs']:6d} {r['device']:>4s} {r['peak_mb']:9.0f} {r['params_m']:9.1f} "
-                     f"{sec:>12s} {gpu_h:>8s} {r['disk_mb']:10.0f}")
-    known = [r["gpu_hours"] for r in rows if r["device"] == "gpu"]
-    total = "unknown (no benchmark of these networks at this size)" if any(h is None for h in known) \
-        else f"{sum(known):.1f}"
-    lines.append(f"total: {sum(r['jobs'] for r in rows)} jobs, GPU-hours {total}, "
-                 f"disk {sum(r['disk_mb'] for r in rows) / 1024:.1f} GB")
-    return "\n".join(lines)
+                     f"{sec:>12s} {r['gpu_hours']:8.1f} {slot:>5s} {r['disk_mb']:10.0f}  {r['source']}")
+    lines.append(f"total: {sum(r['jobs'] for r in rows)} jobs (as snakemake -n plans them), GPU-hours "
+                 f"{sum(r['gpu_hours'] for r in rows):.1f}, disk {sum(r['disk_mb'] for r in rows) / 1024:.1f} GB")
+    return "\n".join(line for line in lines if line)
 
 
-def report(configfiles, profile: str, gpu_mem_gb: float, benchmarks: str, out) -> None:
+def report(configfiles, profile: str, gpu_mem_gb: float, benchmarks: str, out, rates: dict | None = None) -> None:
     """Print the plan of ``configfiles`` and the warnings against ``profile``; write the table to ``out``."""
     import pandas as pd
 
     cfg = load_config(configfiles)
-    rows = plan_rows(cfg, gpu_mem_gb, benchmarks or None)
-    print(render(rows))
-    for line in warnings_for(rows, load_profile(profile), gpu_mem_gb):
+    rates = rates or gpu_rates()
+    rows = plan_rows(cfg, gpu_mem_gb, benchmarks or None, rates)
+    prof = load_profile(profile)
+    print(render(rows, rates["name"], prof))
+    for line in warnings_for(rows, prof, gpu_mem_gb):
         print(line)
     write_csv_atomic(pd.DataFrame(rows), out)
     print(f"wrote {out}", file=sys.stderr)

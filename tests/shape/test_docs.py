@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _copy_repo(dest: Path, items=("README.md", "docs", "config", "checkpoints")) -> Path:
+def _copy_repo(dest: Path, items=("README.md", "docs", "config", "checkpoints", "profiles")) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for item in items:
         src = ROOT / item

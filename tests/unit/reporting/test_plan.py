@@ -120,7 +120,9 @@ def test_plan_cli_psv_table_csv_job_counts_and_warnings(tmp_path, repo_root, cap
     assert "warning: set_metrics" in text and "mem_mb 100" in text
     assert "warning: train_texture" in text and "16 GB" in text  # the paper's training step needs more
     assert "warning: image_metrics" not in text
-    assert "unknown" in text  # no benchmark of the paper networks at 256 px
+    assert "set train.batch_size: 8 (it fits)" in text  # the texture UNet's step at 16 GB
+    assert "unknown" not in text and (table.gpu_hours[table.device == "gpu"] > 0).all()
+    assert "GPU-hours" in text.splitlines()[-len([ln for ln in text.splitlines() if ln.startswith("warning")]) - 1]
 
 
 def test_plan_times_from_a_benchmark_give_gpu_hours_and_runtime_warnings(tmp_path):
@@ -136,10 +138,261 @@ def test_plan_times_from_a_benchmark_give_gpu_hours_and_runtime_warnings(tmp_pat
     texture = rows["train_texture"]
     iters = cfg["train"].get("net_iterations", {}).get("texture", cfg["train"]["iterations"])
     assert texture["seconds_per_unit"] == 0.5 and texture["gpu_hours"] == pytest.approx(0.5 * iters / 3600)
-    assert rows["train_structure"]["seconds_per_unit"] is None  # not measured: unknown
+    assert texture["source"] == "measured (benchmarks)"
+    assert rows["train_structure"]["source"].startswith("work, ")  # not measured: from its counted work
     minutes = 0.5 * iters / 60
     profile = {"default": {}, "rules": {"train_texture": {"runtime": minutes / 2}}}
     warnings = P.warnings_for(list(rows.values()), profile, 80.0)
     assert any(w.startswith("warning: train_texture") and "runtime" in w for w in warnings)
     profile["rules"]["train_texture"]["runtime"] = minutes * 2
     assert not any("runtime" in w for w in P.warnings_for(list(rows.values()), profile, 80.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# time from counted work, checked against this CPU
+
+def _cpu_rates(kind: str, kwargs: dict, training: bool):
+    """This CPU's rates, measured now: the best matrix-product rate, the bandwidth of a large add, and the cost of
+    one dispatched operation, from the time of a tiny network's step (8 px) less its compute and traffic."""
+    import time
+
+    from strdiffusion.reporting import work as W
+
+    n = 768
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    rate = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        rate = max(rate, 2 * n ** 3 * 4 / (time.perf_counter() - t0))
+    x, y, z = torch.ones(8 << 20), torch.ones(8 << 20), torch.empty(8 << 20)
+    bandwidth = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.add(x, y, out=z)
+        bandwidth = max(bandwidth, 3 * 4 * (8 << 20) / (time.perf_counter() - t0))
+    key = tuple(sorted(kwargs.items()))
+    tiny = W.train_work(kind, key, 1, 8, 10) if training else W.forward_work(kind, key, 1, 8)
+    spent = (_train_seconds if training else _forward_seconds)(kind, kwargs, 1, 8)
+    rates = W.Rates(rate, bandwidth, 0.0, CPU_UTILIZATION)
+    overhead = max(spent - W.seconds(tiny, rates), 0.0) / tiny.ops
+    return W.Rates(rate, bandwidth, overhead, CPU_UTILIZATION)
+
+
+CPU_UTILIZATION = 0.55  # the networks' convolutions on this CPU, as a share of its matrix-product rate (docs/plan.md)
+
+
+def _batch(batch, px, T=10):
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.rand(batch, 3, px, px, generator=g), "gray": torch.rand(batch, 1, px, px, generator=g),
+            "edge": (torch.rand(batch, 1, px, px, generator=g) > 0.8).float(),
+            "mask": (torch.rand(batch, 1, px, px, generator=g) > 0.4).float(),
+            "t": torch.randint(2, T + 1, (batch,), generator=g), "noise": torch.randn(batch, 3, px, px, generator=g),
+            "noise_s": torch.randn(batch, 1, px, px, generator=g)}
+
+
+def _median_seconds(fn, reps=5) -> float:
+    import time
+
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _train_seconds(kind, kwargs, batch, px) -> float:
+    from strdiffusion.core.objectives import objective
+    from strdiffusion.core.sde import IRSDE
+    from strdiffusion.models.checkpoints import build_network
+
+    torch.manual_seed(0)
+    net = build_network(kind, **kwargs).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=False)
+    sde, data = IRSDE(T=10), _batch(batch, px)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        objective(net, sde, data, kind).backward()
+        opt.step()
+
+    return _median_seconds(step)
+
+
+def _forward_seconds(kind, kwargs, batch, px) -> float:
+    from strdiffusion.models.checkpoints import build_network
+
+    torch.manual_seed(0)
+    net = build_network(kind, **kwargs).eval()
+    t = torch.full((batch,), 5, dtype=torch.long)
+    x3, x1 = torch.rand(batch, 3, px, px), torch.rand(batch, 1, px, px)
+    call = {"critic": lambda: net(t, x3, x1, stddev_group=1), "texture": lambda: net(x3, x3, t, x1),
+            "structure": lambda: net(x1, x1, t)}[kind]
+    with torch.inference_mode():
+        return _median_seconds(call)
+
+
+SMALL = {"structure": {"nf": 16, "depth": 3}, "texture": {"nf": 16, "depth": 3}, "critic": {"ngf": 16}}
+
+
+@pytest.fixture()
+def one_thread():
+    """One CPU thread: the CPU then acts as one device with one rate (two threads add a synchronisation per
+    operation that depends on its size); the worker's own setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _within(check, tries=2) -> tuple[float, float]:
+    """(predicted, measured) of ``check()``, measured again once when the first is off by more than 35 %: the
+    machine's other work can slow one measurement and not the other."""
+    for _ in range(tries):
+        predicted, measured = check()
+        if abs(predicted - measured) <= 0.35 * measured:
+            break
+    return predicted, measured
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL))
+def test_plan_flops_time_of_a_training_iteration_within_35_percent_of_this_cpu(kind, one_thread):
+    from strdiffusion.reporting import work as W
+
+    key = tuple(sorted(SMALL[kind].items()))
+    for batch, px in ((2, 48), (2, 96)):
+        def check():
+            rates = _cpu_rates(kind, SMALL[kind], training=True)
+            return (W.seconds(W.train_work(kind, key, batch, px, 10), rates),
+                    _train_seconds(kind, SMALL[kind], batch, px))
+
+        predicted, measured = _within(check)
+        print(f"{kind} {batch}x{px}: predicted {predicted:.3f} s, measured {measured:.3f} s")
+        assert abs(predicted - measured) <= 0.35 * measured, (kind, px, predicted, measured)
+
+
+@pytest.mark.parametrize("px", (32, 64))
+def test_plan_flops_time_of_a_sampled_image_within_35_percent_of_this_cpu(px, one_thread):
+    """StrDiffusion's sampler at T = 10 with its three networks, every resampling trial made (a critic whose
+    scores fall with each call accepts every trial, the most work :func:`calls_per_image` counts)."""
+    import time
+
+    from strdiffusion.core.constants import SamplerConfig
+    from strdiffusion.core.sampling import make_generators, net_callables, sample_strdiffusion
+    from strdiffusion.core.sde import IRSDE
+    from strdiffusion.models.checkpoints import build_network
+    from strdiffusion.reporting import work as W
+
+    torch.manual_seed(0)
+    nets = {k: build_network(k, **SMALL[k]).eval() for k in SMALL}
+    structure_fn, texture_fn, critic_fn = net_callables(nets["structure"], nets["texture"], nets["critic"])
+    falling = iter(range(0, -10 ** 6, -1))
+
+    def critic(t, x, s):
+        critic_fn(t, x, s)
+        return torch.full((x.shape[0],), float(next(falling)))
+
+    sde, config, d = IRSDE(T=10), SamplerConfig(u_max=3, u_min=2, jump=2, re=2), _batch(1, px)
+    run = lambda: sample_strdiffusion(sde, structure_fn, texture_fn, critic, d["image"], d["mask"],  # noqa: E731
+                                      d["gray"], d["edge"], make_generators(0, ["a"]), config)
+    with torch.inference_mode():
+        _, stats = run()
+    calls = W.calls_per_image("strdiffusion", config, 10)
+    assert {k: int(stats[f"{k}_calls"][0]) for k in calls} == calls  # the schedule's count is the sampler's
+
+    def check():
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            run()
+            measured = time.perf_counter() - t0
+        rates = {k: _cpu_rates(k, SMALL[k], training=False) for k in SMALL}
+        return sum(W.seconds(W.forward_work(k, tuple(sorted(SMALL[k].items())), 1, px), rates[k]) * n
+                   for k, n in calls.items()), measured
+
+    predicted, measured = _within(check)
+    print(f"sampled image {px} px: predicted {predicted:.3f} s, measured {measured:.3f} s")
+    assert abs(predicted - measured) <= 0.35 * measured, (px, predicted, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/laptop.yaml", "config/paper/psv.yaml",
+                                        "config/paper/celebahq.yaml", "config/paper/places2.yaml"])
+def test_plan_jobs_equal_the_jobs_of_snakemake_dry_run(configfile, repo_root):
+    """The plan's job count is what `snakemake -n` plans for each shipped config (stand-in data where the config
+    names data sets), rule by rule for the trainings and the inpainting shards."""
+    from strdiffusion.reporting import docs as D
+
+    counts = {r["rule"]: int(r["count"]) for r in D.count_jobs(repo_root, configfile)[0]}
+    cfg = P.load_config([] if configfile == "config/config.yaml" else [configfile], repo_root)
+    rows = P.plan_rows(cfg)
+    assert sum(r["jobs"] for r in rows) == sum(counts.values())
+    for row in rows:
+        if row["rule"].startswith("train_"):
+            assert row["jobs"] == counts[row["rule"]]
+    assert sum(r["jobs"] for r in rows if r["rule"].startswith("inpaint_shard")) == counts["inpaint_shard"]
+
+
+def test_plan_amp_bf16_lowers_the_training_estimates(repo_root):
+    """Mixed precision is traced in its dtype: the paper's training steps need less memory and, at the GPU's bf16
+    peak, less time than in float32."""
+    import copy
+
+    cfg = P.load_config([repo_root / "config/paper/psv.yaml"], repo_root)
+    amp = copy.deepcopy(cfg)
+    amp["train"]["amp"] = "bf16"
+    fp32 = {r["rule"]: r for r in P.plan_rows(cfg, measured=False)}
+    bf16 = {r["rule"]: r for r in P.plan_rows(amp, measured=False)}
+    for net in ("structure", "texture", "critic", "irsde"):
+        a, b = fp32[f"train_{net}"], bf16[f"train_{net}"]
+        assert b["peak_mb"] < 0.8 * a["peak_mb"], net
+        assert b["seconds_per_unit"] < a["seconds_per_unit"] and b["source"] == "work, bf16", net
+    assert bf16["inpaint_shard[strdiffusion]"]["seconds_per_unit"] == fp32["inpaint_shard[strdiffusion]"][
+        "seconds_per_unit"]  # sampling keeps its own precision
+
+
+def test_plan_names_the_batch_that_fits_and_with_it_warns_no_more(repo_root):
+    import copy
+
+    cfg = P.load_config([repo_root / "config/paper/psv.yaml"], repo_root)
+    rows = P.plan_rows(cfg, gpu_mem_gb=24, measured=False)
+    warnings = P.warnings_for(rows, {}, 24)
+    every = [w for w in warnings if w.startswith("warning: train.batch_size:")]
+    assert len(every) == 1 and len([w for w in warnings if "(it fits)" in w]) == 4
+    batch = int(every[0].split(":")[2].split()[0])
+    assert batch % P.CRITIC_GROUP == 0 and 0 < batch < cfg["train"]["batch_size"]
+    smaller = copy.deepcopy(cfg)
+    smaller["train"]["batch_size"] = batch
+    assert P.warnings_for(P.plan_rows(smaller, gpu_mem_gb=24, measured=False), {}, 24) == []
+    # the largest fitting batch of each network: one more image no longer fits
+    for row in rows:
+        if row["rule"].startswith("train_") and row["rule"] != "train_critic":
+            net = row["rule"].removeprefix("train_")
+            more = P.train_step_peak(net, cfg["model"], row["batch_fits"] + 1, cfg["image_size"], cfg["sde"]["T"])
+            assert more["total"] > 24 * 1024 * P.MB
+
+
+def test_plan_calls_per_image_follow_the_schedule():
+    from strdiffusion.core.constants import SamplerConfig
+    from strdiffusion.reporting import work as W
+
+    assert W.calls_per_image("irsde", SamplerConfig(), 100) == {"irsde": 100}
+    assert W.calls_per_image("strdiffusion_noresample", SamplerConfig(), 100) == {"structure": 61, "texture": 100}
+    # T = 100, switch 0.4: the early stage t = 100..40 (61 steps), trials at t % 5 == 0 (13 steps), 5 each of
+    # re = 5 structure steps (fewer at t = 100, 99: clipped at T), one texture call and one critic call
+    calls = W.calls_per_image("strdiffusion", SamplerConfig(), 100)
+    assert calls["critic"] == 13 * (1 + 5) and calls["texture"] == 100 + 13 * 5
+    assert calls["structure"] == 61 + 5 * (1 + 12 * 5)
+
+
+def test_plan_runs_in_the_project_folder_only(tmp_path, monkeypatch):
+    from strdiffusion.io.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="no config/config.yaml here; run the plan in the project's folder"):
+        P.load_config([])
