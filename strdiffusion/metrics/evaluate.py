@@ -41,12 +41,13 @@ from strdiffusion.settings.methods import IMAGE_METRICS, SET_METRICS
 log = logging.getLogger("strdiffusion.metrics.evaluate")
 
 
-def _parse_metrics(text: str, allowed) -> list[str]:
-    """The metrics named in ``text`` (comma-separated, any case) in ``allowed``'s order; empty text: none."""
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+def _chosen(metrics, allowed) -> list[str]:
+    """The ``metrics`` (names, any case) in ``allowed``'s order; none given: none."""
+    names = [m.strip().lower() for m in metrics if m.strip()]
     bad = [n for n in names if n not in allowed]
     if bad:
-        raise UserError(f"--metrics {text}: choose a comma-separated subset of {','.join(allowed)}, or none")
+        raise UserError(f"--metrics {','.join(metrics)}: choose a comma-separated subset of {','.join(allowed)}, or "
+                        "none")
     return [n for n in allowed if n in names]
 
 
@@ -228,7 +229,7 @@ def run_images(job: BinJob, s: ImageMetricSettings) -> None:
     """``metrics images``: the per-image metrics of one bin."""
     import pandas as pd
 
-    metrics = _parse_metrics(",".join(s.metrics), IMAGE_METRICS)
+    metrics = _chosen(s.metrics, IMAGE_METRICS)
     if s.crop < 0:
         raise UserError(f"--crop {s.crop}: must be >= 0")
     ids = prediction_ids(job.pairs, job.bin, job.pred_dirs)
@@ -264,7 +265,7 @@ def run_sets(job: BinJob, s: SetMetricSettings) -> None:
     """``metrics sets``: FID and KID of one bin against its ground truths."""
     import pandas as pd
 
-    metrics = _parse_metrics(",".join(s.metrics), SET_METRICS)
+    metrics = _chosen(s.metrics, SET_METRICS)
     ids = prediction_ids(job.pairs, job.bin, job.pred_dirs)
     paths = pair_paths(ids, job.gt_dir, job.pred_dirs)
     n = len(ids)

@@ -1,8 +1,8 @@
 """Learning-curves figure: each network's training loss and validation score against iterations.
 
-Inputs are ``net=PATH`` items: PATH is a curve CSV written by the trainer (``results/<dataset>/
-curves/<net>.csv``) or a checkpoint (``.pt``) whose metadata carries its training run's curve (the
-trainer stores it there; given checkpoints such as the shipped ones are plotted from it). A network
+Inputs are (net, path) pairs (``NET=PATH`` on the command line): the path is a curve CSV written by the
+trainer (``results/<dataset>/curves/<net>.csv``) or a checkpoint (``.pt``) whose metadata carries its training
+run's curve (the trainer stores it there; given checkpoints such as the shipped ones are plotted from it). A network
 may be given twice, a CSV and a checkpoint: its panel then shows both runs (the checkpoint's dashed).
 Output: one PNG with a panel per network (and a PDF beside it), written atomically.
 """
@@ -82,12 +82,9 @@ def plot(curves: dict[str, list[tuple[pd.DataFrame, str]]], out_png: Path) -> No
 
 
 def from_inputs(inputs, out) -> None:
-    """The figure of ``inputs`` (``NET=PATH`` items: curve CSVs of this run, checkpoints) written to ``out``."""
+    """The figure of ``inputs`` (``(net, path)`` pairs: curve CSVs of this run, checkpoints) written to ``out``."""
     curves = {}
-    for item in inputs:
-        net, sep, path = item.partition("=")
-        if not sep or not net or not path:
-            raise UserError(f"--inputs item {item!r} is not NET=PATH")
+    for net, path in inputs:
         path = Path(path)
         source = "checkpoint metadata" if path.suffix == ".pt" else "this run"
         runs = curves.setdefault(net, [])

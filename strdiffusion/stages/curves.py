@@ -4,7 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from strdiffusion.io.errors import UserError
 from strdiffusion.reporting import curves as lib
+
+
+def _input(text: str) -> tuple[str, str]:
+    net, sep, path = text.partition("=")
+    if not sep or not net or not path:
+        raise UserError(f"--inputs item {text!r} is not NET=PATH")
+    return net, path
 
 
 def main(argv=None) -> int:
@@ -13,5 +21,5 @@ def main(argv=None) -> int:
                    help="curve CSVs or checkpoints, e.g. structure=results/x/curves/structure.csv")
     p.add_argument("--out", required=True, type=Path, help="output PNG (a PDF is written beside it)")
     a = p.parse_args(argv)
-    lib.from_inputs(a.inputs, a.out)
+    lib.from_inputs([_input(item) for item in a.inputs], a.out)
     return 0
