@@ -1,4 +1,4 @@
-"""Layers shared by the nets: batch-size independent convolutions and a fast two-pass variance.
+"""Layers shared by the nets: batch-size independent convolutions and products, a fast two-pass variance.
 
 PyTorch's CPU convolution picks its kernel per call: for a batch of one with few pixels
 (fewer than 20,480 input values and a kernel of at most 3x3) it uses its own im2col + GEMM
@@ -10,6 +10,11 @@ oneDNN's convolution computes each image of a batch the same way whatever the ba
 during inference (no autograd) on CPU in float32 every convolution here goes through it. Training,
 CUDA, other dtypes and ``torch.compile`` graphs keep ``F.conv2d``'s own choice. The module is a
 drop-in ``nn.Conv2d`` (same parameters and state-dict names).
+
+Batched matrix products have the same trap: for one image and one attention head, a long product
+(4,096 positions at 64 px) is split over the threads along its sum, while a batch is split by image,
+so the sums differ in their last bit. :func:`matmul` multiplies image by image in CPU float32
+inference, which makes each image's product the one it gets alone.
 """
 from __future__ import annotations
 
@@ -23,6 +28,18 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.dim() == 4 and x.layout == torch.strided and not torch.is_grad_enabled()
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not torch.compiler.is_compiling())
+
+
+def _inference_cpu_fp32(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` over a leading batch axis; batch-size independent in CPU float32 inference."""
+    if a.dim() > 2 and a.shape[0] > 1 and _inference_cpu_fp32(a) and b.dtype == torch.float32:
+        return torch.stack([a[i] @ b[i] for i in range(a.shape[0])])
+    return a @ b
 
 
 def _pair(v) -> list[int]:

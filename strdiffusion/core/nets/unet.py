@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Conv2d, centred_var
+from .layers import Conv2d, centred_var, matmul
 from .spade import SPADEBlock
 
 
@@ -113,8 +113,8 @@ class LinearAttention(nn.Module):
         q = q.softmax(dim=-2) * self.scale
         k = k.softmax(dim=-1)
         v = v / (h * w)
-        context = k @ v.transpose(-1, -2)             # (b, heads, d, e)
-        out = context.transpose(-1, -2) @ q           # (b, heads, e, n)
+        context = matmul(k, v.transpose(-1, -2))      # (b, heads, d, e)
+        out = matmul(context.transpose(-1, -2), q)    # (b, heads, e, n)
         return self.to_out(out.reshape(b, -1, h, w))
 
 

@@ -255,3 +255,25 @@ def test_inference_convolutions_do_not_depend_on_batch_size():
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="zero padding"):
         Conv2d(3, 3, 3, padding=1, padding_mode="reflect")
+
+
+def test_inference_attention_does_not_depend_on_batch_size():
+    """One head over 64x64 positions: a lone image's product is split along its 4,096-term sums over the
+    threads, a batch's by image; the attention multiplies image by image, so both give the same bits."""
+    from strdiffusion.core.nets.layers import matmul
+    from strdiffusion.core.nets.unet import LinearAttention
+
+    torch.manual_seed(0)
+    attention = LinearAttention(8, heads=1, dim_head=16).eval()
+    x = torch.randn(3, 8, 64, 64)
+    with torch.inference_mode():
+        together = attention(x)
+        one_by_one = torch.cat([attention(x[b:b + 1]) for b in range(3)])
+        k, v = torch.randn(3, 1, 16, 4096), torch.randn(3, 1, 16, 4096)
+        batched = matmul(k, v.transpose(-1, -2))
+        plain = k @ v.transpose(-1, -2)
+    assert torch.equal(together, one_by_one)
+    assert torch.equal(batched, torch.cat([k[b:b + 1] @ v[b:b + 1].transpose(-1, -2) for b in range(3)]))
+    torch.testing.assert_close(batched, plain, rtol=0, atol=1e-3)  # the same product, summed in another order
+    k = k.clone().requires_grad_(True)  # autograd keeps the one batched product
+    assert matmul(k, v.clone().transpose(-1, -2)).grad_fn.name() != "StackBackward0"
