@@ -12,6 +12,7 @@ share ``config/paper/common.yaml`` and each still works alone as ``--configfile 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -303,10 +304,11 @@ def _dataset_inputs(name: str, ds: dict, root: Path):
             yield f"{key}.masks.nvidia_source", m["nvidia_source"], "folder or .zip"
 
 
-def missing_inputs(config: dict, root=".") -> list[str]:
+def missing_inputs(config: dict, root=".", networks: bool = True) -> list[str]:
     """One line for each data folder, file list, mask source and given checkpoint of the validated ``config``
     that does not exist (relative paths from ``root``, the folder the workflow runs in): all of them at once,
-    so a run never starts only to stop at its first missing input."""
+    so a run never starts only to stop at its first missing input. ``networks`` False: the run makes only
+    outputs that come before any network (:func:`needs_networks`), so the given checkpoints are not looked for."""
     from strdiffusion.settings.methods import given_checkpoints
 
     root = Path(root)
@@ -320,7 +322,7 @@ def missing_inputs(config: dict, root=".") -> list[str]:
             if not (root / value).exists():
                 lines.append(f"config key '{key}': {kind} {value} not found{where(value)}; put it there or set "
                              "the key to your copy in an overlay")
-    for net, value in given_checkpoints(config).items():
+    for net, value in given_checkpoints(config).items() if networks else ():
         if not (root / value).is_file():
             lines.append(f"config key 'checkpoints.{net}': checkpoint {value} not found{where(value)}; put the "
                          "file there, or set the key to your copy (\"\" trains the network)")
@@ -358,6 +360,30 @@ NO_JOBS = {"--lint", "--unlock", "--list-rules", "--list", "-l", "--list-target-
            "--report", "--cleanup-shadow", "--conda-create-envs-only", "--print-compilation"}
 
 
+# what a run may ask for without using a network: the data, structure maps and masks, their export for outside
+# methods, the metric weights and the plan (outputs, and the rules making them)
+_BEFORE_NETWORKS = re.compile(r"results/(?:[A-Za-z0-9_]+/(?:data|structure|masks|export)(?:/.*)?|weights\.json|plan\.csv)")
+_RULES_BEFORE_NETWORKS = {"prepare_data", "extract_structure", "train_masks", "test_masks", "pair_masks", "export",
+                          "export_pairs", "weights", "plan"}
+
+
+def needs_networks(targets) -> bool:
+    """Whether a run asking for ``targets`` (Snakemake's, none: the default target) uses a trained network."""
+    targets = [str(t).removeprefix("./") for t in targets]
+    return not targets or not all(t in _RULES_BEFORE_NETWORKS or _BEFORE_NETWORKS.fullmatch(t.rstrip("/"))
+                                  for t in targets)
+
+
+def _targets(driver_options: list[str]) -> list[str]:
+    """The targets of a Snakemake command line, read by Snakemake's own parser (as the driver reads them)."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        return list(get_argument_parser().parse_known_args(driver_options)[0].targets or [])
+    except SystemExit:  # an option Snakemake itself refuses: it says so; here, check everything
+        return []
+
+
 def checked_before_jobs(config: dict, workflow, driver_options: list[str], environ=None) -> dict:
     """``config``, after checking what a run of Snakemake's ``workflow`` (started with ``driver_options``, the
     words after ``snakemake``) needs before its first job (a dry run too): every missing input
@@ -370,8 +396,9 @@ def checked_before_jobs(config: dict, workflow, driver_options: list[str], envir
         return config
     rs = workflow.resource_settings
     per_rule = {name: _as_written(res) for name, res in (rs.overwrite_resources or {}).items()}
-    lines = missing_inputs(config) + profile_placeholders(_as_written(rs.default_resources), per_rule,
-                                                          _profile_name(driver_options, os.environ if environ is None else environ))
+    profile = _profile_name(driver_options, os.environ if environ is None else environ)
+    lines = (missing_inputs(config, networks=needs_networks(_targets(driver_options)))
+             + profile_placeholders(_as_written(rs.default_resources), per_rule, profile))
     if lines:
         raise UserError("\nerror: ".join(lines))  # printed with a leading "error: ", as every line after it
     return config

@@ -30,6 +30,17 @@ def make_workdir(path: Path, repo: Path, config: dict) -> Path:
     return path
 
 
+def filled_profile(path: Path, repo: Path, cpu="cpu", gpu="gpu", account="") -> Path:
+    """A copy of profiles/slurm with its CHANGE_ME placeholders filled, as a user fills them before a run."""
+    text = (repo / "profiles" / "slurm" / "config.yaml").read_text()
+    for placeholder, value in (("CHANGE_ME_cpu_partition", cpu), ("CHANGE_ME_gpu_partition", gpu),
+                               ("CHANGE_ME_account", account)):
+        text = text.replace(placeholder, value)
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(text)
+    return path
+
+
 def snakemake(workdir: Path, *args, torch_home: Path, check=True, timeout=900):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

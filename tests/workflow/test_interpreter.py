@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from support.workflow import filled_profile
+
 
 def _snakemake(repo: Path) -> str:
     venv = repo / ".venv" / "bin" / "snakemake"
@@ -70,7 +72,8 @@ def test_interpreter_slurm_profile_parses_with_path_stripped(tmp_path, repo_root
     executor's default on a shared file system), which parses the workflow again and so puts that
     interpreter first on the job's PATH, as locally. Here: the profile's dry-run under a bare PATH."""
     work = _workdir(tmp_path, repo_root)
-    res = subprocess.run([_snakemake(repo_root), "-n", "-p", "--profile", str(repo_root / "profiles" / "slurm"),
+    profile = filled_profile(tmp_path / "profile", repo_root)
+    res = subprocess.run([_snakemake(repo_root), "-n", "-p", "--profile", str(profile),
                           "results/builtin/data/manifest.csv"], cwd=work, env=_bare_env(tmp_path),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

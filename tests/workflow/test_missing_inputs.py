@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from support.workflow import filled_profile
 
 from strdiffusion.settings.config import (
     missing_inputs,
+    needs_networks,
     profile_placeholders,
     validate,
     workflow_config,
@@ -92,14 +94,7 @@ def test_missing_inputs_unfilled_profile_placeholders_are_flagged_and_filled_one
     assert "'default-resources.slurm_account' holds the placeholder CHANGE_ME_account" in errors[1]
     assert ("'set-resources.{train_structure,train_texture,train_critic,train_irsde,inpaint_shard}.slurm_partition' "
             "holds the placeholder CHANGE_ME_gpu_partition") in errors[2]
-    filled = tmp_path / "profile"
-    filled.mkdir()
-    text = PROFILE.read_text()
-    for placeholder, value in (("CHANGE_ME_cpu_partition", "cpu"), ("CHANGE_ME_gpu_partition", "gpu"),
-                               ("CHANGE_ME_account", "")):
-        text = text.replace(placeholder, value)
-    (filled / "config.yaml").write_text(text)
-    res = _dry_run(work, "--profile", str(filled))
+    res = _dry_run(work, "--profile", str(filled_profile(tmp_path / "profile", ROOT)))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "slurm_partition=gpu" in res.stdout
 
@@ -132,3 +127,26 @@ def test_missing_inputs_own_mask_folders(tmp_path, missing):
     (tmp_path / ("my_pool" if missing == "masks.source" else "my_masks")).mkdir()
     lines = missing_inputs(config, tmp_path)
     assert len(lines) == 1 and lines[0].startswith(f"config key 'datasets.mine.{missing}': folder or .zip "), lines
+
+
+def test_missing_inputs_checkpoints_only_for_targets_that_use_a_network(tmp_path):
+    """A run asking for the data, masks or export (outputs made before any network) is not stopped by a missing
+    given checkpoint; one asking for the table, or for everything, is."""
+    work = _work(tmp_path)
+    shutil.rmtree(work / "checkpoints")
+    for targets in (["results/builtin/data/manifest.csv", "results/builtin/masks/pairs.csv"], ["export"]):
+        res = _dry_run(work, "--cores", "1", *targets)
+        assert res.returncode == 0, res.stderr[-3000:]
+    for targets in (["results/tables/builtin.md"], ["results/builtin/data/manifest.csv", "results/tables/builtin.md"],
+                    []):
+        errors = _errors(_dry_run(work, "--cores", "1", *targets))
+        assert [e.split("':")[0] for e in errors] == [f"error: config key 'checkpoints.{net}" for net in
+                                                      ("structure", "texture", "critic", "irsde")], errors
+
+
+def test_missing_inputs_which_targets_use_a_network():
+    assert not needs_networks(["results/builtin/data/manifest.csv", "./results/psv/masks/pairs.csv",
+                               "results/builtin/structure/test/", "results/weights.json", "plan", "export"])
+    for targets in ([], ["results/tables/builtin.md"], ["results/builtin/inpaint/strdiffusion/10-20/shard_0"],
+                    ["all"], ["results/builtin/models/structure.pt"], ["results/builtin/datax"]):
+        assert needs_networks(targets), targets
