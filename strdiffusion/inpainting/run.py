@@ -16,6 +16,7 @@ Mask convention everywhere: mask FILES are white (255) = HOLE; in memory ``mask`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import warnings
@@ -31,6 +32,7 @@ from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import atomic_dir, save_png_atomic, write_csv_atomic, write_text_atomic
 from strdiffusion.io.images import IMAGE_EXTENSIONS, equal_size_runs, read_image_rgb, read_mask
 from strdiffusion.io.pairs import read_pairs
+from strdiffusion.runtime.environment import to_log_and_console
 from strdiffusion.runtime.lock import StateLock
 from strdiffusion.runtime.signals import raise_on_notice
 from strdiffusion.settings.jobs import RunSettings, SamplerSettings, ShardSettings
@@ -138,12 +140,33 @@ class ShardJob:
     shard: int = 0
     shard_size: int = ShardSettings().shard_size
     structure_dir: Path | None = None
+    lock_wait: float = 0.0  # seconds to wait while a live job writes the same shard (-1: while it lives)
 
 def run_shard(job: ShardJob, diffusion: Diffusion = Diffusion()) -> None:
+    """Inpaint the job's shard into ``job.out``, written whole or not at all. One job writes a shard at a time
+    (a lock beside it); a second one refuses at once, or with ``lock_wait`` waits for the first to end, and
+    keeps the shard that one finished meanwhile (a job of a restarted driver beside the old driver's job)."""
     pairs = read_pairs(job.pairs)
     rows = shard_rows(pairs, job.bin, job.shard, job.shard_size)
     out = job.out
-    with StateLock(out.with_name(out.name + ".lock"), f"the shard {out}"), raise_on_notice(), atomic_dir(out) as tmp:
+    lock = StateLock(out.with_name(out.name + ".lock"), f"the shard {out}")
+    finished_before = out.is_dir()
+    if job.lock_wait:
+        lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, functools.partial(to_log_and_console, log))
+    else:
+        lock.acquire()
+    try:
+        if not finished_before and out.is_dir():
+            log.info("%s: shard %s was finished by the job that held its lock; kept", job.method, out)
+            return
+        _write_shard(job, diffusion, rows)
+    finally:
+        lock.release()
+    log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", job.method, len(rows), job.bin, job.shard, out)
+
+
+def _write_shard(job: ShardJob, diffusion: Diffusion, rows) -> None:
+    with raise_on_notice(), atomic_dir(job.out) as tmp:
         if job.method in CLASSICAL:
             for row in rows.itertuples():
                 image, mask = load_pair(job.gt_dir, row)
@@ -152,7 +175,6 @@ def run_shard(job: ShardJob, diffusion: Diffusion = Diffusion()) -> None:
             inpaint_rows(job, diffusion, rows, tmp)
         else:
             raise UserError(f"unknown method '{job.method}'; choose from {', '.join(METHODS)}")
-    log.info("%s: inpainted %d images of bin %s (shard %d) -> %s", job.method, len(rows), job.bin, job.shard, out)
 
 # ---------------------------------------------------------------------------------------------
 # pipeline mode and own images (diffusion methods)

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--structure-dir", help="folder with gray/ and edge/ maps of the test images")
     g.add_argument("--shard", type=int, default=0)
     add_arguments(g, ShardSettings)
+    g.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds to wait while a live job writes the same shard, then keep what it finished "
+                        "(0 = refuse at once, -1 = while that job lives)")
     g.add_argument("--out", help="output folder (shard) or output PNG/folder (own images)")
     add_sampling_arguments(p)
     return p
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
     shard_size = from_parsed(ShardSettings, args).shard_size  # checks --shard-size
     job = lib.ShardJob(pairs=Path(args.pairs), gt_dir=Path(args.gt_dir), bin=args.bin, out=Path(args.out),
                        method=args.method, shard=args.shard, shard_size=shard_size,
-                       structure_dir=Path(args.structure_dir) if args.structure_dir else None)
+                       structure_dir=Path(args.structure_dir) if args.structure_dir else None,
+                       lock_wait=args.lock_wait)
     lib.run_shard(job, diffusion_options(args))
     return 0

@@ -18,7 +18,8 @@ rule inpaint_shard:
         "logs/{dataset}/benchmarks/inpaint/{method}_{bin}_{shard}.tsv"
     conda:
         "../envs/strdiffusion.yaml"
+    # as a training job: beside a live job of an older driver on the same shard, wait and keep what it finished
     shell:
-        "STRDIFFUSION_JOB_GPUS={resources.gpu} python -m strdiffusion inpaint --method {params.method} --pairs {input.pairs} --bin {wildcards.bin} "
-        "--gt-dir {input.gt} --structure-dir {input.structure} --shard {wildcards.shard} "
-        "{params.sampling} {params.checkpoints} --out {output} > {log} 2>&1"
+        "STRDIFFUSION_JOB_GPUS={resources.gpu} STRDIFFUSION_CONSOLE_FD=3 python -m strdiffusion inpaint --method {params.method} "
+        "--pairs {input.pairs} --bin {wildcards.bin} --gt-dir {input.gt} --structure-dir {input.structure} "
+        "--shard {wildcards.shard} {params.sampling} {params.checkpoints} --out {output} --lock-wait -1 3>&2 > {log} 2>&1"

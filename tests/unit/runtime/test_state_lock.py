@@ -174,3 +174,59 @@ def test_state_lock_restarted_driver_waits_and_keeps_the_finished_model_and_curv
     assert events == [("taken", str(holder)), ("refused", waiter), ("released", str(holder)), ("taken", waiter),
                       ("released", waiter)], events
     assert curve.read_text().startswith("iteration,")
+
+
+FINISH_SHARD = """import sys, time
+from pathlib import Path
+from strdiffusion.runtime.lock import StateLock
+out = Path(sys.argv[1])
+with StateLock(out.with_name(out.name + ".lock"), "the shard"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    out.mkdir()
+    (out / "000.png").write_bytes(b"written by the older job")
+"""
+
+
+def _shard_command(root, out, *extra):
+    return [sys.executable, "-m", "strdiffusion", "inpaint", "--method", "telea", "--pairs", str(root / "pairs.csv"),
+            "--bin", "10-20", "--gt-dir", str(root / "gt"), "--out", str(out), *extra]
+
+
+def test_state_lock_shard_job_waits_and_keeps_the_shard_the_older_job_finished(tmp_path):
+    """An inpainting job beside a live job of an older driver on the same shard: with --lock-wait it waits, then
+    keeps the shard that job finished (a failed job's output would be deleted by Snakemake); without, it refuses
+    in one line and writes nothing. Run alone on a finished shard, it writes the shard again."""
+    import numpy as np
+    import pandas as pd
+
+    from strdiffusion.io.files import save_png_atomic
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    save_png_atomic(tmp_path / "masks" / "m.png", mask)
+    save_png_atomic(tmp_path / "gt" / "000.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    pd.DataFrame([{"image_id": "000", "bin": "10-20", "mask": str(tmp_path / "masks" / "m.png")}]).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    out = tmp_path / "shard_0"
+    older = subprocess.Popen([sys.executable, "-c", FINISH_SHARD, str(out), "4"], stdout=subprocess.PIPE, text=True,
+                             env=env_cpu())
+    try:
+        assert older.stdout.readline().strip() == "held"
+        refused = subprocess.run(_shard_command(tmp_path, out), capture_output=True, text=True, env=env_cpu(),
+                                 timeout=120)
+        assert refused.returncode != 0 and not out.exists()
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"error: the shard {out} is in use by pid "
+                                                                  f"{older.pid}"), refused.stderr[-2000:]
+        waited = subprocess.run(_shard_command(tmp_path, out, "--lock-wait", "-1"), capture_output=True, text=True,
+                                env=env_cpu(), timeout=120)
+    finally:
+        older.wait(timeout=60)
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    assert "waiting for it to end" in waited.stderr and "finished by the job that held its lock; kept" in waited.stderr
+    assert (out / "000.png").read_bytes() == b"written by the older job"
+    again = subprocess.run(_shard_command(tmp_path, out, "--lock-wait", "-1"), capture_output=True, text=True,
+                           env=env_cpu(), timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "000.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "shard_0.lock").exists()
