@@ -227,7 +227,7 @@ def build_explorer(pairs_csv, gt_dir, structure_dir, inpaint_dir, per_image_file
     items = selection(pairs, per_image, s)
     values = metric_values(per_image, items, methods, metrics)
     dirs = {"gt": Path(gt_dir), "structure": Path(structure_dir), "inpaint": Path(inpaint_dir)}
-    names = {**METHOD_NAMES, **{m: e["name"] for m, e in s.external.by_method().items()}}
+    names = {**METHOD_NAMES, **{m: e.name for m, e in s.external}}
     shown = []
     for it, vals in zip(items, values):
         shown.append({"bin": it["bin"], "id": it["id"], "pos": it["pos"], "groups": it["groups"], "values": vals,

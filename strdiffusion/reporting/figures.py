@@ -113,7 +113,7 @@ def make_figures(pairs_csv, gt_dir, structure_dir, inpaint_dir, per_image, quali
     """The qualitative grid and the metric-vs-hole-ratio plot of ``s``'s methods and bins."""
     methods, bins = list(s.methods), list(s.bins)
     pairs = read_pairs(pairs_csv)
-    names = {m: e["name"] for m, e in s.external.by_method().items()}
+    names = {m: e.name for m, e in s.external}
     qualitative(pairs, Path(gt_dir), Path(structure_dir), Path(inpaint_dir), methods, bins, s.per_bin,
                 Path(qualitative_png), names)
     metric_curves(per_image, methods, bins, Path(curves_png), names)

@@ -22,6 +22,7 @@ from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import status_path, write_csv_atomic, write_text_atomic
 from strdiffusion.settings.jobs import TableSettings
 from strdiffusion.settings.methods import DIFFUSION, FRESH
+from strdiffusion.settings.values import OutsideMethod
 
 log = logging.getLogger("strdiffusion.reporting.tables")
 
@@ -184,31 +185,31 @@ def _image_count(long: pd.DataFrame, method: str, b: str) -> int:
     return int(sel.n.max()) if len(sel) and sel.n.notna().any() else 0
 
 
-def row_labels(long: pd.DataFrame, methods, bins, external: dict) -> dict[str, str]:
+def row_labels(long: pd.DataFrame, methods, bins, external: dict[str, OutsideMethod]) -> dict[str, str]:
     """Each row's name; an outside row scored on the images it has (allow_partial) shows its image count per
     bin against the most any row has there."""
-    names = {**METHOD_NAMES, **{m: e["name"] for m, e in external.items()}}
+    names = {**METHOD_NAMES, **{m: e.name for m, e in external.items()}}
     labels = {}
     for method in methods:
         labels[method] = names.get(method, method)
-        if external.get(method, {}).get("allow_partial"):
+        if method in external and external[method].allow_partial:
             counts = [f"{_image_count(long, method, b)}/{max(_image_count(long, m, b) for m in methods)}" for b in bins]
             labels[method] += f" ({', '.join(counts)} images)"
     return labels
 
 
-def external_footnote(external: dict, labels: dict) -> str:
+def external_footnote(external: dict[str, OutsideMethod], labels: dict) -> str:
     """How the outside rows were scored: composited (as every built-in row) or as delivered, resized or not."""
     def named(rows):
         return ", ".join(labels[m] for m in rows)
 
-    composited = [m for m, e in external.items() if not e["as_is"]]
-    as_is = [m for m, e in external.items() if e["as_is"]]
+    composited = [m for m, e in external.items() if not e.as_is]
+    as_is = [m for m, e in external.items() if e.as_is]
     parts = ([f"{named(composited)}: known pixels copied from the input before scoring, as for every built-in row"]
              if composited else [])
     parts += [f"{named(as_is)}: scored as delivered (known pixels not copied from the input)"] if as_is else []
-    parts += [f"{labels[m]}: outputs resized ({e['resize']}) to the test size" for m, e in external.items()
-              if e["resize"] != "none"]
+    parts += [f"{labels[m]}: outputs resized ({e.resize}) to the test size" for m, e in external.items()
+              if e.resize != "none"]
     return "Outside methods (config `external_methods:`), scored from their output files by the same metrics: " \
         + "; ".join(parts) + "."
 
@@ -217,7 +218,7 @@ def render(long: pd.DataFrame, unavailable: dict, methods, bins, columns, datase
            reference: str = "", given=(), external=None) -> tuple[str, str]:
     """Return (markdown, latex) for the paper-style table; ``given``: (net, path) of each network the plain
     diffusion rows sample from a given checkpoint (named in a footnote); ``external``: the outside rows'
-    names and protocol (``strdiffusion.settings.values.OutsideRows.by_method``)."""
+    names and protocol ({method: :class:`~strdiffusion.settings.values.OutsideMethod`})."""
     external = {m: e for m, e in (external or {}).items() if m in methods}
     labels = row_labels(long, methods, bins, external)
     ref = REFERENCE_ROWS.get(reference)

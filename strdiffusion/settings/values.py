@@ -4,6 +4,7 @@ command line) or from its config form, keeps its type through the library, and `
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from strdiffusion.io.errors import UserError
@@ -72,10 +73,22 @@ class GivenCheckpoint(TextValue, tuple):
 OUTSIDE_DEFAULTS = {"as_is": False, "resize": "none", "allow_partial": False}
 
 
+@dataclasses.dataclass(frozen=True)
+class OutsideMethod:
+    """An outside row's display name and scoring protocol (config ``external_methods.<method>``): scored as
+    delivered or with the known pixels copied in (``as_is``), resized to the test size or not (``resize``),
+    on the images it has (``allow_partial``)."""
+
+    name: str
+    as_is: bool = OUTSIDE_DEFAULTS["as_is"]
+    resize: str = OUTSIDE_DEFAULTS["resize"]
+    allow_partial: bool = OUTSIDE_DEFAULTS["allow_partial"]
+
+
 class OutsideRows(TextValue, tuple):
-    """A run's outside rows, ``(method, {name, as_is, resize, allow_partial})`` pairs in method order: from their
-    text (JSON of each row's display name and protocol; empty: none) or a mapping such as the config's
-    ``external_methods``; ``str`` gives the JSON back (sorted keys), empty when there are none."""
+    """A run's outside rows, ``(method, OutsideMethod)`` pairs in method order: from their text (JSON of each
+    row's display name and protocol; empty: none) or a mapping such as the config's ``external_methods``;
+    ``str`` gives the JSON back (sorted keys), empty when there are none."""
 
     def __new__(cls, value=()):
         if isinstance(value, str):
@@ -85,13 +98,13 @@ class OutsideRows(TextValue, tuple):
                 raise UserError(f"outside rows {value[:60]!r}: not JSON of the outside rows") from None
         rows = dict(value) if not isinstance(value, dict) else value
         keep = ("name", *OUTSIDE_DEFAULTS)
-        pairs = tuple((m, tuple(sorted({"name": m, **OUTSIDE_DEFAULTS, **{k: e[k] for k in keep if k in e}}.items())))
-                      for m, e in sorted((m, dict(e)) for m, e in rows.items()))
+        pairs = tuple((m, e if isinstance(e, OutsideMethod) else
+                       OutsideMethod(**{"name": m, **{k: e[k] for k in keep if k in e}}))
+                      for m, e in sorted(rows.items()))
         return super().__new__(cls, pairs)
 
-    def by_method(self) -> dict[str, dict]:
-        """{method: {name, as_is, resize, allow_partial}}."""
-        return {m: dict(row) for m, row in self}
+    def by_method(self) -> dict[str, OutsideMethod]:
+        return dict(self)
 
     def __str__(self) -> str:
-        return json.dumps(self.by_method(), sort_keys=True) if self else ""
+        return json.dumps({m: dataclasses.asdict(e) for m, e in self}, sort_keys=True) if self else ""

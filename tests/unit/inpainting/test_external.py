@@ -189,7 +189,7 @@ def test_external_missing_outputs_error_or_partial_row_with_its_image_count(test
     assert np.allclose(scored.set_index("image_id").psnr, full.psnr.loc[scored.image_id])  # same images, same values
     long, unavailable = tables.summarise(list(per_image.values()), [], ["telea", "outside"], [BIN])
     rows = OutsideRows(json.dumps({"outside": {"name": "Telea outside", "allow_partial": True}}))
-    assert str(OutsideRows(str(rows))) == str(rows) and rows.by_method()["outside"]["resize"] == "none"
+    assert str(OutsideRows(str(rows))) == str(rows) and rows.by_method()["outside"].resize == "none"
     md, _ = tables.render(long, unavailable, ["telea", "outside"], [BIN], ["psnr"], "toy", external=rows.by_method())
     assert "| Telea outside (4/6 images) |" in md and "| Telea (OpenCV) |" in md
     # with every output present, all of one row error out: at least one output is needed
