@@ -184,6 +184,42 @@ def test_only_the_command_line_and_its_stages_import_argparse():
     assert argparse_importers(PACKAGE, PACKAGE.parent) == []
 
 
+def command_line_shapes(package: Path, root: Path, allowed=frozenset(COMMAND_LINE)) -> list[str]:
+    """``module:function`` of each function outside ``allowed`` with a parameter named ``args``, ``argv`` or
+    ``namespace`` (the command line's shape), and ``module:sys.argv`` where one reads ``sys.argv``."""
+    import ast
+
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        name = module_name(path, root)
+        if any(name == a or name.startswith(a + ".") for a in allowed):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                a = node.args
+                params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if p]
+                if {"args", "argv", "namespace"}.intersection(params):
+                    bad.append(f"{name}:{getattr(node, 'name', 'lambda')}")
+            elif isinstance(node, ast.Attribute) and node.attr == "argv" and getattr(node.value, "id", "") == "sys":
+                bad.append(f"{name}:sys.argv")
+    return bad
+
+
+def test_the_library_takes_no_command_line_shape():
+    assert command_line_shapes(PACKAGE, PACKAGE.parent) == []
+
+
+def test_command_line_shape_check_catches_a_library_function(tmp_path):
+    pkg = tmp_path / "strdiffusion"
+    (pkg / "stages").mkdir(parents=True)
+    (pkg / "stages" / "run.py").write_text("import sys\ndef main(argv=None):\n    return argv or sys.argv[1:]\n")
+    (pkg / "train.py").write_text("def run(job, *, settings):\n    return job\n")
+    assert command_line_shapes(pkg, tmp_path) == []
+    (pkg / "train.py").write_text("import sys\ndef run(job, args):\n    return sys.argv\nf = lambda *argv: 0\n")
+    assert sorted(command_line_shapes(pkg, tmp_path)) == ["strdiffusion.train:lambda", "strdiffusion.train:run",
+                                                          "strdiffusion.train:sys.argv"]
+
+
 def test_argparse_check_catches_a_library_module(tmp_path):
     pkg = tmp_path / "strdiffusion"
     (pkg / "stages").mkdir(parents=True)

@@ -58,8 +58,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (zero padding only) computed by :func:`conv2d`."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *conv_args, **conv_kwargs):
+        super().__init__(*conv_args, **conv_kwargs)
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ValueError("strdiffusion.core.nets.layers.Conv2d supports integer zero padding only")
 
