@@ -406,12 +406,15 @@ def warnings_for(rows, profile: dict, gpu_mem_gb: float) -> list[str]:
     return out
 
 
+UNIT_SHORT = {"iteration": "iter", "image": "img"}  # the s/unit column
+
+
 def render(rows, gpu: str = "", profile: dict | None = None) -> str:
     head = f"{'job kind':38s} {'jobs':>6s} {'on':>4s} {'peak MB':>9s} {'params M':>9s} {'s/unit':>12s} " \
            f"{'GPU-h':>8s} {'slots':>5s} {'disk MB':>10s}  time from"
     lines = [f"times on {gpu}" if gpu else "", head, "-" * len(head)]
     for r in rows:
-        sec = f"{r['seconds_per_unit']:.3g}/{r['unit'][:4]}" if r["seconds_per_unit"] else "—"
+        sec = f"{r['seconds_per_unit']:.3g}/{UNIT_SHORT[r['unit']]}" if r["seconds_per_unit"] else "—"
         res = (profile or {}).get("rules", {}).get(r["rule"].split("[")[0], (profile or {}).get("default", {}))
         slot = str(slots(r, float(res["runtime"]))) if r["seconds_per_unit"] and res.get("runtime") else ""
         lines.append(f"{r['rule']:38s} {r['jobs']:6d} {r['device']:>4s} {r['peak_mb']:9.0f} {r['params_m']:9.1f} "
