@@ -27,3 +27,9 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+onerror:
+    # why each job failed, from its log, on the console (Snakemake names the logs only)
+    for line in failed_job_errors(log):
+        print(f"strdiffusion: {line}", file=sys.stderr)

@@ -179,7 +179,8 @@ def folder_files(root: Path, seed: int, test_fraction: float, train_list: str = 
 
 def _check_n_test(n: int, n_test: int, where: str, test_fraction: float) -> None:
     if n < n_test:
-        raise UserError(f"{where}: the test split has {n} images but n_test is {n_test}; set the data set's n_test key "
+        images = f"{n} image{'' if n == 1 else 's'}"
+        raise UserError(f"{where}: the test split has {images} but n_test is {n_test}; set the data set's n_test key "
                         f"to {n} or less, or give it more test images (test_fraction, {test_fraction} now; test_path; "
                         "test_list)")
 

@@ -45,3 +45,30 @@ def to_log_and_console(log, line: str) -> None:
             os.write(int(fd), f"strdiffusion: {line}\n".encode())
         except OSError:
             pass
+
+
+def failed_job_errors(snakemake_logs, root=".") -> list[str]:
+    """For a run that failed: ``<job log>: <line>`` for each failed job, its last one-line error (``error: ...``)
+    or else the last line of its log, read from Snakemake's own logs of the run (an ``onerror`` handler's
+    ``log``), so the driver's console says why a job failed without opening its log."""
+    import re
+    from pathlib import Path
+
+    out = []
+    for snakemake_log in [snakemake_logs] if isinstance(snakemake_logs, (str, os.PathLike)) else snakemake_logs:
+        try:
+            text = Path(snakemake_log).read_text(errors="replace")
+        except OSError:
+            continue
+        for block in re.split(r"\n(?=Error in rule )", text)[1:]:
+            found = re.search(r"^\s+log: (.+?) \(check log file", block, re.M)
+            for name in found.group(1).split(", ") if found else ():
+                try:
+                    lines = [line for line in (Path(root) / name).read_text(errors="replace").splitlines() if line.strip()]
+                except OSError:
+                    continue
+                errors = [line for line in lines if line.startswith("error: ")]
+                line = f"{name}: {(errors or lines)[-1].strip()}" if lines else ""
+                if line and line not in out:
+                    out.append(line)
+    return out

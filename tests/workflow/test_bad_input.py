@@ -230,3 +230,48 @@ def test_bad_input_in_a_workflow_job_names_the_config_key(tmp_path):
     assert job.stderr.startswith("error: config key 'train.lr_milestones' (--milestones) are fractions of config key "
                                  "'train.iterations' (--iterations) in (0, 1), got 1.5")
     assert len(job.stderr.strip().splitlines()) == 1
+
+
+def test_bad_input_a_failed_job_says_why_on_the_drivers_console(tmp_path):
+    """A job that stops on a user error: Snakemake's console names only its log; the workflow adds the log's
+    one-line error (`strdiffusion: <log>: error: ...`), here a folder data set with fewer test images than n_test."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(root / "Snakefile", work / "Snakefile")
+    for item in ("workflow", "config"):
+        shutil.copytree(root / item, work / item)
+    photos = work / "my_photos"
+    photos.mkdir()
+    for i in range(6):
+        Image.fromarray(np.roll(RGB, i, axis=1)).save(photos / f"p{i}.png")
+    (work / "mine.yaml").write_text(yaml.safe_dump({"run_datasets": ["mine"], "datasets": {"mine": {
+        "source": "folder", "path": "my_photos", "n_test": 50,
+        "masks": {"protocol": "lama_medium", "bins": [[0.1, 0.2]], "per_bin": 4}}}}))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    res = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "results/mine/data/manifest.csv",
+                          "--cores", "1", "--configfile", "mine.yaml"], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1
+    said = [line for line in res.stderr.splitlines() if line.startswith("strdiffusion: ")]
+    assert len(said) == 1 and said[0].startswith("strdiffusion: logs/mine/prepare_data.log: error: my_photos: the "
+                                                 "test split has "), res.stderr[-3000:]
+    assert "but n_test is 50" in said[0] and not (work / "results/mine/data").exists()
+
+
+def test_bad_input_failed_job_lines_come_from_each_failed_jobs_log(tmp_path):
+    from strdiffusion.runtime.environment import failed_job_errors
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/a.log").write_text("INFO start\nerror: data/x.png: cannot decode; replace the file\n\n")
+    (tmp_path / "logs/b.log").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory\n")
+    (tmp_path / "logs/ok.log").write_text("error: not this one: the job succeeded\n")
+    run = tmp_path / "run.snakemake.log"
+    run.write_text("rule a:\n    log: logs/ok.log\n\nError in rule a:\n    jobid: 1\n    log: logs/a.log (check log "
+                   "file(s) for error details)\n\nError in rule b:\n    log: logs/b.log, logs/missing.log (check log "
+                   "file(s) for error details)\n    shell: ...\n")
+    assert failed_job_errors([str(run)], tmp_path) == [
+        "logs/a.log: error: data/x.png: cannot decode; replace the file", "logs/b.log: RuntimeError: CUDA out of memory"]
+    assert failed_job_errors(str(tmp_path / "absent.log"), tmp_path) == []

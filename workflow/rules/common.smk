@@ -17,7 +17,7 @@ def _environment_check():
 _environment_check()
 
 from strdiffusion.io.errors import UserError
-from strdiffusion.runtime.environment import python_first_on_path
+from strdiffusion.runtime.environment import failed_job_errors, python_first_on_path
 from strdiffusion.runtime.gpu import workflow_slots
 from strdiffusion.settings.config import checked_before_jobs, validate, with_extends
 from strdiffusion.settings.external import import_inputs, prediction_dirs, row_methods

@@ -161,7 +161,8 @@ def test_n_test_with_fewer_test_images_is_one_line_error_at_the_data_stage(tmp_p
     argv = ["data", "--out", str(out), "--source", "folder", "--path", str(photos), "--size", "32"]
     assert cli([*argv, "--n-test", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {photos}: the test split has {n} images but n_test is 8; set the data set's n_test key to "
+    images = f"{n} image{'' if n == 1 else 's'}"
+    assert err == [f"error: {photos}: the test split has {images} but n_test is 8; set the data set's n_test key to "
                    f"{n} or less, or give it more test images (test_fraction, 0.1 now; test_path; test_list)"]
     assert not out.exists() and not list(tmp_path.glob(".data*"))
     assert cli([*argv, "--n-test", str(n)]) == 0
