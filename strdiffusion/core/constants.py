@@ -13,6 +13,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 ACCEPT = ("lower", "higher")
 LATE_GUIDANCE = ("rgb_mean", "gray")
 PARAMETERIZATIONS = ("noise", "x0")  # what the UNets output: the noise (reference) or x0 - mu
+CRITIC_STDDEV_GROUP = 4  # the critic's minibatch-stddev group (the reference's min(4, B)); a larger batch is a multiple of it
 
 
 @dataclasses.dataclass(frozen=True)

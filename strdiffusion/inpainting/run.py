@@ -151,10 +151,7 @@ def run_shard(job: ShardJob, diffusion: Diffusion = Diffusion()) -> None:
     out = job.out
     lock = StateLock(out.with_name(out.name + ".lock"), f"the shard {out}")
     finished_before = out.is_dir()
-    if job.lock_wait:
-        lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, functools.partial(to_log_and_console, log))
-    else:
-        lock.acquire()
+    lock.acquire_waiting(job.lock_wait, functools.partial(to_log_and_console, log))
     try:
         if not finished_before and out.is_dir():
             log.info("%s: shard %s was finished by the job that held its lock; kept", job.method, out)

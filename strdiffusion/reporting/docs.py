@@ -214,7 +214,7 @@ def plan(root: Path, configfile: str, gpu: str, *rest: str) -> str:
     profile = P.load_profile(root / "profiles" / "slurm")
     extra = f" --gpu-mem-gb {rest[0]}" if rest else ""
     out = [f"$ strdiffusion plan --configfile {configfile} --profile profiles/slurm --gpu {gpu}{extra}",
-           P.render(rows, rates["name"], profile), *P.warnings_for(rows, profile, mem)]
+           P.render(rows, str(rates), profile), *P.warnings_for(rows, profile, mem)]
     return "```\n" + "\n".join(out) + "\n```\n"
 
 
@@ -229,7 +229,7 @@ def plan_hours(root: Path, gpus: str, *configfiles: str) -> str:
             lines.append(f"| `{configfile}` | {gpu} | {train:,.0f} | {total - train:,.0f} | {total:,.0f} | "
                          f"{sum(r['jobs'] for r in rows):,} |")
     return "\n".join(lines) + f"\n\nTimes from the counted work at the data sheets' peaks, utilization " \
-                               f"{rates['name'].rsplit(' ', 1)[-1]}, one GPU per job.\n"
+                               f"{rates.utilization:g}, one GPU per job.\n"
 
 
 def slots(root: Path, gpu: str, runtimes: str, *configfiles: str) -> str:
@@ -247,7 +247,7 @@ def slots(root: Path, gpu: str, runtimes: str, *configfiles: str) -> str:
         hours = longest["seconds_per_unit"] * longest["units_per_job"] / 3600
         cells = " | ".join(str(slots_of(longest, m)) for m in minutes)
         lines.append(f"| `{configfile}` | {longest['units_per_job']:,} | {hours:,.0f} ({longest['rule']}) | {cells} |")
-    return "\n".join(lines) + f"\n\nOn {rates['name']}, from the counted work (`strdiffusion plan`).\n"
+    return "\n".join(lines) + f"\n\nOn {rates}, from the counted work (`strdiffusion plan`).\n"
 
 
 def accelerators(root: Path, which: str) -> str:
@@ -263,8 +263,8 @@ def accelerators(root: Path, which: str) -> str:
                                "at fp32).\n"
 
 
-KINDS = {"accelerators": accelerators, "table": table, "history": history, "presets": presets, "jobs": jobs, "shipped": shipped, "plan": plan,
-         "plan_hours": plan_hours, "slots": slots}
+KINDS = {"accelerators": accelerators, "table": table, "history": history, "presets": presets, "jobs": jobs,
+         "shipped": shipped, "plan": plan, "plan_hours": plan_hours, "slots": slots}
 
 
 def render_block(root: Path, spec: str) -> str:

@@ -20,6 +20,7 @@ source of each row.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -27,14 +28,14 @@ import sys
 import weakref
 from pathlib import Path
 
+from strdiffusion.core.constants import CRITIC_STDDEV_GROUP
 from strdiffusion.io.errors import UserError
 from strdiffusion.io.files import write_csv_atomic
 
 MB = 2 ** 20
 # the process itself: Python, torch, numpy, pandas and the metric networks (measured RSS after import, CPU)
 PROCESS_MB = {"cpu": 600, "metric_nets": 200}
-PNG_BYTES_PER_PIXEL = 2.0
-CRITIC_GROUP = 4  # the critic's minibatch-stddev group: its training batch is a multiple of it  # photographs, RGB: about 2 of the 3 raw bytes after PNG's compression
+PNG_BYTES_PER_PIXEL = 2.0  # photographs, RGB: about 2 of the 3 raw bytes after PNG's compression
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,13 +80,9 @@ def _net_kwargs(kind: str, model: dict) -> dict:
                                                                        "attn_dim_head")}))
 
 
-def _build_meta(kind: str, model: dict):
-    import torch
-
-    from strdiffusion.models.checkpoints import build_network
-
-    with torch.device("meta"):
-        return build_network(kind, **_net_kwargs(kind, model))
+def _net_key(kind: str, model: dict) -> tuple:
+    """:func:`_net_kwargs` as sorted items, the form :mod:`strdiffusion.reporting.work` caches on."""
+    return tuple(sorted(_net_kwargs(kind, model).items()))
 
 
 def _bytes(tensors) -> int:
@@ -105,28 +102,9 @@ def _train_step_peak(kind: str, model_items: tuple, batch: int, px: int, T: int,
     that holds the network and the batch) and ``total``. ``amp`` (bf16, fp16): the step's convolutions and matrix
     products run in that dtype, as ``torch.autocast`` runs them (:func:`~strdiffusion.reporting.work.autocast_like`);
     weights, gradients and Adam's states stay float32."""
-    import torch
+    from strdiffusion.reporting.work import meta_train_step
 
-    from strdiffusion.core.objectives import objective
-    from strdiffusion.core.sde import IRSDE
-    from strdiffusion.reporting.work import autocast_like
-
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
-    net = _build_meta(kind, dict(model_items)).train()
-    meta = dict(device="meta")
-    data = {"image": torch.empty(batch, 3, px, px, **meta), "gray": torch.empty(batch, 1, px, px, **meta),
-            "edge": torch.empty(batch, 1, px, px, **meta), "mask": torch.empty(batch, 1, px, px, **meta),
-            "t": torch.randint(2, T + 1, (batch,), **meta), "noise": torch.empty(batch, 3, px, px, **meta),
-            "noise_s": torch.empty(batch, 1, px, px, **meta)}
-    sde = IRSDE(T=T, device="meta")
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=False)
-
-    def step():
-        with autocast_like(half):
-            loss = objective(net, sde, data, kind)
-        loss.backward()
-        opt.step()
-
+    net, data, step = meta_train_step(kind, _net_key(kind, dict(model_items)), batch, px, T, amp)
     params = _bytes(net.parameters())
     traced = traced_peak_bytes(step)
     # gradients are handed from the backward pass to the parameters inside autograd, where the
@@ -153,20 +131,9 @@ def _forward_peak(kind: str, model_items: tuple, batch: int, px: int) -> tuple[i
     """(parameter bytes, traced peak of one forward) of network ``kind``; the same for every method."""
     import torch
 
-    net = _build_meta(kind, dict(model_items)).eval().requires_grad_(False)
-    meta = dict(device="meta")
-    t = torch.full((batch,), 5, dtype=torch.long, **meta)
-    if kind == "critic":
-        x, s = torch.empty(batch, 3, px, px, **meta), torch.empty(batch, 1, px, px, **meta)
-        call = lambda: net(t, x, s, stddev_group=1)  # noqa: E731
-    else:
-        c = 1 if kind == "structure" else 3
-        x, mu = torch.empty(batch, c, px, px, **meta), torch.empty(batch, c, px, px, **meta)
-        if kind == "texture":
-            g = torch.empty(batch, 1, px, px, **meta)
-            call = lambda: net(x, mu, t, g)  # noqa: E731
-        else:
-            call = lambda: net(x, mu, t)  # noqa: E731
+    from strdiffusion.reporting.work import meta_forward
+
+    net, call = meta_forward(kind, _net_key(kind, dict(model_items)), batch, px)
     with torch.inference_mode():
         return _bytes(net.parameters()), traced_peak_bytes(call)
 
@@ -222,19 +189,35 @@ def _benchmark_rates(path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the plan
 
+@dataclasses.dataclass(frozen=True)
+class GpuRates:
+    """The rates of the GPU the plan times jobs on, by precision (``rates["bf16"]``), with the GPU's ``name`` (and
+    its overridden peak) and the ``utilization`` for the table's heading."""
+
+    name: str
+    utilization: float
+    by_precision: dict
+
+    def __getitem__(self, precision: str):
+        return self.by_precision[precision]
+
+    def __str__(self) -> str:
+        return f"{self.name}, utilization {self.utilization:g}"
+
+
 def gpu_rates(gpu: str = "a100-80gb", tflops: float | None = None, bandwidth_tbs: float | None = None,
-              utilization: float | None = None) -> dict:
-    """The rates of the GPU the plan times jobs on: a GPU of the table, its peak and bandwidth overridden where
-    given. Returns ``{precision: Rates}`` and the GPU's name under ``"name"``."""
+              utilization: float | None = None) -> GpuRates:
+    """The rates of a GPU of the table (:mod:`strdiffusion.reporting.accelerators`), its peak and bandwidth
+    overridden where given."""
     from strdiffusion.reporting.accelerators import DEFAULT_UTILIZATION, GPU_OVERHEAD_S, accelerator
     from strdiffusion.reporting.work import Rates
 
     acc = accelerator(gpu)
     u = DEFAULT_UTILIZATION if utilization is None else utilization
     bw = (bandwidth_tbs or acc.bandwidth_tbs) * 1e12
-    out = {p: Rates((tflops or acc.peak(p)) * 1e12, bw, GPU_OVERHEAD_S, u) for p in ("fp32", "tf32", "bf16", "fp16")}
-    out["name"] = f"{acc.name}" + (f" at {tflops:g} TFLOP/s" if tflops else "") + f", utilization {u:g}"
-    return out
+    by_precision = {p: Rates((tflops or acc.peak(p)) * 1e12, bw, GPU_OVERHEAD_S, u)
+                    for p in ("fp32", "tf32", "bf16", "fp16")}
+    return GpuRates(acc.name + (f" at {tflops:g} TFLOP/s" if tflops else ""), u, by_precision)
 
 
 def _largest_batch(peak_mb, batch: int, limit_mb: float, step: int = 1) -> int:
@@ -247,7 +230,7 @@ def _largest_batch(peak_mb, batch: int, limit_mb: float, step: int = 1) -> int:
     return lo * step
 
 
-def _train_rows(cfg: dict, n_data: int, gpu_mem_gb: float, measured: dict, rates: dict) -> list[dict]:
+def _train_rows(cfg: dict, n_data: int, gpu_mem_gb: float, measured: dict, rates: GpuRates) -> list[dict]:
     from strdiffusion.reporting.accelerators import precision
     from strdiffusion.reporting.work import seconds, train_work
     from strdiffusion.settings.methods import train_iterations, trained_networks
@@ -255,7 +238,6 @@ def _train_rows(cfg: dict, n_data: int, gpu_mem_gb: float, measured: dict, rates
     model, px, T, t = cfg["model"], cfg["image_size"], cfg["sde"]["T"], cfg["train"]
     amp, batch = t.get("amp", "none"), t["batch_size"]
     prec = precision(amp, t.get("tf32", True))
-    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(amp, "float32")
     rows = []
     for net in trained_networks(cfg):
         est = train_step_peak(net, model, batch, px, T, amp)
@@ -263,11 +245,10 @@ def _train_rows(cfg: dict, n_data: int, gpu_mem_gb: float, measured: dict, rates
         sec = measured.get((net, model["nf"], batch, px))
         source = "measured (benchmarks)" if sec else f"work, {prec}"
         if not sec:
-            kwargs = tuple(sorted(_net_kwargs(net, model).items()))
-            sec = seconds(train_work(net, kwargs, batch, px, T, dtype), rates[prec])
+            sec = seconds(train_work(net, _net_key(net, model), batch, px, T, amp), rates[prec])
         fits = batch
         if est["total"] > gpu_mem_gb * 1024 * MB:
-            step = CRITIC_GROUP if net == "critic" and batch % CRITIC_GROUP == 0 else 1
+            step = CRITIC_STDDEV_GROUP if net == "critic" and batch % CRITIC_STDDEV_GROUP == 0 else 1
             fits = _largest_batch(lambda b: train_step_peak(net, model, b, px, T, amp)["total"] / MB, batch,
                                   gpu_mem_gb * 1024, step)
         rows.append(dict(rule=f"train_{net}", jobs=n_data, device="gpu", peak_mb=est["total"] / MB,
@@ -278,7 +259,7 @@ def _train_rows(cfg: dict, n_data: int, gpu_mem_gb: float, measured: dict, rates
     return rows
 
 
-def _inpaint_rows(cfg: dict, n_data: int, n_bins: int, n_test: dict, gpu_mem_gb: float, rates: dict) -> list[dict]:
+def _inpaint_rows(cfg: dict, n_data: int, n_bins: int, n_test: dict, gpu_mem_gb: float, rates: GpuRates) -> list[dict]:
     from strdiffusion.core.constants import SamplerConfig
     from strdiffusion.reporting.accelerators import precision
     from strdiffusion.reporting.work import sample_work, seconds
@@ -287,7 +268,6 @@ def _inpaint_rows(cfg: dict, n_data: int, n_bins: int, n_test: dict, gpu_mem_gb:
     model, px, s = cfg["model"], cfg["image_size"], cfg["sampling"]
     shard, batch = s["shard_size"], s["batch_size"]
     prec = precision(s.get("autocast", "none"), s.get("tf32", True))
-    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(s.get("autocast", "none"), "float32")
     sampler = SamplerConfig(**{f: s[f] for f in ("u_max", "u_min", "jump", "re", "switch", "accept", "late_guidance",
                                                  "hole_fill", "denoise_last") if f in s})
     image_bytes = px * px * 3 * PNG_BYTES_PER_PIXEL
@@ -304,8 +284,8 @@ def _inpaint_rows(cfg: dict, n_data: int, n_bins: int, n_test: dict, gpu_mem_gb:
                          "params_m": 0.0, "seconds_per_unit": None, "source": "", "gpu_hours": 0.0})
             continue
         est = sampler_peak(nets, model, batch, px)
-        kwargs_of = lambda kind: tuple(sorted(_net_kwargs(kind, model).items()))  # noqa: E731
-        sec = seconds(sample_work(base, sampler, cfg["sde"]["T"], kwargs_of, batch, px, dtype), rates[prec])
+        sec = seconds(sample_work(base, sampler, cfg["sde"]["T"], functools.partial(_net_key, model=model), batch, px,
+                                  s.get("autocast", "none")), rates[prec])
         if est["total"] > gpu_mem_gb * 1024 * MB:
             row["batch_fits"] = _largest_batch(lambda b: sampler_peak(nets, model, b, px)["total"] / MB, batch,
                                                gpu_mem_gb * 1024)
@@ -314,7 +294,7 @@ def _inpaint_rows(cfg: dict, n_data: int, n_bins: int, n_test: dict, gpu_mem_gb:
     return rows
 
 
-def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None, rates: dict | None = None,
+def plan_rows(cfg: dict, gpu_mem_gb: float = 80.0, benchmarks=None, rates: GpuRates | None = None,
               measured: bool = True) -> list[dict]:
     """One dict per job kind: rule, jobs, peak_mb (and where: cpu/gpu), seconds per unit and their source,
     GPU-hours, the batch that fits the GPU, disk. ``rates``: :func:`gpu_rates` (default: an A100 80 GB);
@@ -365,13 +345,19 @@ def slots(row: dict, runtime_min: float) -> int:
     return max(1, math.ceil(row["seconds_per_unit"] * row["units_per_job"] / usable))
 
 
+def _resources(profile: dict | None, rule: str) -> dict:
+    """The profile's resources of ``rule`` (its set-resources, else the default-resources)."""
+    profile = profile or {}
+    return profile.get("rules", {}).get(rule, profile.get("default", {}))
+
+
 def warnings_for(rows, profile: dict, gpu_mem_gb: float) -> list[str]:
     """A line per job kind whose profile memory (CPU jobs: mem_mb), GPU memory or runtime is below the estimate,
     naming what fits: the batch, or the time slots a preemptible training needs."""
     out = []
     for row in rows:
         rule = row["rule"].split("[")[0]
-        res = profile.get("rules", {}).get(rule, profile.get("default", {})) if profile else {}
+        res = _resources(profile, rule)
         if row["device"] == "gpu":
             if row["peak_mb"] > gpu_mem_gb * 1024:
                 fits = row.get("batch_fits", 0)
@@ -399,9 +385,9 @@ def warnings_for(rows, profile: dict, gpu_mem_gb: float) -> list[str]:
             fits.setdefault(row["batch_key"], []).append(row["batch_fits"])
     for key, batches in fits.items():
         critic = key == "train.batch_size" and any(r["rule"] == "train_critic" for r in rows)
-        every = min(batches) // CRITIC_GROUP * CRITIC_GROUP if critic else min(batches)
+        every = min(batches) // CRITIC_STDDEV_GROUP * CRITIC_STDDEV_GROUP if critic else min(batches)
         out.append(f"warning: {key}: {every} fits every job on a {gpu_mem_gb:g} GB GPU" +
-                   (f" (the critic's batch is a multiple of {CRITIC_GROUP})" if critic else "") +
+                   (f" (the critic's batch is a multiple of {CRITIC_STDDEV_GROUP})" if critic else "") +
                    "; set it in a config overlay, and see docs/plan.md for what a smaller batch changes")
     return out
 
@@ -415,7 +401,7 @@ def render(rows, gpu: str = "", profile: dict | None = None) -> str:
     lines = [f"times on {gpu}" if gpu else "", head, "-" * len(head)]
     for r in rows:
         sec = f"{r['seconds_per_unit']:.3g}/{UNIT_SHORT[r['unit']]}" if r["seconds_per_unit"] else "—"
-        res = (profile or {}).get("rules", {}).get(r["rule"].split("[")[0], (profile or {}).get("default", {}))
+        res = _resources(profile, r["rule"].split("[")[0])
         slot = str(slots(r, float(res["runtime"]))) if r["seconds_per_unit"] and res.get("runtime") else ""
         lines.append(f"{r['rule']:38s} {r['jobs']:6d} {r['device']:>4s} {r['peak_mb']:9.0f} {r['params_m']:9.1f} "
                      f"{sec:>12s} {r['gpu_hours']:8.1f} {slot:>5s} {r['disk_mb']:10.0f}  {r['source']}")
@@ -424,7 +410,7 @@ def render(rows, gpu: str = "", profile: dict | None = None) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def report(configfiles, profile: str, gpu_mem_gb: float, benchmarks: str, out, rates: dict | None = None) -> None:
+def report(configfiles, profile: str, gpu_mem_gb: float, benchmarks: str, out, rates: GpuRates | None = None) -> None:
     """Print the plan of ``configfiles`` and the warnings against ``profile``; write the table to ``out``."""
     import pandas as pd
 
@@ -432,7 +418,7 @@ def report(configfiles, profile: str, gpu_mem_gb: float, benchmarks: str, out, r
     rates = rates or gpu_rates()
     rows = plan_rows(cfg, gpu_mem_gb, benchmarks or None, rates)
     prof = load_profile(profile)
-    print(render(rows, rates["name"], prof))
+    print(render(rows, str(rates), prof))
     for line in warnings_for(rows, prof, gpu_mem_gb):
         print(line)
     write_csv_atomic(pd.DataFrame(rows), out)

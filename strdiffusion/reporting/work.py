@@ -101,70 +101,91 @@ def autocast_like(dtype):
     return _Autocast()
 
 
-def _meta_net(kind: str, kwargs: tuple, dtype):
+def dtype_of(amp: str):
+    """The dtype a job's convolutions and matrix products run in under its mixed precision ``amp`` (the config's
+    ``none``, ``bf16`` or ``fp16``)."""
+    import torch
+
+    from strdiffusion.runtime.precision import MixedPrecision
+
+    return MixedPrecision.DTYPES[amp] or torch.float32
+
+
+def meta_net(kind: str, kwargs: tuple):
+    """Network ``kind`` (constructor arguments ``kwargs``, sorted items) on the meta device: shapes, no data."""
     import torch
 
     from strdiffusion.models.checkpoints import build_network
 
     with torch.device("meta"):
-        return build_network(kind, **dict(kwargs)).to(dtype)
+        return build_network(kind, **dict(kwargs))
 
 
-def _meta_batch(batch: int, px: int, T: int, dtype) -> dict:
-    import torch
-
-    meta = dict(device="meta", dtype=dtype)
-    images = {"image": 3, "gray": 1, "edge": 1, "mask": 1, "noise": 3, "noise_s": 1}
-    data = {name: torch.empty(batch, c, px, px, **meta) for name, c in images.items()}
-    data["t"] = torch.randint(2, T + 1, (batch,), device="meta")
-    return data
-
-
-@functools.lru_cache(maxsize=None)
-def train_work(kind: str, kwargs: tuple, batch: int, px: int, T: int, dtype_name: str = "float32") -> Work:
-    """One training iteration of network ``kind`` (constructor arguments ``kwargs``, sorted items) at ``batch`` x
-    ``px`` px: the objective's forward and backward pass and Adam's step; ``dtype_name`` other than float32: under
-    mixed precision (:func:`autocast_like`)."""
+def meta_train_step(kind: str, kwargs: tuple, batch: int, px: int, T: int, amp: str = "none"):
+    """(network, batch, step) on the meta device: ``step()`` is one training iteration of network ``kind`` at
+    ``batch`` x ``px`` px, the objective's forward pass (under ``amp``, :func:`autocast_like`), its backward pass
+    and Adam's step, as the trainer runs them."""
     import torch
 
     from strdiffusion.core.objectives import objective
     from strdiffusion.core.sde import IRSDE
 
-    net = _meta_net(kind, kwargs, torch.float32).train()
-    data = _meta_batch(batch, px, T, torch.float32)
+    net = meta_net(kind, kwargs).train()
+    meta = dict(device="meta")
+    images = {"image": 3, "gray": 1, "edge": 1, "mask": 1, "noise": 3, "noise_s": 1}
+    data = {name: torch.empty(batch, c, px, px, **meta) for name, c in images.items()}
+    data["t"] = torch.randint(2, T + 1, (batch,), **meta)
     sde = IRSDE(T=T, device="meta")
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=False)
+    half = dtype_of(amp)
 
     def step():
-        with autocast_like(getattr(torch, dtype_name)):
+        with autocast_like(half):
             loss = objective(net, sde, data, kind)
         loss.backward()
         opt.step()
 
+    return net, data, step
+
+
+def meta_forward(kind: str, kwargs: tuple, batch: int, px: int):
+    """(network, call) on the meta device: ``call()`` is one forward pass of network ``kind`` at ``batch`` x ``px``
+    px, as the sampler calls it (the critic scoring each image alone)."""
+    import torch
+
+    net = meta_net(kind, kwargs).eval().requires_grad_(False)
+    t = torch.full((batch,), 5, dtype=torch.long, device="meta")
+
+    def image(channels):
+        return torch.empty(batch, channels, px, px, device="meta")
+
+    if kind == "critic":
+        x, s = image(3), image(1)
+        return net, lambda: net(t, x, s, stddev_group=1)
+    c = 1 if kind == "structure" else 3
+    x, mu = image(c), image(c)
+    if kind == "texture":
+        g = image(1)
+        return net, lambda: net(x, mu, t, g)
+    return net, lambda: net(x, mu, t)
+
+
+@functools.lru_cache(maxsize=None)
+def train_work(kind: str, kwargs: tuple, batch: int, px: int, T: int, amp: str = "none") -> Work:
+    """One training iteration of network ``kind`` (constructor arguments ``kwargs``, sorted items) at ``batch`` x
+    ``px`` px (:func:`meta_train_step`) under mixed precision ``amp``."""
+    _, _, step = meta_train_step(kind, kwargs, batch, px, T, amp)
     return _counted(step)
 
 
 @functools.lru_cache(maxsize=None)
-def forward_work(kind: str, kwargs: tuple, batch: int, px: int, dtype_name: str = "float32") -> Work:
-    """One forward pass of network ``kind`` at ``batch`` x ``px`` px, as the sampler calls it (under mixed
-    precision where ``dtype_name`` is not float32)."""
+def forward_work(kind: str, kwargs: tuple, batch: int, px: int, amp: str = "none") -> Work:
+    """One forward pass of network ``kind`` at ``batch`` x ``px`` px, as the sampler calls it, under mixed
+    precision ``amp``."""
     import torch
 
-    net = _meta_net(kind, kwargs, torch.float32).eval().requires_grad_(False)
-    meta = dict(device="meta", dtype=torch.float32)
-    t = torch.full((batch,), 5, dtype=torch.long, device="meta")
-    if kind == "critic":
-        x, s = torch.empty(batch, 3, px, px, **meta), torch.empty(batch, 1, px, px, **meta)
-        call = lambda: net(t, x, s, stddev_group=1)  # noqa: E731
-    else:
-        c = 1 if kind == "structure" else 3
-        x, mu = torch.empty(batch, c, px, px, **meta), torch.empty(batch, c, px, px, **meta)
-        if kind == "texture":
-            g = torch.empty(batch, 1, px, px, **meta)
-            call = lambda: net(x, mu, t, g)  # noqa: E731
-        else:
-            call = lambda: net(x, mu, t)  # noqa: E731
-    with torch.inference_mode(), autocast_like(getattr(torch, dtype_name)):
+    _, call = meta_forward(kind, kwargs, batch, px)
+    with torch.inference_mode(), autocast_like(dtype_of(amp)):
         return _counted(call)
 
 
@@ -194,10 +215,10 @@ def calls_per_image(method: str, sampler, T: int) -> dict[str, int]:
     return calls
 
 
-def sample_work(method: str, sampler, T: int, kwargs_of, batch: int, px: int, dtype_name: str = "float32") -> Work:
+def sample_work(method: str, sampler, T: int, kwargs_of, batch: int, px: int, amp: str = "none") -> Work:
     """The work of one sampled image: each network's forward passes at ``batch`` per call, divided among the
     batch's images. ``kwargs_of(kind)``: the network's constructor arguments (sorted items)."""
     total = Work()
     for kind, n in calls_per_image(method, sampler, T).items():
-        total = total + forward_work(kind, kwargs_of(kind), batch, px, dtype_name) * (n / batch)
+        total = total + forward_work(kind, kwargs_of(kind), batch, px, amp) * (n / batch)
     return total

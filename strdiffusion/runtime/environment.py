@@ -1,9 +1,12 @@
-"""The environment that workflow jobs inherit from the Snakemake process (set in memory at parse time)."""
+"""Workflow jobs and the Snakemake process that runs them: the environment the jobs inherit (set in memory at parse
+time), a job's lines on the driver's console, and a failed job's error read back for that console."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
+from pathlib import Path
 
 # Set for the workflow's jobs: their options come from the config, so their errors name config keys.
 WORKFLOW_JOB = "STRDIFFUSION_WORKFLOW_JOB"
@@ -51,24 +54,23 @@ def failed_job_errors(snakemake_logs, root=".") -> list[str]:
     """For a run that failed: ``<job log>: <line>`` for each failed job, its last one-line error (``error: ...``)
     or else the last line of its log, read from Snakemake's own logs of the run (an ``onerror`` handler's
     ``log``), so the driver's console says why a job failed without opening its log."""
-    import re
-    from pathlib import Path
-
-    out = []
-    for snakemake_log in [snakemake_logs] if isinstance(snakemake_logs, (str, os.PathLike)) else snakemake_logs:
-        try:
-            text = Path(snakemake_log).read_text(errors="replace")
-        except OSError:
-            continue
-        for block in re.split(r"\n(?=Error in rule )", text)[1:]:
+    logs = [snakemake_logs] if isinstance(snakemake_logs, (str, os.PathLike)) else snakemake_logs
+    names = []
+    for snakemake_log in logs:
+        for block in re.split(r"\n(?=Error in rule )", _text(Path(snakemake_log)))[1:]:
             found = re.search(r"^\s+log: (.+?) \(check log file", block, re.M)
-            for name in found.group(1).split(", ") if found else ():
-                try:
-                    lines = [line for line in (Path(root) / name).read_text(errors="replace").splitlines() if line.strip()]
-                except OSError:
-                    continue
-                errors = [line for line in lines if line.startswith("error: ")]
-                line = f"{name}: {(errors or lines)[-1].strip()}" if lines else ""
-                if line and line not in out:
-                    out.append(line)
+            names += found.group(1).split(", ") if found else []
+    out = []
+    for name in dict.fromkeys(names):
+        lines = [line.strip() for line in _text(Path(root) / name).splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error: ")]
+        if lines:
+            out.append(f"{name}: {(errors or lines)[-1]}")
     return out
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

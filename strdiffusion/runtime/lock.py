@@ -188,11 +188,12 @@ class StateLock:
         self._thread.start()
         return self
 
-    def acquire_waiting(self, timeout: float | None, say, poll: float = 2.0, every: float = 600.0) -> "StateLock":
-        """:meth:`acquire`, waiting while a live writer holds the lock: ``say`` gets one line when the wait
-        starts and again every ``every`` seconds; after ``timeout`` seconds (None: as long as the holder lives)
-        the refusal is raised. A holder that ends releases the lock; one that dies leaves it stale, and either
-        way the wait ends."""
+    def acquire_waiting(self, wait: float, say, poll: float = 2.0, every: float = 600.0) -> "StateLock":
+        """:meth:`acquire`, waiting at most ``wait`` seconds while a live writer holds the lock (a job's
+        ``--lock-wait``: 0 refuses at once, as :meth:`acquire`; negative waits as long as the holder lives):
+        ``say`` gets one line when the wait starts and again every ``every`` seconds; then the refusal is raised.
+        A holder that ends releases the lock; one that dies leaves it stale, and either way the wait ends."""
+        timeout = None if wait < 0 else wait
         start = last = time.monotonic()
         waiting = False
         while True:

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from strdiffusion.core.constants import CRITIC_STDDEV_GROUP
 from strdiffusion.core.objectives import objective, recipe, recipe_fill
 from strdiffusion.core.seeds import seed_for
 from strdiffusion.io.errors import UserError
@@ -177,11 +178,9 @@ def guarded(job: TrainJob, world_size: int):
     lock = StateLock(job.state_dir / "writer.lock", f"the training state {job.state_dir}",
                      history=job.state_dir / "writer.log")
     with contextlib.ExitStack() as stack:
-        if world_size == 1 and job.lock_wait:
-            lock.acquire_waiting(None if job.lock_wait < 0 else job.lock_wait, functools.partial(to_log_and_console, log))
+        if world_size == 1:
+            lock.acquire_waiting(job.lock_wait, functools.partial(to_log_and_console, log))
             stack.callback(lock.release)
-        elif world_size == 1:
-            stack.enter_context(lock)
         try:
             yield stack.enter_context(Notice(job.stop_before_limit))
             lock.outcome = "finished"
@@ -227,9 +226,10 @@ def _setup(job: TrainJob, world_size: int):
     if s.batch_size % world_size:
         raise UserError(f"--batch-size {s.batch_size} is not divisible by the {world_size} processes")
     per_rank = s.batch_size // world_size
-    if job.net == "critic" and per_rank > 4 and per_rank % 4:
-        raise UserError(f"the critic's minibatch-stddev groups of 4 need a per-process batch divisible by 4, "
-                        f"got {per_rank}")
+    group = CRITIC_STDDEV_GROUP
+    if job.net == "critic" and per_rank > group and per_rank % group:
+        raise UserError(f"the critic's minibatch-stddev groups of {group} need a per-process batch divisible by "
+                        f"{group}, got {per_rank}")
     if job.threads > 0 and device.type == "cpu":
         torch.set_num_threads(max(1, job.threads // world_size))
     amp = s.amp if device.type == "cuda" else "none"

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..constants import CRITIC_STDDEV_GROUP
 from .layers import Conv2d, centred_var, conv2d
 
 
@@ -129,7 +130,7 @@ class Critic(nn.Module):
     """
 
     def __init__(self, nc: int = 4, ngf: int = 64, t_emb_dim: int = 256, negative_slope: float = 0.2,
-                 stddev_group: int = 4, fir_kernel: Sequence[float] = (1, 3, 3, 1)):
+                 stddev_group: int = CRITIC_STDDEV_GROUP, fir_kernel: Sequence[float] = (1, 3, 3, 1)):
         super().__init__()
         act = nn.LeakyReLU(negative_slope)
         self.act = act

@@ -69,7 +69,10 @@ def test_plan_traced_peak_counts_live_tensors_and_frees():
     # a training step holds more than a forward without gradients
     model = {"nf": 8, "depth": 2, "attn_heads": 1, "attn_dim_head": 8, "critic_ngf": 8}
     step = P.train_step_peak("structure", model, 2, 32)
-    assert step["params"] == 4 * sum(p.numel() for p in P._build_meta("structure", model).parameters())
+    from strdiffusion.reporting.work import meta_net
+
+    net = meta_net("structure", P._net_key("structure", model))
+    assert step["params"] == 4 * sum(p.numel() for p in net.parameters())
     assert step["grads"] == step["params"] and step["traced"] > 2 * step["params"]  # Adam's two states at least
     assert step["total"] == step["params"] + step["step"] + step["batch"]
 
@@ -368,7 +371,7 @@ def test_plan_names_the_batch_that_fits_and_with_it_warns_no_more(repo_root):
     every = [w for w in warnings if w.startswith("warning: train.batch_size:")]
     assert len(every) == 1 and len([w for w in warnings if "(it fits)" in w]) == 4
     batch = int(every[0].split(":")[2].split()[0])
-    assert batch % P.CRITIC_GROUP == 0 and 0 < batch < cfg["train"]["batch_size"]
+    assert batch % P.CRITIC_STDDEV_GROUP == 0 and 0 < batch < cfg["train"]["batch_size"]
     smaller = copy.deepcopy(cfg)
     smaller["train"]["batch_size"] = batch
     assert P.warnings_for(P.plan_rows(smaller, gpu_mem_gb=24, measured=False), {}, 24) == []

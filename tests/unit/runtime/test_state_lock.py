@@ -119,7 +119,7 @@ def test_state_lock_restarted_driver_waits_and_keeps_the_finished_model_and_curv
     finishes, and the run ends well."""
     from pathlib import Path
 
-    from test_workflow import SNAKEMAKE, TINY, make_workdir
+    from support.workflow import SNAKEMAKE, TINY, make_workdir
 
     root = Path(__file__).resolve().parents[3]
     config = dict(TINY, methods=["irsde"], train={**TINY["train"], "iterations": 6})
